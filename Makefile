@@ -1,0 +1,48 @@
+# portraitlab — the two README commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+export WANDB_MODE ?= offline
+export WANDB_SILENT := true
+export HYDRA_FULL_ERROR := 1
+
+.PHONY: venv demo test test-slow test-gpu test-all bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "needs Python 3.11 ($(PY)); set PY=..."; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -e .
+	# insightface pulls opencv-python, which writes the same cv2/ as the headless build: keep exactly one.
+	$(BIN)/python -m pip uninstall -q -y opencv-python || true
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps "$$($(BIN)/python -m pip freeze | grep -i '^opencv-python-headless==')"
+	$(BIN)/python -c "import torch, torchvision, lpips, cv2, av, dlib, lightning, diffusers; print('env ok: torch', torch.__version__)"
+	touch $(STAMP)
+
+# README command 1: set up, then the main job (an ablation sweep on embedded SynthFaces data, ending in a table).
+demo: venv
+	$(BIN)/python -m experiments.demo
+
+# README command 2: the test suite (fast tier; CI runs exactly this).
+test: venv
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-slow: venv
+	$(BIN)/python -m pytest -m "slow and not gpu" -q
+
+test-gpu: venv
+	$(BIN)/python -m pytest -m gpu -q
+
+test-all: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m benchmarks.decode
+
+clean:
+	rm -rf $(VENV) runs outputs multirun .pytest_cache

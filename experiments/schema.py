@@ -1,0 +1,93 @@
+"""Structured (dataclass) schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML in ``experiments/configs/<group>/`` starts its defaults list with the group's schema
+(``<name>_schema`` for models, ``data_schema``, ``trainer_schema`` …), so an unknown or mistyped key fails at
+compose time with the key's full name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from datamodules.config import DataConfig, SynthConfig
+from eval.protocol import EvalProtocolConfig
+
+
+@dataclass
+class TrainerConfig:
+    """Subset of ``lightning.Trainer`` arguments; multi-GPU / multi-node through Lightning's own strategies."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"          # auto | ddp | ddp_find_unused_parameters_true | fsdp | deepspeed_stage_2 ...
+    num_nodes: int = 1
+    precision: str = "32-true"      # 32-true | 16-mixed | bf16-mixed
+    max_steps: int = 1000
+    max_epochs: int = -1
+    val_check_interval: Optional[int] = 500   # in training steps (check_val_every_n_epoch is set to None)
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    num_sanity_val_steps: int = 0
+    checkpoint_every_n_steps: int = 500       # ModelCheckpoint(every_n_train_steps=...), plus last.ckpt
+
+
+@dataclass
+class LoggerConfig:
+    """W&B (offline unless the user logs in and sets mode=online) and a CSV logger beside it."""
+
+    use_wandb: bool = True
+    use_csv: bool = True
+    project: str = "portraitlab"
+    entity: Optional[str] = None
+    mode: str = "offline"           # offline | online | disabled
+    group: Optional[str] = None     # defaults to the sweep or experiment name
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False
+
+
+@dataclass
+class RunConfig:
+    """The top-level config of train / evaluate / animate."""
+
+    model: Any = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    eval_protocol: EvalProtocolConfig = MISSING
+    name: str = "run"               # experiment name (run directory and W&B group)
+    seed: int = 0
+    run_dir: str = "???"            # set by Hydra: one unique directory per run
+    resume: bool = False            # continue run_dir/checkpoints/last.ckpt exactly
+    ckpt: Optional[str] = None      # a checkpoint (evaluate / animate), or an untrained baseline's `model=` instead
+    evaluate_after_train: bool = True
+    sweep_name: Optional[str] = None
+    axes: list[str] = field(default_factory=list)   # config keys that form the ablation axes (table columns)
+    # animate
+    source: Optional[str] = None
+    driving: Optional[str] = None
+    out: Optional[str] = None
+    relative_motion: bool = True
+    max_frames: int = 0
+
+
+def register_configs() -> None:
+    """Register every schema with Hydra's ConfigStore (idempotent)."""
+    from lit_models.registry import discover
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="data/synth", name="synth_schema", node=SynthConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    cs.store(group="eval_protocol", name="protocol_schema", node=EvalProtocolConfig)
+    for name, schema in discover().items():
+        cs.store(group="model", name=f"{name}_schema", node=schema)

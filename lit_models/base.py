@@ -1,0 +1,118 @@
+"""The model contract every portraitlab method follows (see docs/DESIGN.md).
+
+* ``animate(source, driving) -> frames``: source B×3×H×W, driving B×T×3×H×W, output B×T×3×H×W, all float in [0, 1].
+  Evaluation reaches a model only through this method.
+* ``compute_losses(batch) -> {"loss_<name>": tensor}``: unweighted terms. ``lambda_<name>`` in the model config
+  weighs each; a weight of 0 must skip the computation (ask ``self.use_loss(name)`` before computing a term).
+* Validation and test steps are shared: they call ``animate`` and log L1 plus a video grid
+  (source | driving | generated | target).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from lit_models.common.visual import log_video_grid
+
+
+@dataclass
+class ModelConfig:
+    """Fields every method's schema inherits."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    resolution: int = 64
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    # validation grids: how many videos and frames are logged per validation run
+    num_log_videos: int = 2
+    num_log_frames: int = 8
+
+
+class AnimationModule(L.LightningModule):
+    """Base LightningModule: owns the config, the loss weighting and the shared eval steps."""
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        if not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.structured(cfg) if not isinstance(cfg, dict) else OmegaConf.create(cfg)
+        self.cfg = cfg
+        self.save_hyperparameters({"model": OmegaConf.to_container(cfg, resolve=True)})
+        self._logged_grids = 0
+
+    # ---- contract -------------------------------------------------------------------------------------------
+    def animate(self, source: torch.Tensor, driving: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    # ---- loss weighting (threestudio style) -----------------------------------------------------------------
+    def weight(self, name: str) -> float:
+        key = f"lambda_{name}"
+        if key not in self.cfg:
+            raise KeyError(f"model config has no `{key}` for loss term `loss_{name}`")
+        return float(self.cfg[key])
+
+    def use_loss(self, name: str) -> bool:
+        return self.weight(name) > 0
+
+    def weighted_total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for key, value in terms.items():
+            if not key.startswith("loss_"):
+                raise KeyError(f"loss terms are named loss_<name>, got {key!r}")
+            w = self.weight(key[len("loss_"):])
+            if w == 0:
+                continue
+            total = w * value if total is None else total + w * value
+        if total is None:
+            raise RuntimeError("every loss weight is 0: nothing to optimise")
+        return total
+
+    # ---- steps ----------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.compute_losses(batch)
+        loss = self.weighted_total(terms)
+        bs = batch["source"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged_grids = 0
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        source, driving = batch["source"], batch["driving"]
+        target = batch.get("target", driving)
+        pred = self.animate(source, driving)
+        if pred.shape != target.shape:
+            raise RuntimeError(f"{type(self).__name__}.animate returned {tuple(pred.shape)}, expected {tuple(target.shape)}")
+        l1 = (pred - target).abs().mean()
+        self.log(f"{stage}/l1", l1, prog_bar=stage == "val", batch_size=source.shape[0], sync_dist=True)
+        if self._logged_grids < self.cfg.num_log_videos and self.trainer is not None and self.global_rank == 0:
+            n = min(source.shape[0], self.cfg.num_log_videos - self._logged_grids)
+            log_video_grid(self.trainer, f"{stage}/grid", source[:n], driving[:n], pred[:n], target[:n],
+                           step=self.global_step, max_frames=self.cfg.num_log_frames)
+            self._logged_grids += n
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        return torch.optim.Adam(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)

@@ -1,0 +1,1 @@
+"""Blocks shared by several methods live here once (keypoints, dense motion, attention processors, samplers)."""

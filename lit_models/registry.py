@@ -1,0 +1,75 @@
+"""Model registry: each method folder declares its config schema with ``@model_schema("name")``.
+
+Hydra composes ``model=<yaml>``; the YAML's defaults list names ``<name>_schema`` (registered here into Hydra's
+ConfigStore), so a mistyped key fails at compose time and names itself. ``build_model`` instantiates the class
+named by the config's ``_target_``; ``load_model`` rebuilds any method from a checkpoint alone.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import is_dataclass
+from typing import Any
+
+_SCHEMAS: dict[str, type] = {}
+
+
+def model_schema(name: str):
+    """Class decorator: register a dataclass as the structured schema of ``model`` configs named ``name``."""
+
+    def wrap(cls):
+        if not is_dataclass(cls):
+            raise TypeError(f"@model_schema({name!r}) needs a dataclass, got {cls!r}")
+        if name in _SCHEMAS and _SCHEMAS[name] is not cls:
+            raise ValueError(f"model schema {name!r} registered twice ({_SCHEMAS[name]} and {cls})")
+        _SCHEMAS[name] = cls
+        return cls
+
+    return wrap
+
+
+def discover() -> dict[str, type]:
+    """Import ``lit_models.<pkg>.config`` for every method folder, so each registers its schema."""
+    import lit_models
+
+    for info in pkgutil.iter_modules(lit_models.__path__):
+        if not info.ispkg:
+            continue
+        try:
+            importlib.import_module(f"lit_models.{info.name}.config")
+        except ModuleNotFoundError as err:
+            if err.name != f"lit_models.{info.name}.config":
+                raise
+    return dict(_SCHEMAS)
+
+
+def _import_target(target: str):
+    module, _, attr = target.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_model(cfg: Any):
+    """Build the LightningModule named by ``cfg._target_`` from a model config (DictConfig, dict or dataclass)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
+    target = cfg.get("_target_")
+    if not target:
+        raise KeyError("model config has no `_target_` naming its LightningModule class")
+    return _import_target(target)(cfg)
+
+
+def load_model(ckpt_path: str, map_location: str = "cpu"):
+    """Rebuild a model from a checkpoint: its hyper-parameters carry the model config and its ``_target_``."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    hparams = ckpt.get("hyper_parameters", {})
+    model_cfg = hparams.get("model")
+    if model_cfg is None or "_target_" not in model_cfg:
+        raise KeyError(f"{ckpt_path}: checkpoint hyper-parameters hold no `model._target_`; not a portraitlab checkpoint?")
+    cls = _import_target(model_cfg["_target_"])
+    model = cls(model_cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model
