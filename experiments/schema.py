@@ -74,7 +74,8 @@ class RunConfig:
     source: Optional[str] = None
     driving: Optional[str] = None
     out: Optional[str] = None
-    relative_motion: bool = True
+    relative_motion: bool = True   # FOMM's relative motion transfer (vs absolute)
+    animate_crop: str = "center"   # center | face (dlib box, stable over the clip)
     max_frames: int = 0
 
 

@@ -1,0 +1,63 @@
+"""`python -m experiments.evaluate ckpt=PATH eval_protocol=NAME` (or `model=copy_source` for an untrained baseline).
+
+Streams the protocol's test set through the model's `animate`, writes per-frame / per-video results and an
+aggregate `metrics.json` into a new run directory, mirrors them to W&B, and resumes an interrupted evaluation
+(`run_dir=PATH`) without recomputing finished videos.
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import runtime
+from experiments.schema import register_configs
+from experiments.train import build_datamodule, evaluate_run
+
+log = logging.getLogger("portraitlab.evaluate")
+register_configs()
+
+
+def load_for_eval(cfg: DictConfig):
+    from lit_models.registry import build_model, load_model
+
+    if cfg.ckpt:
+        model = load_model(cfg.ckpt)
+        OmegaConf.set_struct(cfg, False)
+        cfg.model = OmegaConf.create(dict(model.hparams["model"]))
+        OmegaConf.set_struct(cfg, True)
+        return model
+    model = build_model(cfg.model)
+    if model.trainable:
+        raise runtime.ConfigError(f"model={cfg.model.name} has trainable parameters: pass ckpt=PATH to evaluate it")
+    return model
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    model = load_for_eval(cfg)
+    # the protocol pins the resolution: data is read at it, whatever the training resolution was
+    cfg.data.resolution = cfg.eval_protocol.resolution
+    runtime.validate(cfg)
+    run_dir = runtime.resolve_run_dir(cfg)
+    runtime.save_config(cfg, run_dir)
+    runtime.seed_everything(cfg.seed)
+    datamodule = build_datamodule(cfg.data)
+    loggers = runtime.build_loggers(cfg, run_dir)
+    results = evaluate_run(cfg, model, datamodule, run_dir, loggers, cfg.ckpt)
+    wandb_dir = runtime.wandb_run_dir(loggers)
+    runtime.finish_loggers(loggers)
+    print(f"metrics: {run_dir / 'metrics.json'}")
+    if wandb_dir:
+        print(f"W&B run: {wandb_dir}")
+    return results
+
+
+@hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    runtime.setup_logging()
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""`python -m experiments.train experiment=NAME [key=value ...]` — train, then evaluate under the run's protocol.
+
+Every run gets a unique directory (Hydra's output dir, or `run_dir=` to resume) holding `config.yaml` (resolved),
+`checkpoints/` (with `last.ckpt`), `csv/` and `wandb/` logs, grids, and the evaluation's `metrics.json`.
+`resume=true run_dir=PATH` continues `PATH/checkpoints/last.ckpt` exactly (weights, optimizer, RNG, data stream).
+A sweep (`sweep=NAME`) is a Hydra multirun declared in one file; its end callback writes the ablation table.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from experiments import runtime
+from experiments.schema import register_configs
+
+log = logging.getLogger("portraitlab.train")
+register_configs()
+
+
+def build_datamodule(data_cfg: DictConfig):
+    from datamodules import VideoClipDataModule
+
+    return VideoClipDataModule(data_cfg)
+
+
+def save_untrained_checkpoint(model, path: Path) -> Path:
+    """A parameter-free baseline still gets a checkpoint, so `evaluate ckpt=` and `compare` treat it like any run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(), "global_step": 0}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: list, ckpt: str | None) -> dict:
+    """Evaluate `model` under `cfg.eval_protocol`; writes `run_dir/metrics.json` (atomic) and per-video results."""
+    from eval.runner import run_evaluation
+
+    model.eval()
+    return run_evaluation(model, datamodule, cfg.eval_protocol, run_dir, loggers=loggers, ckpt=ckpt,
+                          overrides=runtime.task_overrides())
+
+
+def train(cfg: DictConfig) -> dict:
+    runtime.validate(cfg)
+    run_dir = runtime.resolve_run_dir(cfg)
+    runtime.save_config(cfg, run_dir)
+    runtime.seed_everything(cfg.seed)
+
+    from lit_models.registry import build_model
+
+    model = build_model(cfg.model)
+    datamodule = build_datamodule(cfg.data)
+    loggers = runtime.build_loggers(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    if cfg.resume:
+        if not last.exists():
+            raise FileNotFoundError(f"resume=true but {last} does not exist (pass run_dir= of the run to continue)")
+        ckpt_path = str(last)
+        log.info("resuming from %s", last)
+
+    if model.trainable:
+        trainer = runtime.build_trainer(cfg, run_dir, loggers)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if not last.exists():  # max_steps not reached a checkpoint interval: keep the final state anyway
+            trainer.save_checkpoint(str(last))
+    else:
+        log.info("%s has no trainable parameters: nothing to train", cfg.model.name)
+        save_untrained_checkpoint(model, last)
+
+    results: dict = {"run_dir": str(run_dir), "ckpt": str(last)}
+    if cfg.evaluate_after_train:
+        results.update(evaluate_run(cfg, model, datamodule, run_dir, loggers, str(last)))
+    wandb_dir = runtime.wandb_run_dir(loggers)
+    runtime.finish_loggers(loggers)
+    print(f"run directory: {run_dir}")
+    if (run_dir / "metrics.json").exists():
+        print(f"metrics:       {run_dir / 'metrics.json'}")
+    if wandb_dir:
+        print(f"W&B run:       {wandb_dir}  (offline: `wandb sync {wandb_dir}` to upload)")
+    return results
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    runtime.setup_logging()
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

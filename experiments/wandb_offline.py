@@ -1,0 +1,88 @@
+"""Read an offline W&B run back from disk (no server, no login): its history rows and summary.
+
+A `run-<id>.wandb` file is a header (`:W&B`, magic 0xBEE1, version) followed by a LevelDB-style record log
+(32 KiB blocks; each chunk: crc32, length, type FULL/FIRST/MIDDLE/LAST); every record is a
+`wandb_internal_pb2.Record` protobuf. `python -m experiments.wandb_offline RUN_DIR` prints the last history row.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Iterator
+
+_BLOCK = 32768
+_HEADER = 7
+
+
+def run_file(path: str | Path) -> Path:
+    """Accept a `.wandb` file, an `offline-run-*` dir, or any dir containing exactly one such run."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    files = sorted(path.rglob("run-*.wandb"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"expected one run-*.wandb under {path}, found {len(files)}")
+    return files[0]
+
+
+def iter_records(path: str | Path) -> Iterator[bytes]:
+    data = run_file(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B run file")
+    pos, pending = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        pos += _HEADER
+        chunk = data[pos:pos + length]
+        pos += length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+            pending = b""
+
+
+def _item_key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """Every `run.log(...)` row, values decoded from JSON."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    rows = []
+    for raw in iter_records(path):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "history":
+            rows.append({_item_key(i): json.loads(i.value_json) for i in rec.history.item})
+    return rows
+
+
+def read_config(path: str | Path) -> dict:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    config: dict = {}
+    for raw in iter_records(path):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        items = rec.config.update if kind == "config" else rec.run.config.update if kind == "run" else []
+        for item in items:
+            config[_item_key(item)] = json.loads(item.value_json)
+    return config
+
+
+if __name__ == "__main__":
+    rows = read_history(sys.argv[1])
+    print(json.dumps({"rows": len(rows), "last": rows[-1] if rows else None}, indent=2, default=str))
