@@ -43,37 +43,34 @@ def read_video(path: str | Path, max_frames: int = 0) -> tuple[np.ndarray, float
     return frames, float(reader.fps or 25.0)
 
 
-def square_box(frames: np.ndarray, mode: str) -> tuple[int, int, int, int]:
-    """One crop box for a whole clip (or one image): the central square, or a FOMM-style expanded face box."""
+def square_box(frames: np.ndarray, mode: str) -> list[int]:
+    """One crop box for a whole clip (or one image): the central square, or the FOMM-style expanded face box
+    `prepare crop` uses (dlib detector, offline weights), fixed over the clip so the crop does not jitter."""
     H, W = frames.shape[1:3]
     if mode == "face":
-        from datamodules.face import stable_face_box
+        from datamodules.face import get_face_detector
+        from datamodules.prepare.crop import CropConfig, segment_box
 
-        box = stable_face_box(frames)
-        if box is not None:
-            return box
+        detector, crop_cfg = get_face_detector("dlib"), CropConfig()
+        boxes = []
+        for frame in frames[:: max(1, len(frames) // 16)]:
+            found = detector.detect(frame, max_side=crop_cfg.det_max_side, min_side=crop_cfg.det_min_side)
+            if found:
+                boxes.append(found[0].as_array())
+        if boxes:
+            return segment_box(boxes, (H, W), crop_cfg)[0]
         log.warning("no face found: falling back to the central square")
     side = min(H, W)
     y0, x0 = (H - side) // 2, (W - side) // 2
-    return x0, y0, x0 + side, y0 + side
+    return [x0, y0, x0 + side, y0 + side]
 
 
-def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """N×H×W×3 uint8 → N×3×size×size float in [0, 1] (area interpolation when shrinking); pads outside the frame."""
-    import cv2
+def crop_resize(frames: np.ndarray, box: list[int], size: int) -> torch.Tensor:
+    """N×H×W×3 uint8 → N×3×size×size float in [0, 1]; outside the frame is padded black, as `prepare crop` does."""
+    from datamodules.prepare.crop import crop_frame
 
-    x0, y0, x1, y1 = box
-    H, W = frames.shape[1:3]
-    pad = max(0, -x0, -y0, x1 - W, y1 - H)
-    if pad:
-        frames = np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    out = []
-    for f in frames:
-        patch = f[y0:y1, x0:x1]
-        interp = cv2.INTER_AREA if patch.shape[0] > size else cv2.INTER_LINEAR
-        out.append(cv2.resize(patch, (size, size), interpolation=interp))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255)
+    out = np.stack([crop_frame(f, box, size) for f in frames])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(255)
 
 
 @torch.no_grad()
