@@ -28,9 +28,14 @@ class DataConfig:
     resolution: int = 64            # frames are resized to resolution×resolution
     crop: str = "center"            # none (plain resize) | center (central square) | meta (per-clip box from prepare crop)
     num_frames: int = 1             # driving frames per training sample (T); source is another frame of the clip
+    frame_stride: int = 1           # training: the T driving frames are a window `frame_stride` frames apart
     batch_size: int = 8
     num_workers: int = 2
-    decoder: str = "pyav"           # pyav | decord
+    decoder: str = "decord"         # decord | pyav (benchmarks/decode.py: decord ~2x PyAV on sequential eval, equal on training)
+    decoder_threads: int = 0        # decoder threads per reader (0 = the decoder's default)
+    use_meta: bool = True           # add keypoints / masks from ROOT/meta/<stem>.npz to the batch when present
+    transfer_uint8: bool = True     # under a Trainer, workers ship uint8 frames; float32 [0,1] made after device transfer
+    use_scan_cache: bool = True     # cache the bad-file probe in ROOT/.portraitlab_scan.json (path+size+mtime)
     val_fraction: float = 0.1       # fractions of identities (splits are identity-disjoint)
     test_fraction: float = 0.1
     split_seed: int = 0

@@ -22,7 +22,7 @@ CHOICES = {
     "data.crop": ("none", "center", "meta"),
     "data.decoder": ("pyav", "decord"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
-    "logger.mode": ("offline", "online", "disabled"),
+    "logger.mode": ("offline", "online", "disabled", "dryrun"),  # dryrun: W&B's old name for offline
     "eval_protocol.mode": ("self", "cross", "synth_cross"),
 }
 
@@ -102,16 +102,16 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         if id_file.exists():
             run_id = id_file.read_text().strip()
         else:
-            import wandb
+            import uuid
 
-            run_id = wandb.util.generate_id()
+            run_id = uuid.uuid4().hex[:8]
             atomic_write_text(id_file, run_id)
         group = lc.group or cfg.get("sweep_name") or cfg.name
         tags = list(lc.tags) + [f"{k}={OmegaConf.select(cfg, k)}" for k in cfg.get("axes") or []]
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(WandbLogger(project=lc.project, entity=lc.entity, name=f"{cfg.name}-{run_dir.name}",
-                                   save_dir=str(run_dir), id=run_id, group=group, tags=tags, offline=lc.mode == "offline",
-                                   mode=lc.mode, resume="allow", log_model=lc.log_model,
+                                   save_dir=str(run_dir), id=run_id, group=group, tags=tags, offline=lc.mode in ("offline", "dryrun"),
+                                   mode="offline" if lc.mode == "dryrun" else lc.mode, resume="allow", log_model=lc.log_model,
                                    config=OmegaConf.to_container(cfg, resolve=True)))
     return loggers
 
@@ -127,14 +127,19 @@ class RNGStateCallback(L.Callback):
     """Saves and restores the Python/NumPy/torch RNG states in checkpoints, so `resume=true` continues exactly."""
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain types and tensors only: Lightning loads checkpoints with weights_only=True
+        state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                         int(has_gauss), float(gauss)],
+                 "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
@@ -178,6 +183,8 @@ def finish_loggers(loggers: list) -> None:
             import wandb
 
             logger.finalize("success")
-            wandb.finish(quiet=True)
+            if logger._experiment is not None:
+                logger.experiment.finish()
+            wandb.finish()
         else:
             logger.finalize("success")

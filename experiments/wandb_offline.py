@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -56,26 +57,34 @@ def _item_key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def read_history(path: str | Path) -> list[dict]:
+def _records(path: str | Path, wait_s: float = 30.0) -> list:
+    """Parsed records of a finished run. W&B's writer flushes in the background after `finish()` returns, so wait
+    (up to `wait_s`) for the run's closing `exit` record rather than read a half-written file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = []
+        for raw in iter_records(path):
+            rec = pb.Record()
+            rec.ParseFromString(raw)
+            records.append(rec)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            if not any(r.WhichOneof("record_type") == "exit" for r in records):
+                raise TimeoutError(f"{run_file(path)}: the run has not finished writing (no exit record)")
+            return records
+        time.sleep(0.2)
+
+
+def read_history(path: str | Path, wait_s: float = 30.0) -> list[dict]:
     """Every `run.log(...)` row, values decoded from JSON."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    rows = []
-    for raw in iter_records(path):
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") == "history":
-            rows.append({_item_key(i): json.loads(i.value_json) for i in rec.history.item})
-    return rows
+    return [{_item_key(i): json.loads(i.value_json) for i in rec.history.item}
+            for rec in _records(path, wait_s) if rec.WhichOneof("record_type") == "history"]
 
 
-def read_config(path: str | Path) -> dict:
-    from wandb.proto import wandb_internal_pb2 as pb
-
+def read_config(path: str | Path, wait_s: float = 30.0) -> dict:
     config: dict = {}
-    for raw in iter_records(path):
-        rec = pb.Record()
-        rec.ParseFromString(raw)
+    for rec in _records(path, wait_s):
         kind = rec.WhichOneof("record_type")
         items = rec.config.update if kind == "config" else rec.run.config.update if kind == "run" else []
         for item in items:

@@ -1,0 +1,407 @@
+"""Samples: a source frame x_s and driving frames x_{d_1..T} of clips, as the batch dict of docs/DESIGN.md.
+
+* ``TrainClipDataset`` — sample ``i`` is a pure function of ``(seed, i)``: ``rng = default_rng([seed, i])`` picks the
+  clip, a window of T driving frames (``frame_stride`` apart) and a source frame of the same clip outside the
+  window. The training stream is therefore a function of the sample index alone (exact resume; see
+  ``ResumableIndexSampler`` in ``datamodules.datamodule``). A clip that fails to decode is warned about and
+  replaced by the draw of ``default_rng([seed, i, attempt])`` — never a crash mid-epoch.
+* ``EvalClipDataset`` — fixed items: self-reenactment (frame 0 is the source, driving = target = frames
+  0, stride, 2·stride, …) and cross-identity pairs (source frame 0 of one clip, driving frames of another,
+  ``target`` from SynthFaces' ground-truth render when the pair has one).
+
+Frames are cropped (``crop``: none | center | meta) and resized to ``resolution``² (cv2.INTER_AREA when shrinking,
+bilinear when enlarging); keypoints and masks from ``root/meta/<stem>.npz`` get the same crop and scale. With
+``as_uint8`` images and masks stay uint8 and channels-last (¼ of the bytes between worker and GPU, no transpose on
+the CPU); ``batch_to_float`` converts them after the device transfer (the DataModule's ``on_after_batch_transfer``
+does, under a Trainer).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from datamodules.layouts import ClipRecord
+from datamodules.video import ClipSource, ReaderCache
+
+log = logging.getLogger("portraitlab.data")
+CROPS = ("none", "center", "meta")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+_INV255 = np.float32(1.0 / 255.0)
+
+
+def _u8_to_unit(a: np.ndarray) -> np.ndarray:
+    """uint8 → float32 in [0, 1] in one pass (numpy's fused multiply is ~2× torch's .to().mul_() on CPU)."""
+    return np.multiply(a, _INV255, dtype=np.float32)
+
+
+IMAGE_KEYS = ("source", "driving", "target")
+
+
+def _unit_channels_first(v: torch.Tensor) -> torch.Tensor:
+    """…×H×W×C uint8 (transport format) → …×C×H×W float32 in [0, 1]."""
+    return v.movedim(-1, -3).to(torch.float32).mul_(1.0 / 255.0).contiguous()
+
+
+def batch_to_float(batch: dict) -> dict:
+    """Convert a batch shipped as uint8 channels-last (``transfer_uint8``) to the float32 [0, 1] channels-first
+    batch of docs/DESIGN.md, on whatever device it is (cheap on a GPU); ``target`` stays the same tensor as
+    ``driving`` when it was. Float batches pass through unchanged."""
+    same = batch.get("target") is batch.get("driving")
+    for k in IMAGE_KEYS:
+        v = batch.get(k)
+        if isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and not (k == "target" and same):
+            batch[k] = _unit_channels_first(v)
+    if same and "target" in batch:
+        batch["target"] = batch["driving"]
+    masks = batch.get("masks")
+    if isinstance(masks, dict):
+        batch["masks"] = {k: (_unit_channels_first(v) if v.dtype == torch.uint8 else v) for k, v in masks.items()}
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class FrameTransform:
+    """Crop box then resize to ``resolution``², applied alike to frames, masks and keypoints (pixels)."""
+
+    def __init__(self, resolution: int, crop: str = "center", as_uint8: bool = False):
+        if crop not in CROPS:
+            raise ValueError(f"crop={crop!r} is not one of {', '.join(CROPS)}")
+        self.resolution = int(resolution)
+        self.crop = crop
+        self.as_uint8 = as_uint8  # ship uint8 (¼ the bytes); ``batch_to_float`` converts after the device transfer
+
+    def box(self, h: int, w: int, meta_box: Optional[Sequence[float]] = None) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) in source pixels; may extend past the frame for crop=meta (padded with black)."""
+        if self.crop == "none":
+            return 0, 0, w, h
+        if self.crop == "meta" and meta_box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in meta_box)
+            if x1 <= x0 or y1 <= y0:
+                raise ValueError(f"empty crop box {list(meta_box)}")
+            return x0, y0, x1, y1
+        # center (and meta without a box: the clip has no .crop.json)
+        s = min(h, w)
+        x0, y0 = (w - s) // 2, (h - s) // 2
+        return x0, y0, x0 + s, y0 + s
+
+    @staticmethod
+    def _cut(arr: np.ndarray, box) -> np.ndarray:
+        """arr: N×H×W(×C); crop, zero-padding where the box leaves the frame."""
+        x0, y0, x1, y1 = box
+        h, w = arr.shape[1:3]
+        if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+            return arr[:, y0:y1, x0:x1]
+        out = np.zeros((arr.shape[0], y1 - y0, x1 - x0, *arr.shape[3:]), arr.dtype)
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if sx1 > sx0 and sy1 > sy0:
+            out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[:, sy0:sy1, sx0:sx1]
+        return out
+
+    def _resize(self, arr: np.ndarray) -> np.ndarray:
+        """N×h×w×C → N×r×r×C; the frames are stacked along channels so cv2 resizes them in one call."""
+        import cv2
+
+        n, h, w, c = arr.shape
+        r = self.resolution
+        if (h, w) == (r, r):
+            return np.ascontiguousarray(arr)
+        interp = cv2.INTER_AREA if (h > r or w > r) else cv2.INTER_LINEAR
+        per = max(1, 512 // c)  # OpenCV handles up to 512 channels
+        outs = []
+        for k in range(0, n, per):
+            chunk = arr[k:k + per]
+            m = chunk.shape[0]
+            stacked = np.ascontiguousarray(chunk.transpose(1, 2, 0, 3).reshape(h, w, m * c))
+            res = cv2.resize(stacked, (r, r), interpolation=interp)
+            outs.append(res.reshape(r, r, m, c).transpose(2, 0, 1, 3))
+        return np.ascontiguousarray(np.concatenate(outs) if len(outs) > 1 else outs[0])
+
+    def frames(self, frames: np.ndarray, box) -> torch.Tensor:
+        """N×H×W×3 uint8 → N×3×r×r float32 in [0, 1] (transpose fused into the conversion pass).
+        ``as_uint8``: N×r×r×3 uint8, channels last (transport format; ``batch_to_float`` permutes on the device)."""
+        out = self._resize(self._cut(frames, box))
+        if self.as_uint8:
+            return torch.from_numpy(out)
+        return torch.from_numpy(_u8_to_unit(out.transpose(0, 3, 1, 2)))
+
+    def masks(self, masks: np.ndarray, box) -> torch.Tensor:
+        """N×H×W (bool / uint8 0-1 or 0-255 / float) → N×1×r×r float32 in [0, 1] (area-averaged: soft edges)."""
+        if masks.dtype == np.bool_ or (masks.dtype == np.uint8 and masks.max(initial=0) <= 1):
+            m = masks.astype(np.uint8) * np.uint8(255)   # resize in uint8 (1/255 steps), cheaper than float
+        elif masks.dtype == np.uint8:
+            m = masks
+        else:
+            m = np.clip(masks, 0, 1).astype(np.float32)
+        out = self._resize(self._cut(m[..., None], box))  # N×r×r×1 (the same layout as frames)
+        if m.dtype == np.uint8:
+            return torch.from_numpy(out) if self.as_uint8 else torch.from_numpy(_u8_to_unit(out.transpose(0, 3, 1, 2)))
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.float32))
+
+    def points(self, pts: np.ndarray, box) -> torch.Tensor:
+        """(…, 2) pixel (x, y) in the stored frame → pixels of the resized crop.
+
+        Pixel centres sit at integer coordinates (SynthFaces, dlib, cv2.resize all agree), so the map is
+        ``(x + 0.5 - x0) * scale - 0.5``, not ``(x - x0) * scale`` (which would shift by 0.5·(scale - 1) px)."""
+        x0, y0, x1, y1 = box
+        scale = np.array([self.resolution / (x1 - x0), self.resolution / (y1 - y0)], np.float32)
+        origin = np.array([x0, y0], np.float32)
+        return torch.from_numpy(((pts.astype(np.float32) + 0.5 - origin) * scale - 0.5).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class _ClipDataset(Dataset):
+    """Shared decoding: lazily opened readers per worker, meta npz and crop boxes cached per worker."""
+
+    def __init__(self, source: ClipSource, resolution: int, crop: str, as_uint8: bool = False,
+                 use_meta: bool = True):
+        self.source = source
+        self.use_meta = use_meta
+        self.transform = FrameTransform(resolution, crop, as_uint8)
+        self.readers = ReaderCache(source)
+        self._meta_cache: dict[str, Any] = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_meta_cache"] = {}
+        return state
+
+    def _num_frames(self, rec: ClipRecord) -> int:
+        return rec.num_frames or self.readers.get(rec).num_frames
+
+    def _meta(self, rec: ClipRecord) -> Optional[dict]:
+        if rec.meta is None or not self.use_meta:
+            return None
+        if rec.path not in self._meta_cache:
+            if len(self._meta_cache) > 64:
+                self._meta_cache.clear()
+            self._meta_cache[rec.path] = self.source.load_meta(rec)
+        return self._meta_cache[rec.path]
+
+    def _box(self, rec: ClipRecord, h: int, w: int):
+        meta_box = None
+        if self.transform.crop == "meta":
+            key = "crop:" + rec.path
+            if key not in self._meta_cache:
+                self._meta_cache[key] = self.source.load_crop(rec)
+            meta_box = self._meta_cache[key]
+        return self.transform.box(h, w, meta_box)
+
+    def _load(self, rec: ClipRecord, indices: Sequence[int], with_meta: bool = True) -> dict:
+        """Decode ``indices`` of ``rec`` → {"frames": N×3×r×r, optional "keypoints", "masks"}."""
+        reader = self.readers.get(rec)
+        raw = reader.get_frames(indices)
+        h, w = raw.shape[1:3]
+        box = self._box(rec, h, w)
+        out = {"frames": self.transform.frames(raw, box)}
+        meta = self._meta(rec) if with_meta else None
+        if meta:
+            idx = np.asarray(indices)
+            if "keypoints" in meta:
+                out["keypoints"] = self.transform.points(meta["keypoints"][idx], box)
+            masks = {k[len("masks_"):]: meta[k] for k in meta if k.startswith("masks_")}
+            if masks:
+                out["masks"] = {k: self.transform.masks(v[idx], box) for k, v in sorted(masks.items())}
+        return out
+
+
+def _split_source(loaded: dict, n_src: int = 1) -> tuple[dict, dict]:
+    """Split a joint decode ``[source] + driving`` into its two parts."""
+    src, drv = {}, {}
+    for k, v in loaded.items():
+        if isinstance(v, dict):
+            src[k] = {m: t[:n_src] for m, t in v.items()}
+            drv[k] = {m: t[n_src:] for m, t in v.items()}
+        else:
+            src[k], drv[k] = v[:n_src], v[n_src:]
+    return src, drv
+
+
+def _assemble(src: dict, drv: dict, tgt: Optional[dict], meta: dict, identity: str) -> dict:
+    sample = {"source": src["frames"][0], "driving": drv["frames"], "identity": identity, "meta": meta}
+    sample["target"] = drv["frames"] if tgt is None else tgt["frames"]
+    sample["_target_is_driving"] = tgt is None
+    ref = drv if tgt is None else tgt  # annotations of what the output should show
+    if "keypoints" in ref:
+        sample["keypoints"] = ref["keypoints"]
+    if "keypoints" in src:
+        sample["source_keypoints"] = src["keypoints"][0]
+    if "masks" in ref:
+        sample["masks"] = ref["masks"]
+    return sample
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """default_collate, except that ``target`` *is* ``driving`` (one tensor) for self-reenactment batches."""
+    same = all(s.pop("_target_is_driving", False) for s in samples)
+    if same:
+        for s in samples:
+            s.pop("target", None)
+    batch = default_collate(samples)
+    if same:
+        batch["target"] = batch["driving"]
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def draw_training_frames(rng: np.random.Generator, n: int, num_frames: int, stride: int = 1) -> tuple[int, list[int]]:
+    """(source index, T driving indices): a window of T frames ``stride`` apart (the stride shrinks for short clips;
+    frames repeat when the clip has fewer than T), and a source frame outside the window when there is one."""
+    t = num_frames
+    if t > 1:
+        stride = max(1, min(stride, (n - 1) // (t - 1))) if n > 1 else 1
+    span = (t - 1) * stride + 1
+    if span <= n:
+        start = int(rng.integers(0, n - span + 1))
+        driving = [start + k * stride for k in range(t)]
+    else:
+        driving = sorted(int(v) for v in rng.integers(0, n, size=t))
+    outside = np.setdiff1d(np.arange(n), driving)
+    pool = outside if outside.size else np.arange(n)
+    source = int(pool[int(rng.integers(pool.size))])
+    return source, driving
+
+
+class TrainClipDataset(_ClipDataset):
+    """Sample ``i`` = f(seed, i): clip, driving window and source frame drawn from ``default_rng([seed, i])``."""
+
+    max_attempts = 8
+
+    def __init__(self, source: ClipSource, records: list[ClipRecord], resolution: int, crop: str = "center",
+                 num_frames: int = 1, frame_stride: int = 1, seed: int = 0, length: int = 1000,
+                 as_uint8: bool = False, use_meta: bool = True):
+        super().__init__(source, resolution, crop, as_uint8, use_meta)
+        if not records:
+            raise ValueError("no usable training clips")
+        self.records = list(records)
+        self.num_frames = int(num_frames)
+        self.frame_stride = int(frame_stride)
+        self.seed = int(seed)
+        self.length = int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def draw(self, index: int, attempt: int = 0) -> tuple[int, int, list[int]]:
+        """(clip position, source frame, driving frames) of sample ``index`` (pure; no decoding)."""
+        rng = np.random.default_rng([self.seed, int(index)] + ([attempt] if attempt else []))
+        c = int(rng.integers(len(self.records)))
+        n = self._num_frames(self.records[c])
+        s, d = draw_training_frames(rng, n, self.num_frames, self.frame_stride)
+        return c, s, d
+
+    def __getitem__(self, index: int) -> dict:
+        last_err = None
+        for attempt in range(self.max_attempts):
+            c, s, d = self.draw(index, attempt)
+            rec = self.records[c]
+            try:
+                loaded = self._load(rec, [s] + d)
+            except Exception as e:  # noqa: BLE001 - a bad clip must not end the epoch
+                last_err = e
+                self.readers.drop(rec)
+                warnings.warn(f"training sample {index}: {rec.path} failed to decode ({e}); drawing another clip")
+                continue
+            src, drv = _split_source(loaded)
+            meta = {"clip_id": rec.clip_id, "path": rec.path, "index": int(index), "source_index": s,
+                    "frame_indices": torch.tensor(d)}
+            return _assemble(src, drv, None, meta, rec.identity)
+        raise RuntimeError(f"training sample {index}: {self.max_attempts} clips failed to decode") from last_err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class EvalItem:
+    source: ClipRecord
+    source_index: int
+    driving: ClipRecord
+    indices: list[int]
+    target: Optional[ClipRecord] = None
+    mode: str = "self"
+
+
+def _interleave_identities(records: list[ClipRecord]) -> list[ClipRecord]:
+    """Deterministic order that visits identities round-robin (so max_videos covers many identities)."""
+    by_id: dict[str, list[ClipRecord]] = {}
+    for r in sorted(records, key=lambda r: r.clip_id):
+        by_id.setdefault(r.identity, []).append(r)
+    out, k = [], 0
+    while len(out) < len(records):
+        for ident in sorted(by_id):
+            if k < len(by_id[ident]):
+                out.append(by_id[ident][k])
+        k += 1
+    return out
+
+
+def frame_indices(n: int, num_frames: int, stride: int) -> list[int]:
+    """0, stride, 2·stride, … < n; the first ``num_frames`` of them (0 = all)."""
+    idx = list(range(0, n, max(1, stride)))
+    return idx[:num_frames] if num_frames > 0 else idx
+
+
+def build_self_items(records: list[ClipRecord], num_frames: int, stride: int, max_videos: int = 0) -> list[EvalItem]:
+    recs = _interleave_identities(records)
+    if max_videos > 0:
+        recs = recs[:max_videos]
+    return [EvalItem(r, 0, r, frame_indices(r.num_frames, num_frames, stride), None, "self") for r in recs]
+
+
+def build_cross_items(pairs: list, num_frames: int, stride: int, max_videos: int = 0,
+                      num_frames_of=None) -> list[EvalItem]:
+    """Items of cross-identity ``pairs`` (datamodules.pairs.Pair); ``num_frames_of(record)`` counts ad-hoc
+    targets that the scan never saw."""
+    items = []
+    for p in pairs[: max_videos or None]:
+        n = p.driving.num_frames or (num_frames_of(p.driving) if num_frames_of else 0)
+        if p.target is not None:
+            nt = p.target.num_frames or (num_frames_of(p.target) if num_frames_of else n)
+            n = min(n, nt)
+        items.append(EvalItem(p.source, 0, p.driving, frame_indices(n, num_frames, stride), p.target,
+                              "synth_cross" if p.target is not None else "cross"))
+    return items
+
+
+class EvalClipDataset(_ClipDataset):
+    """Fixed evaluation items, decoded sequentially (``get_frames`` on increasing indices decodes forward once)."""
+
+    def __init__(self, source: ClipSource, items: list[EvalItem], resolution: int, crop: str = "center",
+                 as_uint8: bool = False, use_meta: bool = True):
+        super().__init__(source, resolution, crop, as_uint8, use_meta)
+        self.items = list(items)
+        has_t = [it.target is not None for it in self.items]
+        if any(has_t) and not all(has_t):
+            warnings.warn("some cross pairs have a ground-truth target and some do not: targets dropped")
+            for it in self.items:
+                it.target = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(it.indices) for it in self.items]
+
+    def __getitem__(self, index: int) -> dict:
+        it = self.items[index]
+        try:
+            if it.source.path == it.driving.path:
+                src, drv = _split_source(self._load(it.driving, [it.source_index] + it.indices))
+            else:
+                src = self._load(it.source, [it.source_index])
+                drv = self._load(it.driving, it.indices)
+            tgt = self._load(it.target, it.indices) if it.target is not None else None
+        except Exception as e:
+            raise RuntimeError(f"eval item {index} ({it.mode}: {it.source.clip_id} <- {it.driving.clip_id}): {e}") from e
+        meta = {"clip_id": it.driving.clip_id, "path": it.driving.path, "source_clip_id": it.source.clip_id,
+                "source_path": it.source.path, "target_clip_id": it.target.clip_id if it.target else "",
+                "mode": it.mode, "index": int(index), "source_index": it.source_index,
+                "frame_indices": torch.tensor(it.indices)}
+        return _assemble(src, drv, tgt, meta, it.source.identity)

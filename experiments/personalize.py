@@ -1,0 +1,211 @@
+"""Batch ImPoster personalization over a pairs file, ending in a table.
+
+    python -m experiments.personalize --pairs pairs.csv --out runs/personalize [--steps N] [hydra overrides...]
+    python -m experiments.personalize --pairs pairs.csv --steps 20 model=imposter_tiny      # CPU smoke run
+
+The pairs CSV has columns ``source, source_caption, driving, driving_caption, target_prompt`` (image paths
+relative to the CSV or absolute). For each pair a fresh model (``model=imposter`` by default: SD-2.1-base) is
+fine-tuned for ``--steps`` steps on the pair (Lightning trainer from the ``trainer`` config group), then sampled
+with the target prompt and frequency guidance. Per pair the output folder holds ``output.png`` and
+``strip.png`` (source | driving | output); ``results.csv`` / ``results.md`` hold the table:
+
+* ``phase_score``: amplitude-weighted Fourier phase coherence of output and driving (luma, in [-1, 1]).
+* ``ssim_source``: SSIM of output to source (``eval.metrics.SSIM``).
+* ``lpips_alex_source``: LPIPS to the source (``eval.metrics.LPIPS``) — only when its AlexNet trunk is present.
+* ``clip_i`` / ``clip_t`` / ``dino``: only with ``--clip-model`` / ``--dino-model`` (or $PORTRAITLAB_CLIP /
+  $PORTRAITLAB_DINO) pointing at local transformers checkpoints; absent otherwise, never a stand-in number.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.schema import register_configs
+
+    register_configs()
+    if not any(o.startswith(("model=", "experiment=")) for o in overrides):
+        overrides = ["model=imposter", *overrides]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _save_png(img: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    arr = (img.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(arr).save(tmp)
+    tmp.replace(path)
+
+
+class _Similarity:
+    """CLIP / DINO similarities from local transformers checkpoints (no download: ``local_files_only``)."""
+
+    def __init__(self, clip_model: str | None, dino_model: str | None):
+        self.clip = self.dino = None
+        if clip_model:
+            from transformers import CLIPModel, CLIPProcessor
+
+            try:
+                self.clip = CLIPModel.from_pretrained(clip_model, local_files_only=True).eval()
+                self.clip_proc = CLIPProcessor.from_pretrained(clip_model, local_files_only=True)
+            except OSError as err:
+                raise FileNotFoundError(f"CLIP weights not found at `{clip_model}` (--clip-model / $PORTRAITLAB_CLIP: a "
+                                        f"local transformers CLIP folder, e.g. openai/clip-vit-large-patch14): {err}") from err
+        if dino_model:
+            from transformers import AutoImageProcessor, AutoModel
+
+            try:
+                self.dino = AutoModel.from_pretrained(dino_model, local_files_only=True).eval()
+                self.dino_proc = AutoImageProcessor.from_pretrained(dino_model, local_files_only=True)
+            except OSError as err:
+                raise FileNotFoundError(f"DINO weights not found at `{dino_model}` (--dino-model / $PORTRAITLAB_DINO: a "
+                                        f"local transformers DINO(v2) folder, e.g. facebook/dinov2-small): {err}") from err
+
+    @torch.no_grad()
+    def __call__(self, out: torch.Tensor, source: torch.Tensor, prompt: str) -> dict[str, float]:
+        res: dict[str, float] = {}
+        imgs = [(x.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for x in (out.cpu(), source.cpu())]
+        if self.clip is not None:
+            inp = self.clip_proc(text=[prompt], images=imgs, return_tensors="pt", padding=True)
+            o = self.clip(**inp)
+            ie = torch.nn.functional.normalize(o.image_embeds, dim=-1)
+            te = torch.nn.functional.normalize(o.text_embeds, dim=-1)
+            res["clip_i"] = float(ie[0] @ ie[1])
+            res["clip_t"] = float(ie[0] @ te[0])
+        if self.dino is not None:
+            inp = self.dino_proc(images=imgs, return_tensors="pt")
+            feats = torch.nn.functional.normalize(self.dino(**inp).last_hidden_state[:, 0], dim=-1)
+            res["dino"] = float(feats[0] @ feats[1])
+        return res
+
+
+def _lpips_or_none():
+    """LPIPS (AlexNet) from the weights registry, or None with the reason printed (the column is then absent)."""
+    from eval.metrics import LPIPS
+    from eval.weights import MissingWeightsError
+
+    try:
+        return LPIPS("alex")
+    except MissingWeightsError as err:
+        print(f"[personalize] lpips_alex_source left out: {err}", file=sys.stderr)
+        return None
+
+
+def image_metrics(out: torch.Tensor, source: torch.Tensor, driving: torch.Tensor, lpips=None) -> dict[str, float]:
+    """The table's image metrics for one output (3×H×W in [0, 1]); see the module docstring."""
+    from eval.metrics import SSIM, FrameBatch
+    from lit_models.imposter.frequency import phase_score, to_gray
+
+    res = {"phase_score": float(phase_score(to_gray(out[None]), to_gray(driving[None]))[0]),
+           "phase_score_source": float(phase_score(to_gray(out[None]), to_gray(source[None]))[0])}
+    fb = FrameBatch(pred=out[None], target=source[None], source=source)
+    res["ssim_source"] = float(SSIM().frames(fb)[0])
+    if lpips is not None:
+        res["lpips_alex_source"] = float(lpips.frames(fb)[0])
+    return res
+
+
+def personalize_pair(cfg, pair, steps: int, pair_dir: Path):
+    """Fine-tune a fresh ImPoster on one pair, sample the target prompt; returns (model, output, final loss)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lit_models.imposter.data import PairDataset, load_image
+    from lit_models.registry import build_model
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    model = build_model(cfg.model)
+    res = int(cfg.model.resolution)
+    src, drv = load_image(pair.source, res), load_image(pair.driving, res)
+    data = DataLoader(PairDataset(src, drv, pair.source_caption, pair.driving_caption, length=steps), batch_size=1)
+    t = cfg.trainer
+    trainer = L.Trainer(max_steps=steps, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=t.enable_progress_bar,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        gradient_clip_val=t.gradient_clip_val, default_root_dir=str(pair_dir))
+    trainer.fit(model, data)
+    final = trainer.callback_metrics.get("train/loss")
+    model.eval()
+    out = model.sample(src[None], drv[None], target_prompts=[pair.target_prompt],
+                       driving_prompts=[pair.driving_caption])[0].cpu()
+    return src, drv, out, (float(final) if final is not None else float("nan"))
+
+
+def main(argv: list[str] | None = None):
+    import pandas as pd
+    from rich.console import Console
+    from rich.progress import track
+    from rich.table import Table
+
+    from lit_models.imposter.data import read_pairs
+
+    ap = argparse.ArgumentParser(prog="python -m experiments.personalize", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", required=True, help="CSV: source,source_caption,driving,driving_caption,target_prompt")
+    ap.add_argument("--out", default=None, help="output folder (default runs/personalize/<model name>)")
+    ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per pair (default trainer.max_steps)")
+    ap.add_argument("--clip-model", default=os.environ.get("PORTRAITLAB_CLIP"))
+    ap.add_argument("--dino-model", default=os.environ.get("PORTRAITLAB_DINO"))
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=imposter_tiny model.lr=1e-4")
+    args = ap.parse_args(argv)
+
+    cfg = compose_config(list(args.overrides))
+    if cfg.model._target_ != "lit_models.imposter.ImPoster":
+        raise ValueError(f"experiments.personalize runs ImPoster; got model `{cfg.model.name}` ({cfg.model._target_})")
+    steps = int(args.steps or cfg.trainer.max_steps)
+    out_dir = Path(args.out or Path(os.environ.get("PORTRAITLAB_RUNS", "runs")) / "personalize" / cfg.model.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = read_pairs(args.pairs)
+    sim = _Similarity(args.clip_model, args.dino_model)
+    if sim.clip is None or sim.dino is None:
+        print("[personalize] clip_* / dino columns left out: no --clip-model / --dino-model given", file=sys.stderr)
+    lpips = _lpips_or_none()
+    rows = []
+    for i, pair in enumerate(track(pairs, description="personalizing", disable=len(pairs) < 2)):
+        pair_dir = out_dir / f"pair{i:03d}"
+        pair_dir.mkdir(parents=True, exist_ok=True)
+        src, drv, out, final_loss = personalize_pair(cfg, pair, steps, pair_dir)
+        _save_png(out, pair_dir / "output.png")
+        _save_png(torch.cat([src, drv, out], dim=-1), pair_dir / "strip.png")
+        row = {"pair": i, "source": pair.source.name, "driving": pair.driving.name, "target_prompt": pair.target_prompt,
+               "backbone": cfg.model.backbone, "steps": steps, "final_loss": final_loss,
+               **image_metrics(out, src, drv, lpips), **sim(out, src, pair.target_prompt)}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for name, write in (("results.csv", lambda p: table.to_csv(p, index=False)),
+                        ("results.md", lambda p: p.write_text(table.to_markdown(index=False) if _has_tabulate()
+                                                              else table.to_string(index=False)))):
+        tmp = out_dir / f".{name}.tmp"
+        write(tmp)
+        tmp.replace(out_dir / name)
+    rt = Table(title=f"ImPoster personalization ({cfg.model.backbone})")
+    for col in table.columns:
+        rt.add_column(str(col))
+    for _, r in table.iterrows():
+        rt.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values])
+    Console(width=200).print(rt)
+    print(f"[personalize] wrote {out_dir / 'results.csv'}")
+    return table
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
