@@ -43,6 +43,7 @@ test-all: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.decode
+	$(BIN)/python -m benchmarks.eval_suite
 
 clean:
 	rm -rf $(VENV) runs outputs multirun .pytest_cache

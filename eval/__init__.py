@@ -1,0 +1,1 @@
+"""Evaluation suite: pinned protocols, reference-checked metrics, the runner, tables and comparisons (see README.md)."""

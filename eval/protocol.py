@@ -26,6 +26,12 @@ class EvalProtocolConfig:
     landmark_backend: str = "auto"
     batch_size: int = 4
     weights: dict[str, str] = field(default_factory=dict)  # weight name -> sha256 pinned by the protocol
+    lpips_net: str = "alex"             # alex | vgg (the metric is named lpips_<net>)
+    face_upsample: int = 1              # dlib HOG detector upsampling (faces under ~80 px need 1-2)
+    standin_metrics: list[str] = field(default_factory=list)  # e.g. [fid, lpips]: random stand-in nets, *_STANDIN
+    use_fid_reference_cache: bool = True  # cache the real statistics per dataset + protocol
+    num_grid_videos: int = 4            # videos in the logged side-by-side grid
+    include_source_frame: bool = False  # self mode: score frame 0 too (it is the source: PSNR would be infinite)
 
 
 def protocol_hash(cfg: Any) -> str:
@@ -34,3 +40,45 @@ def protocol_hash(cfg: Any) -> str:
 
     data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def load_protocol(name: str, overrides: list[str] | None = None):
+    """Compose ``experiments/configs/eval_protocol/<name>.yaml`` against its schema (outside any Hydra app).
+
+    ``overrides`` are ``key=value`` strings relative to the protocol (``num_frames=4``)."""
+    from omegaconf import OmegaConf
+
+    path = CONFIG_DIR / "eval_protocol" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no eval protocol {name!r} ({path}); known: {known}")
+    raw = OmegaConf.load(path)
+    raw.pop("defaults", None)
+    cfg = OmegaConf.merge(OmegaConf.structured(EvalProtocolConfig), raw)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return cfg
+
+
+def verify_protocol(cfg) -> dict:
+    """Check what the protocol pins (the pairs file's sha256); returns facts to record beside the results."""
+    facts: dict = {}
+    pairs = cfg.get("pairs_csv")
+    if pairs and __import__("pathlib").Path(pairs).is_file():
+        from eval.weights import sha256_file
+
+        digest = sha256_file(pairs)
+        facts["pairs_sha256_observed"] = digest
+        if cfg.get("pairs_sha256") and digest != cfg.pairs_sha256:
+            raise ValueError(f"protocol {cfg.name}: {pairs} has sha256 {digest}, the protocol pins "
+                             f"{cfg.pairs_sha256} — a different test list gives different numbers")
+        if not cfg.get("pairs_sha256"):
+            import warnings
+
+            warnings.warn(f"protocol {cfg.name}: pairs file {pairs} is not pinned (pairs_sha256: {digest})")
+    elif pairs and cfg.get("pairs_sha256"):
+        raise FileNotFoundError(f"protocol {cfg.name}: pinned pairs file {pairs} does not exist")
+    return facts

