@@ -44,6 +44,7 @@ test-all: venv
 bench: venv
 	$(BIN)/python -m benchmarks.decode
 	$(BIN)/python -m benchmarks.eval_suite
+	$(BIN)/python -m benchmarks.diffusion
 
 clean:
 	rm -rf $(VENV) runs outputs multirun .pytest_cache

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.compose import compose
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "experiments" / "configs"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -26,18 +27,6 @@ def real_fixtures() -> Path:
     if not (root / "ATTRIBUTION.md").exists():
         pytest.skip(f"real fixtures not found at {root} (set PORTRAITLAB_FIXTURES)")
     return root
-
-
-def compose(config_name: str = "train", overrides: list[str] | None = None):
-    """Compose the real Hydra configs exactly as the CLI does (tests then shrink them with overrides)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from experiments.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
 
 
 @pytest.fixture

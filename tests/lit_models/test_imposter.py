@@ -17,7 +17,7 @@ TINY = ["model=imposter_tiny", "model.resolution=16", "model.num_inference_steps
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from conftest import compose
+    from experiments.compose import compose
 
     torch.manual_seed(0)
     model = build_model(compose("train", TINY).model)

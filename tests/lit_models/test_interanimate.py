@@ -16,7 +16,7 @@ SMALL = ["model=interanimate_tiny", "model.resolution=16", "model.unet.block_out
 
 @pytest.fixture(scope="module")
 def small_model():
-    from conftest import compose
+    from experiments.compose import compose
 
     torch.manual_seed(0)
     return build_model(compose("train", SMALL).model)

@@ -1,0 +1,162 @@
+"""Diffusion-core benchmark (``python -m benchmarks.diffusion``): X-NeMo tiny training step vs bare diffusers.
+
+In one process, on the same shapes (``model=xnemo_tiny``: B clips × T frames, 12×16² latents), interleaved
+(A, B, A, B, …) so that load on a shared machine hits both alike; medians of ``--repeats`` timed steps:
+
+1. ``xnemo``: ``compute_losses`` → weighted total → backward → Adam step of the real module (ReferenceNet with the
+   reference-attention processors, motion encoder, driving augmentation, AnimateDiff temporal layers, DDPM noise);
+2. ``bare_pair``: the same diffusers networks called directly with stock processors — ``UNetMotionModel`` on B·T
+   frames plus the ``UNet2DConditionModel`` ReferenceNet on B references, random context tokens, MSE, backward,
+   Adam — i.e. the same network work without portraitlab's glue (reference concatenation excepted);
+3. ``bare_unet``: one bare ``UNet2DConditionModel`` step on B·T frames (the brief's literal baseline; the module
+   does ~2× its work since it also runs a ReferenceNet and temporal layers);
+4. sampling seconds per generated frame of ``animate`` (DDIM, ``num_inference_steps`` of the config, guidance,
+   windows) on one ``--sample-frames`` clip.
+
+Goal: ``xnemo / bare_pair ≤ 1.1``. ``--json PATH`` writes the figures (atomically); ``--device cuda`` runs on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(overrides: list[str]):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from experiments.schema import register_configs
+    from lit_models.registry import build_model
+
+    register_configs()
+    cfg_dir = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    with initialize_config_dir(config_dir=str(cfg_dir), version_base="1.3"):
+        cfg = compose("train", overrides=["model=xnemo_tiny", *overrides])
+    torch.manual_seed(0)
+    return build_model(cfg.model)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--sample-frames", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import UNet2DConditionModel, UNetMotionModel
+    from rich.console import Console
+    from rich.table import Table
+
+    device = torch.device(args.device)
+    model = build([]).to(device)
+    cfg = model.cfg
+    B, T, r = args.batch, args.frames, cfg.resolution
+    batch = {"source": torch.rand(B, 3, r, r, device=device), "driving": torch.rand(B, T, 3, r, r, device=device)}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    # bare diffusers networks of the same shapes, stock attention processors
+    unet_cfg = dict(model.reference_net.config)
+    bare_ref = UNet2DConditionModel.from_config(unet_cfg).to(device)
+    bare_den = UNetMotionModel.from_config(dict(model.denoiser.config)).to(device)
+    bare_unet = UNet2DConditionModel.from_config(unet_cfg).to(device)
+    n_tok = model.motion_tokens.num_tokens
+    D = model.cross_attention_dim
+    C, h = model.latent_channels, r // model.codec.factor
+    opt_pair = torch.optim.Adam(list(bare_ref.parameters()) + list(bare_den.parameters()), lr=1e-4)
+    opt_unet = torch.optim.Adam(bare_unet.parameters(), lr=1e-4)
+
+    def step_xnemo():
+        loss = model.weighted_total(model.compute_losses(batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def step_pair():
+        z = torch.randn(B, C, T, h, h, device=device)
+        t = torch.randint(0, 1000, (B,), device=device)
+        ctx = torch.randn(B * T, n_tok, D, device=device)
+        ref = bare_ref(torch.randn(B, C, h, h, device=device), torch.zeros(B, device=device, dtype=torch.long),
+                       encoder_hidden_states=torch.randn(B, 1, D, device=device)).sample
+        loss = torch.nn.functional.mse_loss(bare_den(z, t, encoder_hidden_states=ctx).sample, torch.randn_like(z))
+        loss = loss + 0 * ref.mean()  # the ReferenceNet is trained too: backpropagate through it as the module does
+        opt_pair.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_pair.step()
+
+    def step_unet():
+        z = torch.randn(B * T, C, h, h, device=device)
+        t = torch.randint(0, 1000, (B * T,), device=device)
+        ctx = torch.randn(B * T, n_tok, D, device=device)
+        loss = torch.nn.functional.mse_loss(bare_unet(z, t, encoder_hidden_states=ctx).sample, torch.randn_like(z))
+        opt_unet.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_unet.step()
+
+    steps = {"xnemo": step_xnemo, "bare_pair": step_pair, "bare_unet": step_unet}
+    times = {k: [] for k in steps}
+    for i in range(args.warmup + args.repeats):
+        for name, fn in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    src = torch.rand(1, 3, 64, 64, device=device)
+    drv = torch.rand(1, args.sample_frames, 3, 64, 64, device=device)
+    model.animate(src, drv[:, :2], num_inference_steps=1)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    model.animate(src, drv)
+    _sync(device)
+    sample_s = time.perf_counter() - t0
+
+    counts = model.parameter_counts()
+    result = {
+        "device": str(device), "threads": torch.get_num_threads(), "batch": B, "frames": T, "resolution": r,
+        "latent": [C, h, h], "params": counts,
+        "train_step_s": med, "ratio_vs_bare_pair": med["xnemo"] / med["bare_pair"],
+        "ratio_vs_bare_unet": med["xnemo"] / med["bare_unet"],
+        "sampling": {"frames": args.sample_frames, "steps": cfg.num_inference_steps, "sampler": cfg.sampler,
+                     "guidance_scale": cfg.guidance_scale, "window": [cfg.window_size, cfg.window_overlap],
+                     "seconds": sample_s, "seconds_per_frame": sample_s / args.sample_frames},
+    }
+    table = Table(title=f"X-NeMo tiny vs bare diffusers — {device}, B={B} T={T}, {C}×{h}² latents")
+    table.add_column("step")
+    table.add_column("median s", justify="right")
+    table.add_column("× xnemo", justify="right")
+    for k, v in med.items():
+        table.add_row(k, f"{v:.4f}", f"{med['xnemo'] / v:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"xnemo / bare_pair = {result['ratio_vs_bare_pair']:.3f} (goal ≤ 1.1); "
+                  f"xnemo / bare_unet = {result['ratio_vs_bare_unet']:.3f}")
+    console.print(f"sampling: {sample_s:.2f} s for {args.sample_frames} frames = "
+                  f"{result['sampling']['seconds_per_frame']:.3f} s/frame ({cfg.sampler}, {cfg.num_inference_steps} "
+                  f"steps, guidance {cfg.guidance_scale}, window {cfg.window_size}/{cfg.window_overlap})")
+    if args.json:
+        from datamodules.utils import atomic_write_json
+
+        atomic_write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Config schema shared by every reference-conditioned video diffusion method (X-Portrait, X-NeMo, InterAnimate, ImPoster).
+
+Not registered as a schema itself: each method subclasses :class:`DiffusionConfig` and registers its own
+``@model_schema``. Tiny vs full models are YAML variants of the same schema (``model=xnemo_tiny`` / ``model=xnemo``).
+
+Field groups
+* ``unet``: the denoiser's spatial layout, the kwargs of diffusers ``UNet2DConditionModel`` (SD-1.5 defaults);
+  ignored when ``pretrained_model_name_or_path`` is set (the checkpoint's ``unet/config.json`` wins).
+* ``temporal``: AnimateDiff-style temporal attention (diffusers ``UNetMotionModel`` motion modules, zero-initialised).
+* ``latent``: ``pixel`` (tiny configs: the U-Net works on RGB in [-1, 1]) or ``vae`` (``AutoencoderKL`` latents).
+* scheduler / sampler / classifier-free guidance / windowed long-video sampling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lit_models.base import ModelConfig
+
+
+@dataclass
+class UNetArch:
+    """diffusers ``UNet2DConditionModel`` kwargs (defaults: Stable Diffusion 1.5's ``unet/config.json``)."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
+    down_block_types: list[str] = field(default_factory=lambda: [
+        "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"])
+    up_block_types: list[str] = field(default_factory=lambda: [
+        "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    layers_per_block: int = 2
+    attention_head_dim: int = 8          # SD-1.5 naming: this is the number of heads
+    cross_attention_dim: int = 768
+    norm_num_groups: int = 32
+    in_channels: int = 4                 # 4 for VAE latents, 3 for pixel space
+    out_channels: int = 4
+    sample_size: int = 64
+
+
+@dataclass
+class TemporalArch:
+    """AnimateDiff motion modules (diffusers ``AnimateDiffTransformer3D``) inserted after every spatial block."""
+
+    use_temporal: bool = True
+    num_attention_heads: int = 8
+    max_seq_length: int = 32             # longest clip (window) the positional encoding covers
+    use_mid_block: bool = True
+    zero_init: bool = True               # zero the output projection: the video U-Net starts equal to the image U-Net
+
+
+@dataclass
+class DiffusionConfig(ModelConfig):
+    # ---- weights --------------------------------------------------------------------------------------------
+    # A Stable-Diffusion-1.5-shaped folder (unet/, vae/ subfolders) or hub id; None builds the U-Net from `unet`.
+    pretrained_model_name_or_path: Optional[str] = None
+    vae_path: Optional[str] = None       # defaults to <pretrained_model_name_or_path>/vae
+    local_files_only: bool = True        # never reach the network for weights unless asked
+    latent: str = "pixel"                # pixel | vae
+    pixel_unshuffle: int = 1             # latent=pixel: space-to-depth factor (2: 3×32² → 12×16²)
+    vae_scaling_factor: float = 0.18215
+    unet: UNetArch = field(default_factory=UNetArch)
+    temporal: TemporalArch = field(default_factory=TemporalArch)
+    # ---- appearance reference (ReferenceNet) ----------------------------------------------------------------
+    use_reference_net: bool = True       # a second U-Net on the clean reference latent feeds the denoiser's self-attention
+    train_reference_net: bool = True
+    num_context_tokens: int = 1          # learned cross-attention context where a method has no other (null prompt)
+    # ---- DDPM training --------------------------------------------------------------------------------------
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"     # epsilon | v_prediction
+    noise_seed: int = 0                  # per-step noise = f(noise_seed, global_step, rank): resume is exact
+    gradient_checkpointing: bool = False
+    lambda_diffusion: float = 1.0
+    # ---- classifier-free guidance: per-condition dropout at training, guidance at sampling -------------------
+    drop_reference_prob: float = 0.1
+    drop_motion_prob: float = 0.1
+    guidance_scale: float = 2.0
+    guidance_uncond: list[str] = field(default_factory=lambda: ["reference", "motion"])  # dropped in the uncond pass
+    # ---- sampling -------------------------------------------------------------------------------------------
+    sampler: str = "ddim"                # ddim | dpmpp (DPM-Solver++ multistep)
+    num_inference_steps: int = 25
+    sample_seed: int = 0
+    window_size: int = 16                # frames per denoising window (long videos)
+    window_overlap: int = 4              # frames shared by consecutive windows, blended linearly

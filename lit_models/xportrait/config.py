@@ -1,0 +1,33 @@
+"""X-Portrait schema (Xie et al., "X-Portrait: Expressive Portrait Animation with Hierarchical Motion Attention").
+
+``model=xportrait`` (SD-1.5-sized) and ``model=xportrait_tiny`` (CPU) are variants of this one schema.
+Ablation: ``use_local_control`` (the paper's local-control ablation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lit_models.diffusion.config import DiffusionConfig
+from lit_models.registry import model_schema
+
+
+@model_schema("xportrait")
+@dataclass
+class XPortraitConfig(DiffusionConfig):
+    _target_: str = "lit_models.xportrait.XPortrait"
+    name: str = "xportrait"
+    # ---- global motion control: a ControlNet on the whole driving frame ----------------------------------------
+    controlnet_embedding_channels: list[int] = field(default_factory=lambda: [16, 32, 96, 256])  # 2^(len-1) = latent factor
+    global_control_scale: float = 1.0
+    # ---- local motion control: a second ControlNet on the eye and mouth patches of the driving frame ----------
+    use_local_control: bool = True
+    local_control_scale: float = 1.0
+    region_margin: float = 0.35          # patch = landmark box grown by this fraction of its size (each side)
+    min_region_size: float = 0.08        # patches are at least this fraction of the image
+    landmark_detector: str = "dlib"      # animate without keypoints: dlib (datamodules.face) | none (fixed boxes)
+    # fallback patches when no landmarks: [x0, y0, x1, y1] in [0, 1] — left eye, right eye, mouth of a centred face
+    fixed_boxes: list[list[float]] = field(default_factory=lambda: [
+        [0.25, 0.30, 0.47, 0.47], [0.53, 0.30, 0.75, 0.47], [0.30, 0.60, 0.70, 0.82]])
+    # ---- appearance leakage: training driving input that does not share the source's appearance ----------------
+    driving_appearance: str = "augment"  # augment (strong appearance augmentation) | cross_identity | none
+    augmentation_strength: float = 1.0

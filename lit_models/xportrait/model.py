@@ -1,0 +1,81 @@
+"""X-Portrait: hierarchical motion control on the shared reference-conditioned video diffusion core.
+
+``ε_θ(z_t, t | h_ref, r_g + r_l)``: the global control ``r_g = C_g(z_t, t, D_t)`` (a diffusers ``ControlNetModel``
+on the whole driving frame) and the local control ``r_l = C_l(z_t, t, D_t ⊙ M_t)`` (a second ControlNet on the eye
+and mouth patches ``M_t`` located from landmarks) are added to the denoiser's skip (down) and middle features;
+appearance from the ReferenceNet; AnimateDiff temporal layers. At training the driving input does not share the
+source's appearance (``driving_appearance``: strong appearance augmentation, or another identity's frame showing
+the same motion — batch key ``driving_cross``). ``use_local_control=false`` is the paper's ablation.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lit_models.diffusion.augment import appearance_augment
+from lit_models.diffusion.module import MotionState, ReferenceVideoDiffusion
+from lit_models.diffusion.networks import build_controlnet
+from lit_models.xportrait.local_control import detect_landmarks, local_patch_masks
+
+
+class XPortrait(ReferenceVideoDiffusion):
+    def build_motion(self, unet2d: nn.Module) -> None:
+        cfg = self.cfg
+        channels = tuple(cfg.controlnet_embedding_channels)
+        if 2 ** (len(channels) - 1) != self.codec.factor:
+            raise ValueError(f"controlnet_embedding_channels {list(channels)} downsample by {2 ** (len(channels) - 1)}, "
+                             f"the latent by {self.codec.factor}: give it log2(factor)+1 entries")
+        if cfg.driving_appearance not in ("augment", "cross_identity", "none"):
+            raise ValueError(f"driving_appearance must be augment | cross_identity | none, got {cfg.driving_appearance!r}")
+        self.global_control = build_controlnet(unet2d, embedding_channels=channels)
+        self.local_control = build_controlnet(unet2d, embedding_channels=channels) if cfg.use_local_control else None
+
+    def encode_motion(self, source, driving, keep_motion, generator: Optional[torch.Generator] = None,
+                      keypoints=None) -> MotionState:
+        B, T = driving.shape[:2]
+        state = {"control": driving * 2 - 1, "keep_motion": keep_motion[:, None].expand(B, T)}
+        if self.local_control is not None:
+            kp = None if keypoints is None else keypoints.flatten(0, 1)
+            masks = local_patch_masks(B * T, driving.shape[-1], kp, self.cfg.fixed_boxes, self.cfg.region_margin,
+                                      self.cfg.min_region_size, device=driving.device)
+            masks = masks.view(B, T, *masks.shape[1:])
+            state["local"] = (driving * 2 - 1) * masks
+            state["local_mask"] = masks
+        return state
+
+    def _control(self, net, image, z_t, t, ehs, keep, scale):
+        down, mid = net(z_t, t, encoder_hidden_states=ehs, controlnet_cond=image, conditioning_scale=scale,
+                        return_dict=False)
+        k = keep.to(z_t.dtype).view(-1, 1, 1, 1)           # a dropped motion condition adds exactly nothing
+        return [d * k for d in down], mid * k
+
+    def condition_denoiser(self, rows: MotionState, z_t, t):
+        ehs = self.null_context.expand(z_t.shape[0], -1, -1)
+        keep = rows["keep_motion"]
+        down, mid = self._control(self.global_control, rows["control"], z_t, t, ehs, keep, self.cfg.global_control_scale)
+        if self.local_control is not None:
+            ldown, lmid = self._control(self.local_control, rows["local"], z_t, t, ehs, keep, self.cfg.local_control_scale)
+            down = [a + b for a, b in zip(down, ldown)]
+            mid = mid + lmid
+        return ehs, down, mid
+
+    def prepare_driving(self, batch, driving, generator):
+        mode = self.cfg.driving_appearance
+        if mode == "cross_identity":
+            if "driving_cross" not in batch:
+                raise KeyError("driving_appearance=cross_identity needs batch['driving_cross'] (B×T×3×H×W: another "
+                               "identity showing the same motion); use driving_appearance=augment otherwise")
+            return self.to_model(batch["driving_cross"])
+        if mode == "augment":
+            return appearance_augment(driving, generator, self.cfg.augmentation_strength)
+        return driving
+
+    @torch.no_grad()
+    def animate(self, source, driving, keypoints=None, **kw):
+        if keypoints is None and self.local_control is not None and self.cfg.landmark_detector == "dlib":
+            keypoints = detect_landmarks(driving)         # None → fixed face-centred boxes
+            if keypoints is not None:
+                keypoints = keypoints.to(driving.device)
+        return super().animate(source, driving, keypoints=keypoints, **kw)

@@ -1,0 +1,285 @@
+"""The shared diffusion core: reference attention, temporal layers, guidance dropout, windowed sampling, training.
+
+Models are the real ``model=xnemo_tiny`` config shrunk further (16² pixels → 8² space-to-depth latents) so every
+test runs in seconds on a shared CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_models.diffusion.reference_attention import (ReferenceReadProcessor, ReferenceWriteProcessor,
+                                                       is_spatial_self_attention)
+from lit_models.diffusion.sampling import (blend_windows, condition_keep_masks, make_sampler, sample_clip,
+                                           window_spans, window_weights)
+from lit_models.registry import build_model
+
+SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encoder_resolution=16",
+          "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=2", "model.motion_dim=32"]
+
+
+def tiny(compose_cfg, *overrides, model="xnemo_tiny"):
+    cfg = compose_cfg("train", [f"model={model}", *SHRINK, *overrides])
+    torch.manual_seed(0)
+    return build_model(cfg.model)
+
+
+def clip(B=1, T=2, seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    return {"source": torch.rand(B, 3, size, size, generator=g), "driving": torch.rand(B, T, 3, size, size, generator=g)}
+
+
+def denoise_once(model, source, driving, keep_reference=True, seed=0):
+    """ε_θ for one fixed noisy clip (same z_t, t) given a reference and a driving clip."""
+    B, T = driving.shape[:2]
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, T, model.latent_channels, 8, 8, generator=g)
+    t = torch.full((B,), 500)
+    keep = torch.full((B,), keep_reference)
+    with torch.no_grad():
+        model.write_reference(model.encode(source))
+        state = model.encode_motion(source, driving, torch.ones(B, dtype=torch.bool))
+        out = model.denoise(z, t, state, torch.arange(B), keep)
+        model.bank.clear()
+    return out
+
+
+@pytest.fixture(scope="module")
+def xnemo(compose_cfg_module):
+    m = tiny(compose_cfg_module)
+    m.eval()
+    return m
+
+
+@pytest.fixture(scope="module")
+def compose_cfg_module():
+    from experiments.compose import compose
+
+    return compose
+
+
+def test_processors_write_and_read_only_spatial_self_attention(xnemo):
+    ref_procs = xnemo.reference_net.attn_processors
+    den_procs = xnemo.denoiser.attn_processors
+    spatial = [n for n in den_procs if is_spatial_self_attention(n)]
+    assert spatial and all(isinstance(den_procs[n], ReferenceReadProcessor) for n in spatial)
+    assert all(isinstance(ref_procs[n], ReferenceWriteProcessor) for n in spatial)
+    temporal = [n for n in den_procs if "motion_modules" in n]
+    assert temporal and not any(isinstance(den_procs[n], ReferenceReadProcessor) for n in temporal)
+    cross = [n for n in den_procs if n.endswith("attn2.processor")]
+    assert cross and not any(isinstance(den_procs[n], ReferenceReadProcessor) for n in cross)
+
+
+def test_reference_tokens_reach_the_denoiser_attention(xnemo):
+    a, b = clip(seed=1), clip(seed=2)
+    out_a = denoise_once(xnemo, a["source"], a["driving"])
+    out_b = denoise_once(xnemo, b["source"], a["driving"])
+    assert (out_a - out_b).abs().max() > 1e-4, "changing the reference must change ε_θ"
+    # every reader layer received reference tokens of the reference net's width
+    xnemo.write_reference(xnemo.encode(a["source"]))
+    assert set(xnemo.bank.features) == {n for n in xnemo.denoiser.attn_processors if is_spatial_self_attention(n)}
+    xnemo.bank.clear()
+
+
+def test_dropped_reference_is_exactly_plain_self_attention(xnemo):
+    a, b = clip(seed=1), clip(seed=2)
+    drop_a = denoise_once(xnemo, a["source"], a["driving"], keep_reference=False)
+    drop_b = denoise_once(xnemo, b["source"], a["driving"], keep_reference=False)
+    torch.testing.assert_close(drop_a, drop_b, rtol=0, atol=1e-6)
+    # …and equals a denoiser whose bank is empty (no reference at all)
+    B, T = a["driving"].shape[:2]
+    z = torch.randn(B, T, xnemo.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        state = xnemo.encode_motion(a["source"], a["driving"], torch.ones(B, dtype=torch.bool))
+        xnemo.bank.clear()
+        plain = xnemo.denoise(z, torch.full((B,), 500), state, torch.arange(B), torch.ones(B, dtype=torch.bool))
+    torch.testing.assert_close(drop_a, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_layers_are_zero_initialised_and_act_across_frames(xnemo):
+    m = xnemo
+    d = clip(T=3)
+    z = torch.randn(1, 3, m.latent_channels, 8, 8, generator=torch.Generator().manual_seed(3))
+    keep = torch.ones(1, dtype=torch.bool)
+    t = torch.full((1,), 300)
+    proj = {n: p for n, p in m.denoiser.named_parameters() if "motion_modules" in n and "proj_out" in n}
+    assert proj and all(p.abs().max() == 0 for p in proj.values())
+    with torch.no_grad():
+        m.bank.clear()
+        state = m.encode_motion(d["source"], d["driving"], keep)
+        first = {k: v[:, :1] for k, v in state.items()}
+        full = m.denoise(z, t, state, torch.arange(1), keep)
+        # zero-init: frame 0 alone gives the same output as inside the clip (frames do not interact yet)
+        alone = m.denoise(z[:, :1], t, first, torch.arange(1), keep)
+        torch.testing.assert_close(full[:, :1], alone, rtol=1e-5, atol=1e-5)
+        try:
+            for p in proj.values():
+                p.normal_(0, 0.2)
+            full2 = m.denoise(z, t, state, torch.arange(1), keep)
+            alone2 = m.denoise(z[:, :1], t, first, torch.arange(1), keep)
+        finally:
+            for p in proj.values():
+                p.zero_()
+    assert (full2[:, :1] - alone2).abs().max() > 1e-4, "trained temporal layers mix information across frames"
+
+
+def test_condition_keep_masks_drop_each_condition_independently():
+    g = torch.Generator().manual_seed(0)
+    keep = condition_keep_masks(4000, {"reference": 0.3, "motion": 0.1}, g)
+    assert abs((~keep["reference"]).float().mean().item() - 0.3) < 0.03
+    assert abs((~keep["motion"]).float().mean().item() - 0.1) < 0.03
+    both = (~keep["reference"] & ~keep["motion"]).float().mean().item()
+    assert abs(both - 0.03) < 0.015, "the two conditions are dropped independently"
+    keep = condition_keep_masks(8, {"reference": 1.0, "motion": 0.0}, g)
+    assert not keep["reference"].any() and keep["motion"].all()
+
+
+def test_training_reference_dropout_really_drops_the_reference(xnemo):
+    a, b = clip(T=1, seed=1), clip(T=1, seed=2)
+    saved = xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob
+    try:
+        for prob, same in ((1.0, True), (0.0, False)):
+            xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = prob, 0.0
+            with torch.no_grad():
+                la = xnemo.compute_losses({"source": a["source"], "driving": a["driving"]})["loss_diffusion"]
+                lb = xnemo.compute_losses({"source": b["source"], "driving": a["driving"]})["loss_diffusion"]
+            assert torch.equal(la, lb) == same, f"drop_reference_prob={prob}"
+    finally:
+        xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = saved
+
+
+def test_step_noise_is_a_function_of_seed_and_step(xnemo):
+    d = clip(T=1)
+    with torch.no_grad():
+        l0 = xnemo.compute_losses(d)["loss_diffusion"]
+        l0b = xnemo.compute_losses(d)["loss_diffusion"]
+    assert torch.equal(l0, l0b)
+    g1 = xnemo.step_generator().initial_seed()
+    xnemo.cfg.noise_seed = 1
+    try:
+        assert xnemo.step_generator().initial_seed() != g1
+    finally:
+        xnemo.cfg.noise_seed = 0
+
+
+def test_window_spans_cover_and_weights_sum_to_one():
+    for T, size, ov in ((10, 4, 2), (17, 8, 3), (5, 8, 2), (9, 4, 0)):
+        spans = window_spans(T, size, ov)
+        assert spans[0][0] == 0 and spans[-1][1] == T
+        assert all(e - s == min(size, T) for s, e in spans)
+        assert all(spans[i + 1][0] <= spans[i][1] - ov for i in range(len(spans) - 1))
+        total = torch.zeros(T)
+        for (s, e), w in zip(spans, window_weights(spans, T)):
+            total[s:e] += w
+        torch.testing.assert_close(total, torch.ones(T))
+
+
+def test_windows_join_without_seams():
+    """Each window predicts a different constant: a hard cut jumps by the full difference at the boundary, the
+    blended clip ramps across the overlap in steps of at most difference / (overlap + 1)."""
+    T, size, ov = 14, 6, 2
+    spans = window_spans(T, size, ov)
+    assert spans == [(0, 6), (4, 10), (8, 14)]
+    out = blend_windows(lambda s, e: torch.full((1, e - s), s / 4), T, size, ov)  # levels 0, 1, 2
+    steps = out[0].diff().abs()
+    assert steps.max() <= 1.0 / (ov + 1) + 1e-6
+    cut = blend_windows(lambda s, e: torch.full((1, e - s), s / 4), T, size, 0)    # windows 0-6, 6-12, 8-14
+    assert cut[0].diff().abs().max() >= 1.0
+
+
+def test_windowed_sampling_equals_single_window_for_frame_independent_denoiser():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 7, 2, 3, 3, generator=g)
+    weight = torch.randn(2, 2, generator=g)
+
+    def denoise(z, t, s, e):  # per-frame, no temporal interaction: windows must agree on every shared frame
+        return torch.einsum("btchw,dc->btdhw", z, weight) * (t.float() / 1000)
+
+    from omegaconf import OmegaConf
+
+    from lit_models.diffusion.config import DiffusionConfig
+
+    cfg = OmegaConf.structured(DiffusionConfig(_target_="x", name="x"))
+    for kind in ("ddim", "dpmpp"):
+        full = sample_clip(denoise, noise, make_sampler(cfg, kind), 4, window_size=16, window_overlap=0)
+        win = sample_clip(denoise, noise, make_sampler(cfg, kind), 4, window_size=3, window_overlap=1)
+        torch.testing.assert_close(full, win, rtol=1e-5, atol=1e-5)
+
+
+def test_animate_windowed_matches_unwindowed_at_init(xnemo):
+    """Zero-initialised temporal layers make frames independent, so windowed sampling must equal one window."""
+    d = clip(T=5, seed=4, size=24)
+    saved = xnemo.cfg.window_size, xnemo.cfg.window_overlap
+    try:
+        xnemo.cfg.window_size, xnemo.cfg.window_overlap = 8, 0
+        full = xnemo.animate(d["source"], d["driving"], num_inference_steps=2)
+        xnemo.cfg.window_size, xnemo.cfg.window_overlap = 3, 1
+        win = xnemo.animate(d["source"], d["driving"], num_inference_steps=2, sampler="dpmpp")
+        win_ddim = xnemo.animate(d["source"], d["driving"], num_inference_steps=2)
+    finally:
+        xnemo.cfg.window_size, xnemo.cfg.window_overlap = saved
+    assert full.shape == (1, 5, 3, 24, 24) and 0 <= full.min() and full.max() <= 1
+    torch.testing.assert_close(full, win_ddim, rtol=1e-4, atol=1e-4)
+    assert win.shape == full.shape
+
+
+def test_a_few_training_steps_reduce_the_loss(xnemo):
+    m = xnemo  # shared fixture: restore its weights and switches afterwards
+    saved = m.cfg.drop_reference_prob, m.cfg.drop_motion_prob, m.cfg.use_driving_augmentation
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    m.cfg.drop_reference_prob, m.cfg.drop_motion_prob, m.cfg.use_driving_augmentation = 0.0, 0.0, False
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    d = clip(B=2, T=1, seed=5)
+    losses = []
+    try:
+        for _ in range(3):  # global_step stays 0: the same noise and timesteps, so the loss is comparable
+            loss = m.weighted_total(m.compute_losses(d))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        m.cfg.drop_reference_prob, m.cfg.drop_motion_prob, m.cfg.use_driving_augmentation = saved
+        m.load_state_dict(state)
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_full_sd15_denoiser_parameter_count(compose_cfg_module):
+    """The full configs' U-Net is SD-1.5's (859.52M parameters), built from config on the meta device."""
+    from lit_models.diffusion.networks import build_unet2d, build_video_unet, count_parameters
+
+    for name in ("xnemo", "xportrait"):
+        cfg = compose_cfg_module("train", [f"model={name}", "model.pretrained_model_name_or_path=null"]).model
+        with torch.device("meta"):
+            unet = build_unet2d(cfg)
+            n2d = count_parameters(unet)
+            video = build_video_unet(cfg, unet)
+        nvid = count_parameters(video)
+        print(f"{name}: SD-1.5 U-Net {n2d / 1e6:.2f}M, with temporal layers {nvid / 1e6:.2f}M")
+        assert n2d == 859_520_964
+        assert list(unet.config.block_out_channels) == [320, 640, 1280, 1280] and unet.config.cross_attention_dim == 768
+        assert nvid > n2d + 300_000_000  # AnimateDiff-sized motion modules on every block
+
+
+def test_full_config_names_missing_weights(compose_cfg_module, tmp_path):
+    from lit_models.diffusion.networks import MissingWeightsError
+
+    cfg = compose_cfg_module("train", ["model=xnemo", f"model.pretrained_model_name_or_path={tmp_path}/sd15"]).model
+    with pytest.raises(MissingWeightsError, match=r"sd15.*unet.*pretrained_model_name_or_path"):
+        build_model(cfg)
+
+
+@pytest.mark.slow
+def test_full_size_video_denoiser_one_forward(compose_cfg_module):
+    """SD-1.5-sized ReferenceNet + video denoiser (random init, pixel space so no VAE is needed), one loss forward
+    at 16² (~9 GB of fp32 weights; no backward, to stay within a workstation's memory)."""
+    cfg = compose_cfg_module("train", ["model=xnemo", "model.pretrained_model_name_or_path=null", "model.latent=pixel",
+                                       "model.unet.in_channels=3", "model.unet.out_channels=3", "model.resolution=16",
+                                       "model.motion_encoder_resolution=32", "model.gradient_checkpointing=false"]).model
+    m = build_model(cfg)
+    counts = m.parameter_counts()
+    print(counts)
+    assert counts["denoiser"] > 1.2e9 and counts["reference_net"] > 8.5e8
+    with torch.no_grad():
+        loss = m.compute_losses(clip(B=1, T=2, size=16))["loss_diffusion"]
+    assert torch.isfinite(loss)

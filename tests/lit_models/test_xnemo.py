@@ -1,0 +1,141 @@
+"""X-NeMo: the 1-D motion descriptor, its tokens, cross-attention-only injection, leakage guards, motion dropout."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from lit_models.registry import build_model
+from lit_models.xnemo.motion_encoder import MotionTokenizer, temporal_lowpass
+
+SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encoder_resolution=16",
+          "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def xnemo():
+    from experiments.compose import compose
+
+    torch.manual_seed(0)
+    return build_model(compose("train", ["model=xnemo_tiny", *SHRINK, "model.motion_dim=64"]).model)
+
+
+def clip(B=1, T=2, seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    return {"source": torch.rand(B, 3, size, size, generator=g), "driving": torch.rand(B, T, 3, size, size, generator=g)}
+
+
+@pytest.mark.parametrize("motion_dim", [16, 64, 512])
+def test_motion_dim_sets_descriptor_and_token_shapes(xnemo, motion_dim):
+    from lit_models.xnemo.motion_encoder import MotionEncoder
+
+    enc = MotionEncoder(motion_dim, [8, 16], 16)
+    tok = MotionTokenizer(motion_dim, 16, 64)
+    m = enc(torch.rand(6, 3, 16, 16))
+    assert m.shape == (6, motion_dim)
+    tokens = tok(m, torch.ones(6, dtype=torch.bool))
+    assert tokens.shape == (6, motion_dim // 16, 64)
+    # the model itself: descriptor and state follow model.motion_dim
+    d = clip(B=2, T=3)
+    assert xnemo.descriptor(d["driving"]).shape == (2, 3, 64)
+    state = xnemo.encode_motion(d["source"], d["driving"], torch.ones(2, dtype=torch.bool))
+    assert state["tokens"].shape == (2, 3, 64 // 16, xnemo.cross_attention_dim)
+    with pytest.raises(ValueError, match="multiple of motion_token_dim"):
+        MotionTokenizer(40, 16, 64)
+
+
+def test_motion_enters_only_through_cross_attention_of_every_block(xnemo):
+    den = xnemo.denoiser
+    blocks = list(den.down_blocks) + [den.mid_block] + list(den.up_blocks)
+    for block in blocks:
+        attn2 = [m for n, m in block.named_modules() if n.endswith("attn2") and "motion_modules" not in n]
+        assert attn2 and all(a.to_k.in_features == xnemo.cross_attention_dim for a in attn2), type(block).__name__
+    d = clip()
+    rows = {k: v.flatten(0, 1) for k, v in
+            xnemo.encode_motion(d["source"], d["driving"], torch.ones(1, dtype=torch.bool)).items()}
+    ehs, down, mid = xnemo.condition_denoiser(rows, torch.zeros(2, xnemo.latent_channels, 8, 8), torch.zeros(2))
+    assert down is None and mid is None, "no spatially aligned control"
+    assert torch.equal(ehs, rows["tokens"])
+    assert not any("controlnet" in n for n, _ in xnemo.named_modules())
+
+
+def test_zeroed_motion_input_still_runs(xnemo):
+    d = clip(T=2)
+    zero = torch.zeros_like(d["driving"])
+    with torch.no_grad():
+        loss = xnemo.compute_losses({"source": d["source"], "driving": zero, "target": d["driving"]})["loss_diffusion"]
+    assert torch.isfinite(loss)
+    out = xnemo.animate(d["source"], zero, num_inference_steps=1)
+    assert out.shape == zero.shape and torch.isfinite(out).all()
+
+
+def test_motion_dropout_really_drops_the_driving_input(xnemo):
+    a, b = clip(T=1, seed=1), clip(T=1, seed=2)
+    saved = xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob
+    try:
+        for prob, same in ((1.0, True), (0.0, False)):
+            xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = 0.0, prob
+            with torch.no_grad():
+                la = xnemo.compute_losses({"source": a["source"], "driving": a["driving"], "target": a["driving"]})
+                lb = xnemo.compute_losses({"source": a["source"], "driving": b["driving"], "target": a["driving"]})
+            assert torch.equal(la["loss_diffusion"], lb["loss_diffusion"]) == same, f"drop_motion_prob={prob}"
+    finally:
+        xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = saved
+    keep = torch.tensor([True, False])
+    tokens = xnemo.motion_tokens(torch.randn(2, 64), keep)
+    assert torch.equal(tokens[1], xnemo.motion_tokens.null[0])
+
+
+def test_leakage_guards_are_switches(xnemo):
+    d = clip(T=4)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    aug = xnemo.prepare_driving(d, d["driving"], g())
+    assert aug.shape == d["driving"].shape and (aug - d["driving"]).abs().mean() > 0.01
+    torch.testing.assert_close(aug, xnemo.prepare_driving(d, d["driving"], g()))  # deterministic per step
+    assert xnemo.cfg.reference_mask_ratio > 0 and xnemo.reference_mask_ratio() == xnemo.cfg.reference_mask_ratio
+    saved = xnemo.cfg.use_driving_augmentation, xnemo.cfg.use_reference_masking, xnemo.cfg.use_descriptor_lowpass
+    try:
+        xnemo.cfg.use_driving_augmentation = xnemo.cfg.use_reference_masking = False
+        assert torch.equal(xnemo.prepare_driving(d, d["driving"], g()), d["driving"])
+        assert xnemo.reference_mask_ratio() == 0
+        with torch.no_grad():
+            raw = xnemo.descriptor(d["driving"])
+            xnemo.cfg.use_descriptor_lowpass = True
+            smooth = xnemo.descriptor(d["driving"])
+        assert raw.diff(dim=1).abs().mean() > smooth.diff(dim=1).abs().mean()
+    finally:
+        xnemo.cfg.use_driving_augmentation, xnemo.cfg.use_reference_masking, xnemo.cfg.use_descriptor_lowpass = saved
+
+
+def test_reference_masking_hides_tokens_in_attention():
+    from lit_models.diffusion.reference_attention import ReferenceBank
+
+    bank = ReferenceBank()
+    bank.features["l"] = torch.randn(2, 100, 8)
+    bank.mask_ratio, bank.generator = 0.25, torch.Generator().manual_seed(0)
+    ref, mask = bank.read("l", torch.zeros(6, 5, 8))
+    assert ref.shape == (6, 100, 8) and mask.shape == (6, 100)
+    assert abs((~mask).float().mean().item() - 0.25) < 0.1
+    assert torch.equal(mask[0], mask[2]) and not torch.equal(mask[0], mask[3])  # one draw per reference, shared by its frames
+
+
+def test_temporal_lowpass_is_a_normalised_gaussian():
+    m = torch.zeros(1, 9, 2)
+    m[0, 4] = 1.0
+    out = temporal_lowpass(m, 1.0)
+    assert out.sum(1).allclose(torch.ones(1, 2), atol=1e-5) and out[0, 4, 0] < 1 and out[0, 3, 0] > 0
+    const = torch.full((2, 5, 3), 0.7)
+    torch.testing.assert_close(temporal_lowpass(const, 2.0), const)
+    assert torch.equal(temporal_lowpass(m[:, :1], 1.0), m[:, :1])
+
+
+def test_motion_dim_sweep_grid():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments/configs/sweep/xnemo_motion_dim.yaml"
+    sweep = yaml.safe_load(path.read_text())
+    params = sweep["hydra"]["sweeper"]["params"]
+    assert str(params["model.motion_dim"]).split(",") == ["16", "64", "256", "512"]
+    assert str(params["seed"]).split(",") == ["0", "1"]
+    assert sweep["axes"] == ["model.motion_dim"]
+    assert sweep["hydra"]["callbacks"]["table"]["_target_"] == "eval.table.SweepTableCallback"

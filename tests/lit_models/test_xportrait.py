@@ -1,0 +1,120 @@
+"""X-Portrait: global + local ControlNet control, eye / mouth patches from landmarks, the local-control ablation,
+motion dropout and the training driving input that does not share the source's appearance."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_models.registry import build_model
+from lit_models.xportrait.local_control import REGION_LAYOUTS, local_patch_masks, region_boxes
+
+SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.num_inference_steps=1"]
+
+
+def build(*overrides):
+    from experiments.compose import compose
+
+    torch.manual_seed(0)
+    m = build_model(compose("train", ["model=xportrait_tiny", *SHRINK, *overrides]).model)
+    # ControlNets start as exact no-ops (zero convs); give them weights so the driving input matters
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if any(k in name for k in ("controlnet_down_blocks", "controlnet_mid_block", "cond_embedding.conv_out")):
+                p.normal_(0, 0.05)
+    return m
+
+
+@pytest.fixture(scope="module")
+def xportrait():
+    return build()
+
+
+def clip(B=1, T=2, seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    return {"source": torch.rand(B, 3, size, size, generator=g), "driving": torch.rand(B, T, 3, size, size, generator=g)}
+
+
+def test_patches_from_68_point_and_synthfaces_landmarks():
+    for K in (68, 29):
+        kp = torch.full((1, K, 2), 0.5)
+        for region, centre in zip(REGION_LAYOUTS[K].values(), ((0.3, 0.4), (0.7, 0.4), (0.5, 0.75))):
+            kp[0, region] = torch.tensor(centre) + 0.02 * torch.randn(len(region), 2)
+        boxes = region_boxes(kp, margin=0.35, min_size=0.08)
+        assert boxes.shape == (1, 3, 4)
+        mask = local_patch_masks(1, 32, kp, [[0, 0, 0.1, 0.1]] * 3, 0.35, 0.08)[0, 0]
+        for cx, cy in ((0.3, 0.4), (0.7, 0.4), (0.5, 0.75)):
+            assert mask[int(cy * 32), int(cx * 32)] == 1
+        assert mask[2, 2] == 0 and mask[16, 16] == 0 and 0.03 < mask.mean() < 0.4
+
+
+def test_fixed_boxes_without_landmarks_or_where_detection_failed():
+    fixed = [[0.25, 0.30, 0.47, 0.47], [0.53, 0.30, 0.75, 0.47], [0.30, 0.60, 0.70, 0.82]]
+    none = local_patch_masks(2, 32, None, fixed, 0.35, 0.08)
+    assert none.shape == (2, 1, 32, 32) and none[0, 0, 12, 11] == 1 and none[0, 0, 22, 16] == 1 and none[0, 0, 2, 2] == 0
+    kp = torch.full((2, 68, 2), float("nan"))
+    torch.testing.assert_close(local_patch_masks(2, 32, kp, fixed, 0.35, 0.08), none)
+    odd = torch.rand(2, 5, 2)  # unknown layout → fixed boxes
+    torch.testing.assert_close(local_patch_masks(2, 32, odd, fixed, 0.35, 0.08), none)
+
+
+def test_local_control_sees_only_the_patches_and_the_flag_removes_it(xportrait):
+    d = {k: xportrait.to_model(v) for k, v in clip().items()}  # model resolution (32²): 8² latents
+    B, T = d["driving"].shape[:2]
+    keep = torch.ones(B, dtype=torch.bool)
+    state = xportrait.encode_motion(d["source"], d["driving"], keep)
+    outside = state["local_mask"] == 0
+    assert outside.any() and (state["local"] * outside).abs().max() == 0
+    z = torch.randn(B * T, xportrait.latent_channels, 8, 8)
+    rows = {k: v.flatten(0, 1) for k, v in state.items()}
+    with torch.no_grad():
+        _, down, mid = xportrait.condition_denoiser(rows, z, torch.full((B * T,), 400))
+        rows2 = dict(rows, local=torch.zeros_like(rows["local"]))
+        _, down2, mid2 = xportrait.condition_denoiser(rows2, z, torch.full((B * T,), 400))
+    skips = 1 + sum(len(b.resnets) + len(b.downsamplers or []) for b in xportrait.denoiser.down_blocks)
+    assert len(down) == skips  # one residual per U-Net skip feature
+    assert (mid - mid2).abs().max() > 1e-5, "the local patches change the residuals"
+    ablated = build("model.use_local_control=false")
+    assert ablated.local_control is None and "local" not in ablated.encode_motion(d["source"], d["driving"], keep)
+    assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in xportrait.parameters())
+
+
+def test_motion_dropout_zeroes_every_control_residual(xportrait):
+    a, b = clip(T=1, seed=1), clip(T=1, seed=2)
+    saved = xportrait.cfg.drop_reference_prob, xportrait.cfg.drop_motion_prob
+    try:
+        for prob, same in ((1.0, True), (0.0, False)):
+            xportrait.cfg.drop_reference_prob, xportrait.cfg.drop_motion_prob = 0.0, prob
+            with torch.no_grad():
+                la = xportrait.compute_losses({"source": a["source"], "driving": a["driving"], "target": a["driving"]})
+                lb = xportrait.compute_losses({"source": a["source"], "driving": b["driving"], "target": a["driving"]})
+            assert torch.equal(la["loss_diffusion"], lb["loss_diffusion"]) == same, f"drop_motion_prob={prob}"
+    finally:
+        xportrait.cfg.drop_reference_prob, xportrait.cfg.drop_motion_prob = saved
+
+
+def test_training_driving_does_not_share_the_source_appearance(xportrait):
+    d = clip(T=2)
+    g = torch.Generator().manual_seed(0)
+    aug = xportrait.prepare_driving(d, d["driving"], g)
+    assert (aug - d["driving"]).abs().mean() > 0.01
+    saved = xportrait.cfg.driving_appearance
+    try:
+        xportrait.cfg.driving_appearance = "cross_identity"
+        with pytest.raises(KeyError, match="driving_cross"):
+            xportrait.prepare_driving(d, d["driving"], g)
+        other = torch.rand(1, 2, 3, 64, 64)
+        out = xportrait.prepare_driving(dict(d, driving_cross=other), d["driving"], g)
+        assert torch.allclose(out, xportrait.to_model(other))
+        xportrait.cfg.driving_appearance = "none"
+        assert torch.equal(xportrait.prepare_driving(d, d["driving"], g), d["driving"])
+    finally:
+        xportrait.cfg.driving_appearance = saved
+
+
+def test_animate_with_and_without_keypoints(xportrait):
+    d = clip(T=2, size=20)
+    out = xportrait.animate(d["source"], d["driving"], num_inference_steps=1)  # detector finds nothing → fixed boxes
+    assert out.shape == (1, 2, 3, 20, 20) and 0 <= out.min() and out.max() <= 1
+    kp = torch.rand(1, 2, 29, 2) * 19
+    out_kp = xportrait.animate(d["source"], d["driving"], num_inference_steps=1, keypoints=kp)
+    assert out_kp.shape == out.shape and (out_kp - out).abs().max() > 0
