@@ -107,7 +107,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             run_id = uuid.uuid4().hex[:8]
             atomic_write_text(id_file, run_id)
         group = lc.group or cfg.get("sweep_name") or cfg.name
-        tags = list(lc.tags) + [f"{k}={OmegaConf.select(cfg, k)}" for k in cfg.get("axes") or []]
+        tags = list(lc.tags) + [f"{k}={OmegaConf.select(cfg, k)}"[:64] for k in cfg.get("axes") or []]
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(WandbLogger(project=lc.project, entity=lc.entity, name=f"{cfg.name}-{run_dir.name}",
                                    save_dir=str(run_dir), id=run_id, group=group, tags=tags, offline=lc.mode in ("offline", "dryrun"),

@@ -46,10 +46,12 @@ def test_sweep_is_one_multirun_grid_over_declared_axes(compose_cfg, name):
     assert params, "a sweep declares its grid in hydra.sweeper.params"
     assert cfg.sweep_name == name
     for axis in cfg.axes:
-        assert axis in params, f"axis {axis} is not swept"
+        # an axis is a swept key, or a value inside a swept group (axis model.name for `model: a,b`)
+        key = axis if axis in params else axis.split(".")[0]
+        assert key in params, f"axis {axis} is not swept"
         # each grid point composes and validates
-        first = str(params[axis]).split(",")[0].strip()
-        point = compose_cfg("train", [f"sweep={name}", f"{axis}={first}"])
+        first = str(params[key]).split(",")[0].strip()
+        point = compose_cfg("train", [f"sweep={name}", f"{key}={first}"])
         validate(point)
     assert "SweepTableCallback" in cfg.hydra.callbacks.table._target_
 
