@@ -8,6 +8,8 @@ export PYTHONUNBUFFERED := 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT := true
 export HYDRA_FULL_ERROR := 1
+# OpenMP's busy-waiting makes small-tensor work 5–20× slower on a shared 2-core machine
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv demo test test-slow test-gpu test-all bench clean
 
@@ -45,6 +47,7 @@ bench: venv
 	$(BIN)/python -m benchmarks.decode
 	$(BIN)/python -m benchmarks.eval_suite
 	$(BIN)/python -m benchmarks.diffusion
+	$(BIN)/python -m benchmarks.mrfa
 
 clean:
 	rm -rf $(VENV) runs outputs multirun .pytest_cache

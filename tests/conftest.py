@@ -5,9 +5,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from experiments.compose import compose
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP busy-waiting on 2 shared cores
+
+import torch  # noqa: E402
+
+from experiments.compose import compose  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,370 @@
+"""MRFA: refinement schedule and call counts, K = 0 ≡ prior-only, loss weights, shapes, training, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lit_models.mrfa import MRFA
+from lit_models.mrfa.refine import refine_schedule
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tensors are tiny: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core machine
+    (with the default active wait policy a 2-thread run of these tests is 5-20× slower under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_cfg():
+    from experiments.compose import compose
+
+    return compose("train", ["model=mrfa_tiny"]).model
+
+
+def make(cfg, **over):
+    c = OmegaConf.merge(cfg, {"resolution": 32, **over})
+    torch.manual_seed(0)
+    return MRFA(c)
+
+
+def rand_batch(B=2, T=1, res=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"source": torch.rand(B, 3, res, res, generator=g), "driving": torch.rand(B, T, 3, res, res, generator=g)}
+
+
+def count_calls(module):
+    calls = []
+    handle = module.register_forward_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+# ---- schedule ---------------------------------------------------------------------------------------------------
+def test_refine_schedule_mapping():
+    assert refine_schedule(0, 4) == [0, 0, 0, 0]
+    assert refine_schedule(1, 4) == [1, 0, 0, 0]
+    assert refine_schedule(2, 4) == [1, 0, 0, 1]            # coarsest + finest
+    assert refine_schedule(4, 4) == [1, 1, 1, 1]
+    assert refine_schedule(6, 6) == [1] * 6                  # the official 256² setting
+    assert refine_schedule(2, 4, "coarse") == [1, 1, 0, 0]
+    assert refine_schedule(6, 4) == [2, 2, 1, 1]             # K > S: extra steps at the coarsest scales
+    for k in range(9):
+        assert sum(refine_schedule(k, 4)) == k
+    with pytest.raises(ValueError):
+        refine_schedule(-1, 4)
+
+
+# ---- K changes the computation -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("K", [1, 2, 4, 5])
+def test_refine_iters_sets_number_of_refinement_calls(tiny_model_cfg, K):
+    m = make(tiny_model_cfg, refine_iters=K).eval()
+    upd, h1 = count_calls(m.refiner.update)
+    corr, h2 = count_calls(m.refiner.structure)
+    m.animate(*rand_batch(T=1).values())
+    h1.remove(), h2.remove()
+    assert len(upd) == K
+    assert len(corr) == 1          # the correlation volume is built once per forward, looked up K times
+
+
+def test_k0_is_exactly_the_prior_only_model(tiny_model_cfg):
+    m0 = make(tiny_model_cfg, refine_iters=0).eval()
+    m2 = make(tiny_model_cfg, refine_iters=2).eval()
+    assert m0.refiner is None and m0.generator.fuse is None           # nothing beyond the prior is built
+    missing, unexpected = m2.load_state_dict(m0.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("refiner.", "generator.fuse.")) for k in missing)
+    b = rand_batch(T=2, seed=1)
+    out0 = m0.animate(b["source"], b["driving"])
+    # the K=2 model with refinement switched off runs the same code path: bit-identical
+    assert torch.equal(m2.animate(b["source"], b["driving"], refine_iters=0), out0)
+    # zero-initialised update head + pass-through fusion: an untrained refiner returns the prior
+    torch.testing.assert_close(m2.animate(b["source"], b["driving"]), out0, atol=1e-5, rtol=0)
+    # a non-zero update head changes the motion and the frames
+    with torch.no_grad():
+        m2.refiner.update.head2.bias.copy_(torch.tensor([1.5, -1.0, 0.5]))
+    assert (m2.animate(b["source"], b["driving"]) - out0).abs().max() > 1e-3
+
+
+# ---- losses: lambda = 0 removes the term and skips its computation --------------------------------------------
+def test_lambda_zero_skips_terms(tiny_model_cfg, monkeypatch):
+    from lit_models.common.keypoints import RandomTransform
+    from lit_models.common.perceptual import MultiScalePerceptualLoss
+
+    b = rand_batch()
+    m = make(tiny_model_cfg, refine_iters=1, lambda_prior_perceptual=1.0)
+    terms = m.compute_losses(b)
+    assert set(terms) == {"loss_perceptual", "loss_prior_perceptual", "loss_equivariance_value",
+                          "loss_equivariance_jacobian"}
+    assert all(torch.isfinite(v) for v in terms.values())
+
+    def boom(*a, **k):
+        raise AssertionError("computed a term whose lambda is 0")
+
+    monkeypatch.setattr(RandomTransform, "jacobian", boom)
+    m = make(tiny_model_cfg, refine_iters=1, lambda_equivariance_jacobian=0.0)
+    assert "loss_equivariance_jacobian" not in m.compute_losses(b)
+
+    m = make(tiny_model_cfg, refine_iters=1, lambda_equivariance_jacobian=0.0, lambda_equivariance_value=0.0)
+    kp_calls, h = count_calls(m.kp_detector)
+    terms = m.compute_losses(b)
+    h.remove()
+    assert set(terms) == {"loss_perceptual"} and len(kp_calls) == 2      # no transformed-frame detection
+
+    monkeypatch.setattr(MultiScalePerceptualLoss, "forward", boom)
+    m = make(tiny_model_cfg, refine_iters=1, lambda_perceptual=0.0, lambda_equivariance_jacobian=0.0)
+    gen_calls, h = count_calls(m.refiner.update)
+    assert set(m.compute_losses(b)) == {"loss_equivariance_value"}
+    h.remove()
+
+
+def test_vgg_perceptual_without_weights_names_the_file(tiny_model_cfg, tmp_path):
+    m = make(tiny_model_cfg, perceptual="vgg19", vgg_weights=str(tmp_path / "vgg19-dcbb9e9d.pth"))
+    with pytest.raises(FileNotFoundError, match=r"vgg19-dcbb9e9d\.pth.*pyramid_l1_ssim"):
+        m.on_fit_start()
+
+
+def test_pyramid_perceptual_matches_reference():
+    """pyramid_l1_ssim = Σ_levels L1 + (1 - SSIM), against torchmetrics' SSIM and a plain L1."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    from lit_models.common.perceptual import MultiScalePerceptualLoss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    loss = MultiScalePerceptualLoss("pyramid_l1_ssim", scales=[1.0])(a, b)
+    ref = (a - b).abs().mean() + 1 - ssim(a, b, data_range=1.0, kernel_size=11, sigma=1.5)
+    torch.testing.assert_close(loss, ref)
+    assert MultiScalePerceptualLoss("pyramid_l1_ssim")(a, a) < 1e-5
+
+
+# ---- shapes -----------------------------------------------------------------------------------------------------
+def test_shapes_64_absolute_and_relative(tiny_model_cfg):
+    m = make(tiny_model_cfg, resolution=64, refine_iters=4).eval()
+    b = rand_batch(B=2, T=3, res=64)
+    out = m.animate(b["source"], b["driving"])
+    assert out.shape == (2, 3, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+    # relative transfer with the source as the initial driving frame is the absolute transfer
+    drv = torch.cat([b["source"][:, None], b["driving"]], 1)
+    torch.testing.assert_close(m.animate(b["source"], drv, relative=True), m.animate(b["source"], drv),
+                               atol=1e-4, rtol=0)
+    # ... and differs from it when the initial frame is another image (explicit driving_initial honoured)
+    rel = m.animate(b["source"], b["driving"], relative=True, driving_initial=b["driving"][:1, 1])
+    assert rel.shape == out.shape and (rel - out).abs().max() > 1e-4
+
+
+def test_shapes_256_six_scales(tiny_model_cfg):
+    """256² with the full scale layout (5 down blocks → 6 scales, K = 6 one per scale), tiny widths."""
+    m = make(tiny_model_cfg, resolution=256, gen_num_down_blocks=5, refine_iters=6, kp_scale_factor=0.125,
+             dm_scale_factor=0.125, corr_scale=0.0625).eval()
+    calls, h = count_calls(m.refiner.update)
+    out = m.generate(torch.rand(1, 3, 256, 256), *[m.kp_detector(torch.rand(1, 3, 256, 256))] * 2)
+    h.remove()
+    assert out["prediction"].shape == (1, 3, 256, 256) and len(calls) == 6
+    assert out["deformation"].shape == (1, 256, 256, 2) and out["occlusion"].shape == (1, 1, 256, 256)
+
+
+def test_tps_prior_with_background_motion(tiny_model_cfg):
+    m = make(tiny_model_cfg, prior="tps", num_kp=3, tps_backbone="conv", use_bg_motion=True, lambda_bg=10.0,
+             refine_iters=2)
+    terms = m.compute_losses(rand_batch())
+    assert set(terms) == {"loss_perceptual", "loss_equivariance_value", "loss_bg"}      # no Jacobians in TPS
+    assert m.eval().animate(*rand_batch(T=2).values(), relative=True).shape == (2, 2, 3, 32, 32)
+    with pytest.raises(ValueError, match="use_bg_motion"):
+        make(tiny_model_cfg, lambda_bg=1.0)
+
+
+# ---- training and checkpoints -----------------------------------------------------------------------------------
+def blob_batch(B=4, res=32, seed=0):
+    """Source: a textured blob; driving: the same blob moved (the motion MRFA must explain)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij")
+
+    def render(cx, cy, color):
+        d = ((xx - cx) ** 2 + (yy - cy) ** 2) / 0.15
+        return 0.2 + color[:, None, None] * torch.exp(-d) * (0.75 + 0.25 * torch.sin(6 * (xx - cx)))
+
+    src, drv = [], []
+    for _ in range(B):
+        c = torch.rand(3, generator=g) * 0.6 + 0.2
+        p = torch.rand(4, generator=g) * 0.8 - 0.4
+        src.append(render(p[0], p[1], c))
+        drv.append(render(p[2], p[3], c))
+    return {"source": torch.stack(src).clamp(0, 1), "driving": torch.stack(drv)[:, None].clamp(0, 1)}
+
+
+def test_training_steps_reduce_the_loss(tiny_model_cfg):
+    m = make(tiny_model_cfg, refine_iters=2, lr=2e-3, norm="group")
+    b = blob_batch()
+    opt = m.configure_optimizers()
+
+    def loss():
+        torch.manual_seed(1)   # same equivariance transform for the before/after comparison
+        return m.weighted_total(m.compute_losses(b))
+
+    with torch.no_grad():
+        before = float(loss())
+    for _ in range(12):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(loss())
+    assert after < 0.8 * before, (before, after)
+
+
+def test_checkpoint_load_model_animate(tiny_model_cfg, tmp_path):
+    import lightning as L
+
+    from lit_models.registry import load_model
+
+    m = make(tiny_model_cfg, refine_iters=2)
+    data = [blob_batch(B=2, seed=i) for i in range(2)]
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(m, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_model(str(path))
+    assert isinstance(loaded, MRFA) and loaded.cfg.refine_iters == 2
+    b = rand_batch(T=2, seed=3)
+    out = loaded.animate(b["source"], b["driving"], relative=True)
+    assert out.shape == (2, 2, 3, 32, 32)
+    torch.testing.assert_close(out, m.eval().animate(b["source"], b["driving"], relative=True))
+
+
+# ---- configs ----------------------------------------------------------------------------------------------------
+def test_configs_compose(compose_cfg):
+    full = compose_cfg("train", ["model=mrfa"]).model
+    assert (full.resolution, full.num_kp, full.lr, full.refine_iters, full.perceptual) == (256, 10, 2e-4, 6, "vgg19")
+    exp = compose_cfg("train", ["experiment=mrfa_synthfaces"])
+    assert exp.model.name == "mrfa_tiny" and exp.model.perceptual == "pyramid_l1_ssim"
+    assert compose_cfg("train", ["experiment=mrfa_real", "data.root=/x"]).model.resolution == 256
+    sweep = compose_cfg("train", ["sweep=mrfa_refine_iters"])
+    assert list(sweep.axes) == ["model.refine_iters"] and sweep.sweep_name == "mrfa_refine_iters"
+    with pytest.raises(Exception, match="refine_iter"):
+        compose_cfg("train", ["model=mrfa_tiny", "model.refine_iter=2"])
+
+
+# ---- building blocks against reference computations ----------------------------------------------------------
+def test_correlation_lookup_matches_direct_dot_products():
+    from lit_models.mrfa.structure import CorrelationVolume
+
+    g = torch.Generator().manual_seed(0)
+    C, r = 8, 1
+    f_d, f_s = torch.randn(1, C, 4, 4, generator=g), torch.randn(1, C, 6, 6, generator=g)
+    vol = CorrelationVolume.from_features(f_d, f_s, num_levels=2, radius=r)
+    # every driving pixel (y, x) looks at source pixel (y + 1, x + 2)
+    ys, xs = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    sx, sy = xs + 2, ys + 1
+    grid = torch.stack([sx * 2 / 5 - 1, sy * 2 / 5 - 1], -1)[None].float()
+    feats = vol.lookup(grid)                                    # 1×(2·9)×4×4, window index (dy, dx) row-major
+    assert feats.shape == (1, 2 * (2 * r + 1) ** 2, 4, 4)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            ch = (dy + r) * (2 * r + 1) + (dx + r)
+            px, py = sx + dx, sy + dy
+            inside = (px >= 0) & (px < 6) & (py >= 0) & (py < 6)
+            ref = (f_d[0][:, ys, xs] * f_s[0][:, py.clamp(0, 5), px.clamp(0, 5)]).sum(0) / C ** 0.5
+            torch.testing.assert_close(feats[0, ch], torch.where(inside, ref, torch.zeros_like(ref)), atol=1e-5, rtol=1e-5)
+    # a coarser driving grid reads the volume pooled over the driving dims = correlation of pooled driving features
+    pooled = CorrelationVolume.from_features(torch.nn.functional.avg_pool2d(f_d, 2), f_s, 2, r)
+    coarse = torch.rand(1, 2, 2, 2, generator=g) * 2 - 1
+    torch.testing.assert_close(vol.lookup(coarse), pooled.lookup(coarse), atol=1e-5, rtol=1e-5)
+
+
+def test_fomm_sparse_motion_is_the_first_order_map():
+    from lit_models.common.dense_motion import fomm_sparse_motion
+    from lit_models.common.warp import make_coordinate_grid
+
+    g = torch.Generator().manual_seed(0)
+    kp_d = torch.rand(2, 3, 2, generator=g) - 0.5
+    J_s, J_d = torch.eye(2) + 0.2 * torch.randn(2, 3, 2, 2, generator=g), torch.eye(2) + 0.2 * torch.randn(2, 3, 2, 2, generator=g)
+    kp_s = kp_d + 0.1
+    out = fomm_sparse_motion(5, 5, {"value": kp_s, "jacobian": J_s}, {"value": kp_d, "jacobian": J_d})
+    z = make_coordinate_grid(5, 5)
+    b, k = 1, 2
+    ref = kp_s[b, k] + (z - kp_d[b, k]) @ (J_s[b, k] @ torch.inverse(J_d[b, k])).T
+    torch.testing.assert_close(out[b, k], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_tps_interpolates_and_reproduces_affine_maps():
+    from lit_models.common.keypoints import tps_apply, tps_fit
+
+    g = torch.Generator().manual_seed(0)
+    ctrl, vals = torch.rand(3, 5, 2, generator=g) * 2 - 1, torch.rand(3, 5, 2, generator=g) * 2 - 1
+    w, A = tps_fit(ctrl, vals)
+    torch.testing.assert_close(tps_apply(ctrl, ctrl, w, A), vals, atol=1e-4, rtol=1e-4)
+    M, t = torch.tensor([[1.1, 0.2], [-0.1, 0.9]]), torch.tensor([0.05, -0.1])
+    w, A = tps_fit(ctrl, ctrl @ M.T + t)
+    pts = torch.rand(3, 7, 2, generator=g) * 2 - 1
+    torch.testing.assert_close(tps_apply(pts, ctrl, w, A), pts @ M.T + t, atol=1e-4, rtol=1e-4)
+
+
+def test_random_transform_jacobian_matches_finite_differences():
+    from lit_models.common.keypoints import RandomTransform
+
+    T = RandomTransform(2, sigma_affine=0.1, sigma_tps=0.05, generator=torch.Generator().manual_seed(0))
+    p = torch.rand(2, 4, 2, dtype=torch.float64) - 0.5
+    T.theta, T.control_points, T.control_params = T.theta.double(), T.control_points.double(), T.control_params.double()
+    J = T.jacobian(p)
+    eps = 1e-6
+    for i in range(2):
+        d = torch.zeros_like(p)
+        d[..., i] = eps
+        fd = (T.warp_coordinates(p + d) - T.warp_coordinates(p - d)) / (2 * eps)
+        torch.testing.assert_close(J[..., :, i], fd, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.fixtures
+def test_experiments_animate_real_portrait_and_clip(tiny_model_cfg, real_fixtures, tmp_path):
+    """`python -m experiments.animate` path on a real portrait + real driving clip, relative and absolute."""
+    from experiments.compose import compose
+    from experiments.animate import animate, crop_resize, read_image, read_video, run_animation, square_box
+
+    from lit_models.registry import load_model
+
+    m = make(tiny_model_cfg, resolution=64, refine_iters=2)
+    with torch.no_grad():                      # a refiner that moves things, so K matters in this check
+        m.refiner.update.head2.bias.copy_(torch.tensor([0.5, -0.5, 0.2]))
+    ckpt = tmp_path / "mrfa.ckpt"
+    torch.save({"hyper_parameters": dict(m.hparams), "state_dict": m.state_dict()}, ckpt)
+    src_path = real_fixtures / "portraits" / "single_face.jpg"
+    drv_path = real_fixtures / "clips" / "talkinghead1kh_r0c0.mp4"
+
+    model = load_model(str(ckpt))
+    img = read_image(str(src_path))[None]
+    drv, _ = read_video(str(drv_path), 5)
+    source = crop_resize(img, square_box(img, "center"), 64)[0]
+    driving = crop_resize(drv, square_box(drv, "center"), 64)
+    rel = run_animation(model, source, driving, relative=True, chunk=2)    # chunks: initial frame passed along
+    ab = run_animation(model, source, driving, relative=False, chunk=2)
+    assert rel.shape == ab.shape == (5, 3, 64, 64)
+    assert (rel - ab).abs().max() > 1e-4
+    whole = model.animate(source[None], driving[None], relative=True)[0]
+    torch.testing.assert_close(rel, whole, atol=1e-4, rtol=0)           # chunking does not change relative motion
+
+    for relative in ("true", "false"):
+        cfg = compose("animate", [f"ckpt={ckpt}", f"source={src_path}", f"driving={drv_path}",
+                                  f"out={tmp_path / f'out_{relative}.mp4'}", "max_frames=4",
+                                  f"relative_motion={relative}"])
+        assert animate(cfg).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_full_paper_config_256(compose_cfg):
+    """model=mrfa as composed (10 keypoints, 6 scales, K = 6): build, one training step, animate; leaner than the
+    official 114 M parameters."""
+    cfg = compose_cfg("train", ["model=mrfa", "model.perceptual=pyramid_l1_ssim"]).model
+    m = MRFA(cfg)
+    n = sum(p.numel() for p in m.parameters())
+    assert 30e6 < n < 114e6
+    calls, h = count_calls(m.refiner.update)
+    loss = m.weighted_total(m.compute_losses(rand_batch(B=1, res=256)))
+    loss.backward()
+    assert len(calls) == 6 and torch.isfinite(loss)
+    out = m.eval().animate(*rand_batch(B=1, T=2, res=256).values(), relative=True)
+    h.remove()
+    assert out.shape == (1, 2, 3, 256, 256)
