@@ -17,6 +17,7 @@ class SynthConfig:
     hand_prob: float = 0.0          # probability that a clip has a hand touching the face
     num_cross_pairs: int = 16       # cross-identity ground-truth renders (identity A doing clip B's motion)
     seed: int = 0
+    motion_scale: float = 1.0       # × head-pose amplitudes (yaw, pitch, roll, translation, scale); 1.0 = original
 
 
 @dataclass

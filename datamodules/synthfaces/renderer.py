@@ -147,21 +147,30 @@ def _talk_curve(rng: np.random.Generator, T: int, fps: float) -> np.ndarray:
     return np.clip(env * osc, 0.0, 1.0)
 
 
-def sample_motion(rng: np.random.Generator, num_frames: int, hand: bool = False, fps: float = 25.0) -> dict[str, Any]:
+def sample_motion(rng: np.random.Generator, num_frames: int, hand: bool = False, fps: float = 25.0,
+                  motion_scale: float = 1.0) -> dict[str, Any]:
     """Motion parameters of one clip (JSON-serialisable): per-frame pose / expression curves and an optional hand.
 
     Curves are stored per frame, so a caller can edit them (e.g. add a known displacement to ``pose.tx``).
+    ``motion_scale`` multiplies the head-pose amplitudes ``(yaw, pitch, roll, t_x, t_y, s − 1)`` of ``m_t`` (the
+    yaw offset included): 1.0 is the original distribution, bit for bit (the random draws are the same for every
+    scale, so a clip at scale k is the scale-1 clip with k× the head motion); expressions and the hand are not
+    scaled. Bounds grow linearly: |yaw| ≤ 0.52·k rad, |pitch| ≤ 0.22·k, |roll| ≤ 0.2·k, |t| ≤ 0.05·k image widths,
+    |s − 1| ≤ 0.08·k; k ≈ 2–2.5 keeps the face in frame and readable (k = 3 reaches near-profile yaw).
     """
     T = int(num_frames)
     if T < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    k = float(motion_scale)
+    if not (k >= 0.0 and math.isfinite(k)):
+        raise ValueError(f"motion_scale must be a finite number >= 0, got {motion_scale}")
     pose = {
-        "yaw": _smooth(rng, T, 0.4, 10, offset=rng.uniform(-0.12, 0.12)),
-        "pitch": _smooth(rng, T, 0.22, 10),
-        "roll": _smooth(rng, T, 0.2, 12),
-        "tx": _smooth(rng, T, 0.05, 12),
-        "ty": _smooth(rng, T, 0.035, 12),
-        "scale": _smooth(rng, T, 0.08, 14, offset=1.0),
+        "yaw": _smooth(rng, T, 0.4 * k, 10, offset=rng.uniform(-0.12, 0.12) * k),
+        "pitch": _smooth(rng, T, 0.22 * k, 10),
+        "roll": _smooth(rng, T, 0.2 * k, 12),
+        "tx": _smooth(rng, T, 0.05 * k, 12),
+        "ty": _smooth(rng, T, 0.035 * k, 12),
+        "scale": _smooth(rng, T, 0.08 * k, 14, offset=1.0),
     }
     expr = {
         "mouth_open": _talk_curve(rng, T, fps),

@@ -71,10 +71,11 @@ def identity_params(seed: int, i: int) -> dict[str, Any]:
     return sample_identity(np.random.default_rng([seed, 0, i]))
 
 
-def motion_params(seed: int, i: int, c: int, num_frames: int, hand_prob: float, fps: float) -> dict[str, Any]:
+def motion_params(seed: int, i: int, c: int, num_frames: int, hand_prob: float, fps: float,
+                  motion_scale: float = 1.0) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 1, i, c])
     has_hand = bool(rng.random() < hand_prob)
-    return sample_motion(rng, num_frames, hand=has_hand, fps=fps)
+    return sample_motion(rng, num_frames, hand=has_hand, fps=fps, motion_scale=motion_scale)
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = CRF) -> Path:
@@ -219,7 +220,7 @@ def _render_into(out: Path, c: dict[str, Any], progress: bool, workers: int = 0)
     (out / "meta" / "keypoint_names.json").write_text(json.dumps(list(KEYPOINT_NAMES), indent=1) + "\n")
 
     ids = {i: identity_params(seed, i) for i in range(N)}
-    motions = {(i, k): motion_params(seed, i, k, T, c["hand_prob"], fps) for i in range(N) for k in range(C)}
+    motions = {(i, k): motion_params(seed, i, k, T, c["hand_prob"], fps, c["motion_scale"]) for i in range(N) for k in range(C)}
     pairs = _cross_pairs(test, C, c["num_cross_pairs"], seed)
     targets = sorted({(a, b, kb) for a, _, b, kb in pairs})         # one GT render per (A, clip B)
     jobs = [dict(mp4=f"{split_of[i]}/{clip_stem(i, k, T)}.mp4", meta=f"meta/{clip_stem(i, k, T)}.npz",
