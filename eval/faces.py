@@ -7,7 +7,16 @@ Per generated frame x̂_t, with reference frame x_t (the target, else the drivin
 * ``akd_<b>`` = 1/K Σ_k ‖l_k(x̂_t) − l_k(x_t)‖₂          — average keypoint distance, pixels at protocol resolution
 * ``mkr_<b>`` = 1[face in x_t and none in x̂_t]        — missing keypoint rate (mean over frames with a face in x_t)
 
-Frames where a needed face is not found are NaN for id/aed/akd (skipped in means) and count in MKR.
+Identity leakage (X-NeMo's ablation axis; cross-identity protocols, driving frame D_t of another identity):
+
+* ``id_to_source_<b>``  = cos(e(x̂_t), e(S))            — as ``id_<b>``, listed beside the two below
+* ``id_to_driver_<b>``  = cos(e(x̂_t), e(D_t))          — how much the output looks like the driver
+* ``id_leakage_<b>``    = id_to_driver − id_to_source   — lower is better (the driver's identity leaks in)
+* ``id_leakage_missing_<b>`` = 1[id_leakage undefined]  — rate of frames where a face (output, driver or source)
+  was not found; leakage means are over the found frames only, so read them with this rate
+
+Frames where a needed face is not found are NaN for id/aed/akd/id_* (skipped in means, never zeros) and count in
+MKR / ``id_leakage_missing``.
 
 Backends (the metric name carries the backend, so numbers from different models never share a column):
 
@@ -17,7 +26,8 @@ Backends (the metric name carries the backend, so numbers from different models 
   ``w600k_r50.onnx`` (loaded with ``insightface.model_zoo.get_model``), L2-normalised embedding.
 * ``insightface`` (akd/mkr): SCRFD boxes + ``1k3d68.onnx`` 68 points.
 
-Every analysis (detection, landmarks, embedding) of a frame is computed once and shared by all face metrics.
+Every analysis (detection, landmarks, embedding) of a frame is computed once and shared by all face metrics (the
+driving frames' analyses are the reference frames' when there is no target: real cross-identity pairs).
 """
 from __future__ import annotations
 
@@ -110,8 +120,30 @@ class InsightFaces:
         return FaceResult(lmk, emb)
 
 
+# identity-leakage families (several words: parsed before the one-word families)
+LEAK_FAMILIES = ("id_leakage_missing", "id_to_driver", "id_to_source", "id_leakage")
+IDENTITY_FAMILIES = {"id", "aed", *LEAK_FAMILIES}
+
+
+def split_face_name(name: str) -> tuple[str, Optional[str]]:
+    """``id_to_driver_dlib`` → (``id_to_driver``, ``dlib``); ``akd`` → (``akd``, None)."""
+    for fam in LEAK_FAMILIES:
+        if name == fam or name.startswith(fam + "_"):
+            return fam, (name[len(fam) + 1:] or None)
+    family, _, backend = name.partition("_")
+    return family, (backend or None)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
 def face_results(fb: FrameBatch, backend, which: str) -> list[FaceResult]:
-    """Analyses of ``pred`` / ``reference`` frames (list) or the ``source`` (one), cached on the FrameBatch."""
+    """Analyses of ``pred`` / ``reference`` / ``driving`` frames (list) or the ``source`` (one), cached on the
+    FrameBatch (``driving`` is the ``reference`` when they are the same frames: no target, or self mode)."""
+    if which == "driving" and (fb.target is None or (fb.driving is not None and fb.driving.shape == fb.target.shape
+                                                     and bool((fb.driving == fb.target).all()))):
+        which = "reference"     # the same frames (no target, or self-reenactment): analysed once
     key = ("faces", backend.name, which)
     if key not in fb.cache:
         imgs = fb.u8(which)
@@ -125,18 +157,39 @@ class FaceMetric(Metric):
         self.name = f"{family}_{backend_name}"
         self.needs_target = family == "aed"   # akd/mkr compare with the driving frames when there is no target
 
+    def _leakage(self, fb, pred: list[FaceResult]) -> np.ndarray:
+        n = len(pred)
+        src = face_results(fb, self.analyzer, "source")[0]
+        to_src = np.full(n, np.nan)
+        to_drv = np.full(n, np.nan)
+        if src.embedding is not None:
+            to_src = np.array([_cos(r.embedding, src.embedding) if r.embedding is not None else np.nan for r in pred])
+        if self.family != "id_to_source":
+            if fb.driving is None:
+                raise ValueError(f"{self.name} needs the driving frames; video {fb.video_id!r} has none")
+            drv = face_results(fb, self.analyzer, "driving")
+            to_drv = np.array([_cos(p.embedding, d.embedding) if p.embedding is not None and d.embedding is not None
+                               else np.nan for p, d in zip(pred, drv)])
+        if self.family == "id_to_source":
+            return to_src
+        if self.family == "id_to_driver":
+            return to_drv
+        leak = to_drv - to_src
+        return leak if self.family == "id_leakage" else np.isnan(leak).astype(np.float64)
+
     def frames(self, fb):
         pred = face_results(fb, self.analyzer, "pred")
         n = len(pred)
         out = np.full(n, np.nan)
+        if self.family in LEAK_FAMILIES:
+            return self._leakage(fb, pred)
         if self.family == "id":
             src = face_results(fb, self.analyzer, "source")[0]
             if src.embedding is None:
                 return out
             for i, r in enumerate(pred):
                 if r.embedding is not None:
-                    a, b = r.embedding, src.embedding
-                    out[i] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+                    out[i] = _cos(r.embedding, src.embedding)
             return out
         if self.family == "aed" and fb.target is None:
             raise ValueError(f"{self.name} needs a ground-truth target; video {fb.video_id!r} has none")
@@ -157,23 +210,26 @@ def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None) 
     metrics = []
     by_backend: dict[str, set] = {}
     for name in names:
-        family, backend = name.split("_", 1)
+        family, backend = split_face_name(name)
+        if backend is None:
+            raise ValueError(f"face metric {name!r} names no backend (the suite resolves it: eval.suite)")
         by_backend.setdefault(backend, set()).add(family)
     for backend, families in by_backend.items():
         if backend == "dlib":
             analyzers[backend] = DlibFaces(upsample=int(protocol.get("face_upsample", 1)),
-                                           need_embedding=bool(families & {"id", "aed"}))
+                                           need_embedding=bool(families & IDENTITY_FAMILIES))
         elif backend == "arcface":
-            if families - {"id", "aed"}:
-                raise ValueError(f"arcface is an identity backend (id/aed); use insightface for {families - {'id', 'aed'}}")
+            if families - IDENTITY_FAMILIES:
+                raise ValueError(f"arcface is an identity backend (id/aed/id_*); use insightface for "
+                                 f"{families - IDENTITY_FAMILIES}")
             analyzers[backend] = InsightFaces(need_embedding=True, need_landmarks=False, pins=pins)
         elif backend == "insightface":
-            if families & {"id", "aed"}:
+            if families & IDENTITY_FAMILIES:
                 raise ValueError("identity metrics from insightface are named *_arcface")
             analyzers[backend] = InsightFaces(need_embedding=False, need_landmarks=True, pins=pins)
         else:
             raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | insightface)")
     for name in names:
-        family, backend = name.split("_", 1)
+        family, backend = split_face_name(name)
         metrics.append(FaceMetric(family, backend, analyzers[backend]))
     return metrics

@@ -32,8 +32,16 @@ HIGHER_IS_BETTER = {"l1": False, "psnr": True, "ssim": True, "lpips": False, "fi
                     "akd": False, "aed": False, "mkr": False, "csim": True}
 
 
+# several-word prefixes checked first (identity leakage: the output looking like the driver is bad)
+_PREFIX_DIRECTION = (("id_leakage", False), ("id_to_driver", False), ("id_to_source", True), ("contact_rate", None))
+
+
 def higher_is_better(name: str) -> Optional[bool]:
-    return HIGHER_IS_BETTER.get(name.split("_")[0].lower())
+    low = name.lower()
+    for prefix, hib in _PREFIX_DIRECTION:
+        if low.startswith(prefix):
+            return hib
+    return HIGHER_IS_BETTER.get(low.split("_")[0])
 
 
 class FrameBatch:
@@ -41,13 +49,15 @@ class FrameBatch:
 
     def __init__(self, pred: torch.Tensor, target: Optional[torch.Tensor], source: torch.Tensor,
                  driving: Optional[torch.Tensor] = None, keypoints: Optional[torch.Tensor] = None,
-                 video_id: str = "", pred_keypoints: Optional[torch.Tensor] = None):
+                 video_id: str = "", pred_keypoints: Optional[torch.Tensor] = None,
+                 masks: Optional[dict[str, torch.Tensor]] = None):
         self.pred = pred.float().clamp(0, 1)
         self.target = None if target is None else target.float().clamp(0, 1)
         self.source = source.float().clamp(0, 1)
         self.driving = None if driving is None else driving.float().clamp(0, 1)
         self.keypoints = keypoints
         self.pred_keypoints = pred_keypoints
+        self.masks = masks          # {"hand", "face"} N×1×H×W of the target frames (SynthFaces), or None
         self.video_id = video_id
         self.cache: dict[Any, Any] = {}
 
@@ -79,7 +89,15 @@ class FrameBatch:
     def source_u8(self) -> np.ndarray:
         return self._u8(self.source[None])[0]
 
+    @cached_property
+    def driving_u8(self) -> np.ndarray:
+        if self.driving is None:
+            raise ValueError(f"video {self.video_id!r}: no driving frames")
+        return self._u8(self.driving)
+
     def u8(self, which: str):
+        if which == "driving":
+            return self.driving_u8
         return {"pred": self.pred_u8, "reference": self.reference_u8, "source": self.source_u8}[which]
 
 
@@ -129,7 +147,18 @@ def ssim_frames(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5, data_range
     and torchmetrics' SSIM map (interior); written as two separable 1-D filters because torchmetrics' 11×11 grouped
     convolution takes seconds per frame on CPU and materialises gigabytes at 256² (see benchmarks/eval_suite.py).
     """
+    return ssim_map(x, y, sigma, data_range, k1, k2).flatten(1).mean(1)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5, data_range: float = 1.0, k1: float = 0.01,
+             k2: float = 0.03, pad: bool = False) -> torch.Tensor:
+    """The SSIM map, N×C×(H−2r)×(W−2r) (``pad=False``: the valid region ``ssim_frames`` averages) or N×C×H×W
+    (``pad=True``: inputs reflect-padded by r first, as torchmetrics' ``return_full_image``; the interior equals the
+    valid map). Region metrics average it over a mask (``eval.regions``)."""
     r = int(3.5 * sigma + 0.5)
+    if pad:
+        x = F.pad(x, (r, r, r, r), mode="reflect")
+        y = F.pad(y, (r, r, r, r), mode="reflect")
     coords = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
     g = g / g.sum()
@@ -146,8 +175,7 @@ def ssim_frames(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5, data_range
     mx, my, xx, yy, xy = f.unbind(1)
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     vx, vy, cxy = xx - mx * mx, yy - my * my, xy - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
 class SSIM(Metric):

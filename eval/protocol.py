@@ -32,6 +32,8 @@ class EvalProtocolConfig:
     use_fid_reference_cache: bool = True  # cache the real statistics per dataset + protocol
     num_grid_videos: int = 4            # videos in the logged side-by-side grid
     include_source_frame: bool = False  # self mode: score frame 0 too (it is the source: PSNR would be infinite)
+    contact_radius: int = 3             # contact region = dilate_r(hand) ∩ dilate_r(face), r in px at `resolution`
+    contact_crop: int = 64              # lpips_<net>_contact: the region's bounding box resized to this size²
 
 
 def protocol_hash(cfg: Any) -> str:

@@ -10,6 +10,10 @@
 * ``eval_state.pt`` — the dataset-metric state + finished videos, saved after each video so an interrupted run
   resumes without recomputing finished videos (same protocol hash required).
 
+Model statistics: when the model has ``latent_stats() -> dict[str, float]`` (e.g. InterAnimate's mean |cos| between
+learned latents), its values join ``metrics`` (so ``eval.table`` shows them as columns) and are listed under
+``model_stats``. Samples' ``masks`` ({"hand", "face"}, the target's) reach the region metrics (``eval.regions``).
+
 Each video's frames are resized once to the protocol's resolution (when they are not already at it); every metric
 then reads the same tensors (and the shared views cached on ``FrameBatch``): one pass over the frames.
 """
@@ -244,6 +248,16 @@ def _model_name(model) -> str:
         return type(model).__name__
 
 
+def _model_stats(model) -> dict[str, float]:
+    """``model.latent_stats()`` as plain floats (absent method → {}); names must not shadow a protocol metric."""
+    fn = getattr(model, "latent_stats", None)
+    if not callable(fn):
+        return {}
+    with torch.no_grad():
+        stats = fn() or {}
+    return {str(k): float(v.detach().cpu().item() if torch.is_tensor(v) else v) for k, v in stats.items()}
+
+
 def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt: Optional[str] = None,
                    overrides: Optional[list[str]] = None, device=None, dataset_key: Optional[str] = None,
                    keypoint_locator=None, progress: bool = True, suite: Optional[Suite] = None) -> dict:
@@ -323,6 +337,12 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
                     # self-reenactment: frame 0 is the source, so it is not scored unless the protocol says so
                     t0 = 1 if protocol.mode == "self" and not protocol.get("include_source_frame", False) and T > 1 else 0
                     p = resize_frames(pred[b, t0:], size, method)
+                    masks = sample.get("masks")
+                    if isinstance(masks, dict):
+                        masks = {k: resize_frames((v[:, None] if v.dim() == 3 else v)[t0:].float().to(device), size,
+                                                  "bilinear") for k, v in masks.items() if k in ("hand", "face")}
+                    else:
+                        masks = None
                     fb = FrameBatch(
                         pred=p,
                         target=None if target is None else resize_frames(target[t0:].to(device), size, method),
@@ -330,7 +350,7 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
                         driving=resize_frames(sample["driving"][t0:].to(device), size, method),
                         keypoints=None if kp is None else kp[t0:] * (size / sample["driving"].shape[-1]),
                         pred_keypoints=None if keypoint_locator is None else keypoint_locator(p),
-                        video_id=vid)
+                        video_id=vid, masks=masks)
                     per_frame = suite.evaluate(fb)
                     files.append(vid, per_frame, _frame_indices(sample, T)[t0:])
                     done.append(vid)
@@ -355,6 +375,8 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
         metrics[m.name] = m.compute()
         if m.name in ref_paths and not m.reference_loaded:
             m.save_reference(ref_paths[m.name])
+    model_stats = _model_stats(model)
+    metrics.update(model_stats)
     grid = None
     if grid_rows:
         grid = run_dir / GRID
@@ -371,8 +393,10 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
         "protocol": str(protocol.name), "protocol_hash": phash, "metrics": metrics,
         "overrides": list(overrides or []), "ckpt": ckpt, "model": _model_name(model),
         "standin": suite.standin, "num_videos": len(done), "num_frames": int(len(frames)),
-        "protocol_config": OmegaConf.to_container(protocol, resolve=True), **facts,
+        "protocol_config": OmegaConf.to_container(protocol, resolve=True), **facts, **suite.facts,
     }
+    if model_stats:
+        result["model_stats"] = sorted(model_stats)
     atomic_write_json(run_dir / METRICS, result)
     _log_results(loggers, str(protocol.name), metrics, run_dir, grid)
     return result

@@ -1,9 +1,12 @@
 """Build a protocol's metric suite: resolve metric names to implementations and backends, once.
 
-Names a protocol may list: ``l1 psnr ssim lpips fid id aed akd mkr akd_gt`` (backends resolved from the protocol:
-``lpips`` → ``lpips_alex``/``lpips_vgg``; ``id``/``aed`` → ``*_arcface``/``*_dlib``; ``akd``/``mkr`` →
-``*_insightface``/``*_dlib``), or an explicit backend name (``id_dlib``). Metrics backed by a stand-in network carry
-``_STANDIN`` and the suite reports ``standin=True``.
+Names a protocol may list: ``l1 psnr ssim lpips fid id aed akd mkr akd_gt akd_synthlm`` (backends resolved from
+the protocol: ``lpips`` → ``lpips_alex``/``lpips_vgg``; ``id``/``aed`` → ``*_arcface``/``*_dlib``; ``akd``/``mkr`` →
+``*_insightface``/``*_dlib``), or an explicit backend name (``id_dlib``); identity leakage ``id_to_driver``,
+``id_to_source``, ``id_leakage``, ``id_leakage_missing`` (``eval.faces``, backend as ``id``); contact-region
+``l1_contact ssim_contact lpips_contact contact_rate`` (``eval.regions``; ``lpips_contact`` → ``lpips_<net>_contact``,
+sharing the network of ``lpips_<net>``). Metrics backed by a stand-in network carry ``_STANDIN`` and the suite
+reports ``standin=True``.
 """
 from __future__ import annotations
 
@@ -12,15 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from eval.faces import LEAK_FAMILIES, split_face_name
 from eval.metrics import L1, PSNR, SSIM, LPIPS, AKDGroundTruth, FrameBatch, Metric
 
-FACE_FAMILIES = ("id", "aed", "akd", "mkr")
+FACE_FAMILIES = ("id", "aed", "akd", "mkr", *LEAK_FAMILIES)
 
 
 @dataclass
 class Suite:
     frame_metrics: list[Metric] = field(default_factory=list)
     dataset_metrics: list[Any] = field(default_factory=list)   # eval.fid.FID
+    facts: dict = field(default_factory=dict)                  # recorded in metrics.json (e.g. the landmark model)
 
     @property
     def names(self) -> list[str]:
@@ -53,12 +58,24 @@ def _face_backend(kind: str, requested: str) -> str:
     return ("arcface" if kind == "id" else "insightface") if all(REGISTRY[n].present() for n in need) else "dlib"
 
 
-def build_suite(protocol, device="cpu") -> Suite:
+def build_suite(protocol, device="cpu", keypoint_locator=None) -> Suite:
+    """``keypoint_locator`` (frames → N×K×2) replaces the SynthFaces landmark locator of ``akd_synthlm`` (tests)."""
+    from eval.regions import ContactMetric
+
     names = list(protocol.metrics)
     standins = set(protocol.get("standin_metrics", []) or [])
     pins = dict(protocol.get("weights", {}) or {})
     suite = Suite()
     face_requests: dict[str, str] = {}
+    lpips_nets: dict[str, LPIPS] = {}      # one network per net, shared by lpips_<net> and lpips_<net>_contact
+    contact: list[tuple[str, str]] = []    # (kind, net) built after the whole-frame metrics
+    radius, crop = int(protocol.get("contact_radius", 3)), int(protocol.get("contact_crop", 64))
+
+    def lpips_net(net: str) -> LPIPS:
+        if net not in lpips_nets:
+            lpips_nets[net] = LPIPS(net=net, standin="lpips" in standins, device=device)
+        return lpips_nets[net]
+
     for name in names:
         family = name.split("_")[0]
         if name == "l1":
@@ -67,9 +84,14 @@ def build_suite(protocol, device="cpu") -> Suite:
             suite.frame_metrics.append(PSNR())
         elif name == "ssim":
             suite.frame_metrics.append(SSIM())
+        elif name in ("l1_contact", "ssim_contact", "contact_rate"):
+            contact.append(("rate" if name == "contact_rate" else family, ""))
+        elif family == "lpips" and name.endswith("_contact"):
+            parts = name.split("_")
+            contact.append(("lpips", parts[1] if len(parts) == 3 else protocol.get("lpips_net", "alex")))
         elif family == "lpips":
             net = name.split("_", 1)[1] if "_" in name else protocol.get("lpips_net", "alex")
-            suite.frame_metrics.append(LPIPS(net=net, standin="lpips" in standins, device=device))
+            suite.frame_metrics.append(lpips_net(net))
         elif name == "fid":
             from eval.fid import FID
 
@@ -77,16 +99,23 @@ def build_suite(protocol, device="cpu") -> Suite:
                                              device=device, weights_sha256=pins.get(protocol.fid_backend)))
         elif name == "akd_gt":
             suite.frame_metrics.append(AKDGroundTruth())
-        elif family in FACE_FAMILIES:
-            if "_" in name:
-                backend = name.split("_", 1)[1]
-            elif family in ("id", "aed"):
-                backend = _face_backend("id", protocol.get("id_backend", "auto"))
-            else:
-                backend = _face_backend("landmarks", protocol.get("landmark_backend", "auto"))
-            face_requests[f"{family}_{backend}"] = backend
+        elif name == "akd_synthlm":
+            from eval.synth_landmarks import AKDSynthLandmarks
+
+            m = AKDSynthLandmarks(int(protocol.resolution), locator=keypoint_locator, device=device)
+            suite.frame_metrics.append(m)
+            suite.facts["synth_landmarks"] = m.facts
+        elif family in FACE_FAMILIES or split_face_name(name)[0] in FACE_FAMILIES:
+            fam, backend = split_face_name(name)
+            if backend is None:
+                kind = "landmarks" if fam in ("akd", "mkr") else "id"
+                backend = _face_backend(kind, protocol.get("id_backend" if kind == "id" else "landmark_backend",
+                                                           "auto"))
+            face_requests[f"{fam}_{backend}"] = backend
         else:
             raise ValueError(f"protocol {protocol.get('name')}: unknown metric {name!r}")
+    for kind, net in contact:
+        suite.frame_metrics.append(ContactMetric(kind, radius, lpips_net(net) if kind == "lpips" else None, crop))
     if face_requests:
         from eval.faces import build_face_metrics
 

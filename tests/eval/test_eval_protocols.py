@@ -5,7 +5,7 @@ import pytest
 
 from eval.protocol import load_protocol, protocol_hash, verify_protocol
 
-PROTOCOLS = ["synthfaces_self", "synthfaces_cross", "vox_self", "vox_cross"]
+PROTOCOLS = ["synthfaces_self", "synthfaces_cross", "synthfaces_hands", "vox_self", "vox_cross"]
 
 
 @pytest.mark.parametrize("name", PROTOCOLS)
@@ -22,7 +22,8 @@ def test_mistyped_protocol_key_fails_at_compose(compose_cfg):
 
 
 @pytest.mark.parametrize("override", ["num_frames=8", "stride=2", "resolution=128", "resize=bicubic", "metrics=[l1]",
-                                      "id_backend=dlib", "fid_num_samples=100", "max_videos=3"])
+                                      "id_backend=dlib", "fid_num_samples=100", "max_videos=3",
+                                      "contact_radius=5", "contact_crop=32"])
 def test_every_pinned_knob_changes_the_hash(override):
     assert protocol_hash(load_protocol("synthfaces_self", [override])) != protocol_hash(load_protocol("synthfaces_self"))
 
