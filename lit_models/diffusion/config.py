@@ -69,7 +69,9 @@ class DiffusionConfig(ModelConfig):
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    prediction_type: str = "epsilon"     # epsilon | v_prediction
+    # epsilon (SD-1.5) | v_prediction | sample (x0: tiny CPU configs — an under-trained ε/v model leaves noise in
+    # its samples, an under-trained x0 model gives blurry but clean frames)
+    prediction_type: str = "epsilon"
     noise_seed: int = 0                  # per-step noise = f(noise_seed, global_step, rank): resume is exact
     gradient_checkpointing: bool = False
     lambda_diffusion: float = 1.0
@@ -80,6 +82,9 @@ class DiffusionConfig(ModelConfig):
     guidance_uncond: list[str] = field(default_factory=lambda: ["reference", "motion"])  # dropped in the uncond pass
     # ---- sampling -------------------------------------------------------------------------------------------
     sampler: str = "ddim"                # ddim | dpmpp (DPM-Solver++ multistep)
+    # leading (SD-1.5's default: with few steps the first step is t = 1000 - 1000/steps + 1, never the pure-noise end)
+    # | trailing (Lin et al. 2023, Table 2: the first step is t = 999, right for few-step sampling) | linspace
+    timestep_spacing: str = "leading"
     num_inference_steps: int = 25
     sample_seed: int = 0
     window_size: int = 16                # frames per denoising window (long videos)

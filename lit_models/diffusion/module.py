@@ -178,10 +178,15 @@ class ReferenceVideoDiffusion(AnimationModule):
                                    keypoints=normalise_keypoints(batch.get("keypoints"), batch["driving"].shape[-2:]))
         self.write_reference(self.encode(source), self.reference_mask_ratio(), gen)
         pred = self.denoise(z_t, t, state, torch.arange(B, device=dev), keep["reference"])
-        if self.cfg.prediction_type == "epsilon":
+        kind = self.cfg.prediction_type
+        if kind == "epsilon":
             goal = noise
-        else:
+        elif kind == "v_prediction":
             goal = self.noise_scheduler.get_velocity(z0.flatten(0, 1), noise.flatten(0, 1), t_rows).view_as(z0)
+        elif kind == "sample":
+            goal = z0
+        else:
+            raise ValueError(f"prediction_type must be epsilon | v_prediction | sample, got {kind!r}")
         terms = {}
         if self.use_loss("diffusion"):
             terms["loss_diffusion"] = F.mse_loss(pred.float(), goal.float())

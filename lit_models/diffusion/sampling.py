@@ -1,7 +1,8 @@
 """Schedulers, classifier-free guidance and windowed long-video sampling (the pipeline, separate from the networks).
 
 * DDPM training: ``z_t = √ᾱ_t z_0 + √(1-ᾱ_t) ε`` (``DDPMScheduler.add_noise``), loss ``‖ε − ε_θ(z_t, t, c)‖²``.
-* Sampling: DDIM or DPM-Solver++ (multistep) built from the same noise schedule.
+* Sampling: DDIM or DPM-Solver++ (multistep) built from the same noise schedule; ``timestep_spacing`` picks the
+  inference timesteps (``trailing`` starts at t = T−1, which few-step sampling needs).
 * Guidance: ``ε̂ = ε_θ(z_t, ∅) + s · (ε_θ(z_t, c) − ε_θ(z_t, ∅))``, where ``∅`` drops the conditions listed in
   ``guidance_uncond``; training drops each condition independently (:func:`condition_keep_masks`).
 * Long videos: the clip is covered by windows of ``window_size`` frames overlapping by ``window_overlap``; at
@@ -34,10 +35,15 @@ def make_sampler(cfg: DiffusionConfig, kind: Optional[str] = None):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     kind = kind or cfg.sampler
+    spacing = getattr(cfg, "timestep_spacing", "leading")
+    if spacing not in ("leading", "trailing", "linspace"):
+        raise ValueError(f"timestep_spacing must be leading | trailing | linspace, got {spacing!r}")
     if kind == "ddim":
-        return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False, set_alpha_to_one=False,
+                             steps_offset=1 if spacing == "leading" else 0, timestep_spacing=spacing)
     if kind == "dpmpp":
-        return DPMSolverMultistepScheduler(**_schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler(**_schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2,
+                                           timestep_spacing=spacing)
     raise ValueError(f"sampler must be ddim | dpmpp, got {kind!r}")
 
 

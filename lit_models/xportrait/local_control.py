@@ -6,6 +6,7 @@ layout (dlib, insightface) and SynthFaces' 29 named keypoints.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -61,14 +62,22 @@ def local_patch_masks(num: int, size: int, keypoints: Optional[torch.Tensor], fi
     return boxes_to_mask(boxes, size)
 
 
-def detect_landmarks(frames: torch.Tensor) -> Optional[torch.Tensor]:
-    """Landmarks of B×T×3×H×W frames in [0, 1] with ``datamodules.face`` (dlib, 68 points): B×T×68×2 in pixels,
-    NaN where no face is found; None when the detector is unavailable."""
+@functools.lru_cache(maxsize=1)
+def _dlib_detector():
+    """The dlib detector + 68-point predictor, built once per process (construction costs ~1-2 s)."""
     try:
         from datamodules.face import get_face_detector
 
-        detector = get_face_detector("dlib")
+        return get_face_detector("dlib")
     except Exception:                                     # noqa: BLE001 — any missing piece means: no detector
+        return None
+
+
+def detect_landmarks(frames: torch.Tensor) -> Optional[torch.Tensor]:
+    """Landmarks of B×T×3×H×W frames in [0, 1] with ``datamodules.face`` (dlib, 68 points): B×T×68×2 in pixels,
+    NaN where no face is found; None when the detector is unavailable."""
+    detector = _dlib_detector()
+    if detector is None:
         return None
     B, T = frames.shape[:2]
     out = torch.full((B, T, 68, 2), float("nan"))

@@ -18,6 +18,16 @@ SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encod
           "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=2", "model.motion_dim=32"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core machine (with the default
+    active wait policy, two threads make these tests 10-30× slower when the cores are busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(compose_cfg, *overrides, model="xnemo_tiny"):
     cfg = compose_cfg("train", [f"model={model}", *SHRINK, *overrides])
     torch.manual_seed(0)
@@ -283,3 +293,53 @@ def test_full_size_video_denoiser_one_forward(compose_cfg_module):
     with torch.no_grad():
         loss = m.compute_losses(clip(B=1, T=2, size=16))["loss_diffusion"]
     assert torch.isfinite(loss)
+
+
+def test_timestep_spacing_knob_reaches_both_samplers():
+    """trailing starts few-step sampling at the pure-noise end (t = 999); leading (SD-1.5) does not."""
+    from omegaconf import OmegaConf
+
+    from lit_models.diffusion.config import DiffusionConfig
+
+    cfg = OmegaConf.structured(DiffusionConfig(_target_="x", name="x"))
+    for kind in ("ddim", "dpmpp"):
+        firsts = {}
+        for spacing in ("leading", "trailing"):
+            cfg.timestep_spacing = spacing
+            s = make_sampler(cfg, kind)
+            s.set_timesteps(4)
+            firsts[spacing] = int(s.timesteps[0])
+        assert firsts["trailing"] == 999 and firsts["leading"] <= 900, (kind, firsts)
+    cfg.timestep_spacing = "sideways"
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        make_sampler(cfg)
+
+
+def test_prediction_type_sets_the_regression_target(xnemo, monkeypatch):
+    """With ε_θ ≡ 0 the loss is E[goal²]: ε for epsilon, z_0 (the clean target latents) for sample, and
+    √ᾱ ε − √(1−ᾱ) z_0 for v_prediction (reference: the same step's noise and t drawn again from step_generator)."""
+    d = clip(B=2, T=1, seed=6)
+    monkeypatch.setattr(xnemo, "denoise", lambda z_t, *a, **k: torch.zeros_like(z_t))
+    target = xnemo.to_model(d["driving"])
+    z0 = xnemo.encode(target.flatten(0, 1))
+    g = xnemo.step_generator()
+    from lit_models.diffusion.sampling import condition_keep_masks as keep_masks
+
+    keep_masks(2, {"reference": 0.0, "motion": 0.0}, g)
+    noise = torch.randn(z0.shape, generator=g)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    ab = xnemo.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = {"epsilon": noise.pow(2).mean(), "sample": z0.pow(2).mean(),
+                "v_prediction": (ab.sqrt() * noise - (1 - ab).sqrt() * z0).pow(2).mean()}
+    saved = xnemo.cfg.prediction_type
+    try:
+        for kind, value in expected.items():
+            xnemo.cfg.prediction_type = kind
+            with torch.no_grad():
+                loss = xnemo.compute_losses(d)["loss_diffusion"]
+            torch.testing.assert_close(loss, value, rtol=1e-5, atol=1e-6, msg=kind)
+        xnemo.cfg.prediction_type = "x1"
+        with pytest.raises(ValueError, match="prediction_type"):
+            xnemo.compute_losses(d)
+    finally:
+        xnemo.cfg.prediction_type = saved
