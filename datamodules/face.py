@@ -413,10 +413,17 @@ def arcface_align(image: Any, points5: np.ndarray, size: int = 112) -> tuple[np.
 BACKENDS = {"dlib": DlibFaceDetector, "insightface": InsightFaceDetector}
 
 
+_DETECTORS: dict = {}
+
+
 def get_face_detector(backend: str = "dlib", **kwargs) -> FaceDetector:
-    """Build a detector by name (``dlib`` | ``insightface``); kwargs go to the backend's constructor."""
+    """A detector by name (``dlib`` | ``insightface``); kwargs go to the backend's constructor. Built once per
+    process and argument set (loading dlib's models costs ~2 s), then shared."""
     try:
         cls = BACKENDS[backend]
     except KeyError:
         raise ValueError(f"unknown face backend {backend!r}; choose one of {sorted(BACKENDS)}") from None
-    return cls(**kwargs)
+    key = (backend, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    if key not in _DETECTORS:
+        _DETECTORS[key] = cls(**kwargs)
+    return _DETECTORS[key]

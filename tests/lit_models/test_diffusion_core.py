@@ -18,16 +18,6 @@ SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encod
           "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=2", "model.motion_dim=32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core machine (with the default
-    active wait policy, two threads make these tests 10-30× slower when the cores are busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(compose_cfg, *overrides, model="xnemo_tiny"):
     cfg = compose_cfg("train", [f"model={model}", *SHRINK, *overrides])
     torch.manual_seed(0)

@@ -9,16 +9,6 @@ from lit_models.mrfa import MRFA
 from lit_models.mrfa.refine import refine_schedule
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core machine
-    (with the default active wait policy a 2-thread run of these tests is 5-20× slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_model_cfg():
     from experiments.compose import compose

@@ -13,16 +13,6 @@ SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encod
           "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core machine (with the default
-    active wait policy, two threads make these tests 10-30× slower when the cores are busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def xnemo():
     from experiments.compose import compose
@@ -158,17 +148,7 @@ def _luma_blocks(frames):
     return torch.nn.functional.avg_pool2d(y[:, None], 2)[:, 0]
 
 
-@pytest.fixture
-def one_face_detector(monkeypatch):
-    """Build dlib's detector once for the test (the entry point and the reference crops each ask for one)."""
-    import functools
-
-    import datamodules.face as face
-
-    monkeypatch.setattr(face, "get_face_detector", functools.lru_cache(maxsize=None)(face.get_face_detector))
-
-
-def test_animate_entry_point_on_real_fixtures(one_face_detector, xnemo, compose_cfg, real_fixtures, tmp_path):
+def test_animate_entry_point_on_real_fixtures(xnemo, compose_cfg, real_fixtures, tmp_path):
     """`experiments.animate` with a freshly saved tiny checkpoint: face crops of the real portrait and clip, the
     model's 32² output written as video, equal (up to H.264) to `animate` called directly on the same crops."""
     import av

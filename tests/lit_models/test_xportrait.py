@@ -11,16 +11,6 @@ from lit_models.xportrait.local_control import REGION_LAYOUTS, local_patch_masks
 SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.num_inference_steps=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core machine (with the default
-    active wait policy, two threads make these tests 10-30× slower when the cores are busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(*overrides):
     from experiments.compose import compose
 
@@ -130,17 +120,7 @@ def test_animate_with_and_without_keypoints(xportrait):
     assert out_kp.shape == out.shape and (out_kp - out).abs().max() > 0
 
 
-@pytest.fixture
-def one_face_detector(monkeypatch):
-    """Build dlib's detector once for the test (the entry point and the reference crops each ask for one)."""
-    import functools
-
-    import datamodules.face as face
-
-    monkeypatch.setattr(face, "get_face_detector", functools.lru_cache(maxsize=None)(face.get_face_detector))
-
-
-def test_animate_entry_point_on_real_fixtures(one_face_detector, xportrait, compose_cfg, real_fixtures, tmp_path):
+def test_animate_entry_point_on_real_fixtures(xportrait, compose_cfg, real_fixtures, tmp_path):
     """`experiments.animate` with a freshly saved tiny X-Portrait checkpoint on the real portrait and clip (face
     crops; local patches from dlib landmarks, or fixed boxes where none are found at 32²): the written clip equals
     (up to H.264) `animate` called directly on the same crops, and the ControlNets make the driving clip matter."""
