@@ -37,7 +37,7 @@ _PREFIX_DIRECTION = (("id_leakage", False), ("id_to_driver", False), ("id_to_sou
 
 
 def higher_is_better(name: str) -> Optional[bool]:
-    low = name.lower()
+    low = name.lower().rsplit("/", 1)[-1]   # "<extra protocol>/<metric>" reads as <metric>
     for prefix, hib in _PREFIX_DIRECTION:
         if low.startswith(prefix):
             return hib

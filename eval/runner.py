@@ -7,6 +7,9 @@
 * ``metrics.json`` — ``{"protocol", "protocol_hash", "metrics", "overrides", "ckpt", "model", "standin", ...}``
   written atomically; dataset metrics (FID) over all frames, per-frame metrics as the mean over all frames;
 * ``eval_grid.mp4`` — source | driving | generated | target for the first ``num_grid_videos`` videos;
+* ``eval/<name>/`` — the same files for each extra protocol; ``merge_extra_protocols`` adds their metrics to the
+  main ``metrics.json`` as ``<name>/<metric>`` (with each protocol's hash under ``extra_protocols``), so one table
+  row carries, e.g., self-reenactment and cross-identity numbers of the same checkpoint;
 * ``eval_state.pt`` — the dataset-metric state + finished videos, saved after each video so an interrupted run
   resumes without recomputing finished videos (same protocol hash required).
 
@@ -400,3 +403,30 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     atomic_write_json(run_dir / METRICS, result)
     _log_results(loggers, str(protocol.name), metrics, run_dir, grid)
     return result
+
+
+def merge_extra_protocols(run_dir, extra: dict[str, dict]) -> dict:
+    """Add extra protocols' results (``run_evaluation`` returns, keyed by a name) to ``run_dir/metrics.json``.
+
+    Their metrics become ``<name>/<metric>``; ``extra_protocols[name]`` records the protocol, its hash, where its
+    files are and its video / frame counts; ``standin`` is true when any protocol used a stand-in network. Tables
+    only group runs whose main and extra protocol hashes all agree (``eval.table``)."""
+    import json
+
+    from datamodules.utils import atomic_write_json
+
+    run_dir = Path(run_dir)
+    main = json.loads((run_dir / METRICS).read_text())
+    main.setdefault("extra_protocols", {})
+    for name, res in extra.items():
+        if "/" in name:
+            raise ValueError(f"extra protocol name {name!r} must not contain '/'")
+        main["metrics"] = {k: v for k, v in main["metrics"].items() if not k.startswith(f"{name}/")}
+        main["metrics"].update({f"{name}/{k}": v for k, v in res["metrics"].items()})
+        main["extra_protocols"][name] = {
+            "protocol": res["protocol"], "protocol_hash": res["protocol_hash"], "dir": f"eval/{name}",
+            "num_videos": res.get("num_videos"), "num_frames": res.get("num_frames"),
+            "standin": bool(res.get("standin", False))}
+        main["standin"] = bool(main.get("standin", False)) or bool(res.get("standin", False))
+    atomic_write_json(run_dir / METRICS, main)
+    return main

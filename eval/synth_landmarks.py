@@ -12,10 +12,15 @@ to a K-channel heatmap at ``resolution/2``, spatial softmax, expected coordinate
 with an L1 loss on the coordinates of the renderer's exact keypoints, with blur / noise / colour jitter so that the
 soft frames a generator produces stay in distribution.
 
-Training is deterministic (seeded renders and initialisation, a fixed number of steps) and happens on first use;
-the weights are cached at ``$PORTRAITLAB_CACHE/synth_landmarks/<hash>.pt`` (default ``~/.cache/portraitlab``),
-``<hash>`` = sha256 of the training config (``SynthLandmarkConfig``), with ``<hash>.json`` holding the config and
-the held-out error. ``python -m eval.synth_landmarks [--resolution 64]`` trains (or loads) and prints the error.
+The locator is part of the protocol, so the default one ships pinned with the repository: ``eval/assets/
+synth_landmarks/<hash>.pt`` (+ ``<hash>.json`` with its config and held-out error; ``<hash>`` = sha256 of the
+training config ``SynthLandmarkConfig``), and every ``metrics.json`` records the weights' sha256 — two machines
+never score AKD with two differently trained locators. Another config (e.g. ``--resolution 128``) is trained on first
+use (deterministic: seeded renders and initialisation, a fixed number of steps) and cached at
+``$PORTRAITLAB_CACHE/synth_landmarks/<hash>.pt`` (default ``~/.cache/portraitlab``).
+``python -m eval.synth_landmarks [--resolution 64] [--retrain --root DIR]`` loads (or trains) and prints the error;
+``--retrain --root eval/assets/synth_landmarks`` re-creates the shipped file (bump ``VERSION`` when the network,
+its training or the renderer change).
 """
 from __future__ import annotations
 
@@ -63,6 +68,13 @@ class SynthLandmarkConfig:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PORTRAITLAB_CACHE", Path.home() / ".cache" / "portraitlab")) / "synth_landmarks"
+
+
+PACKAGED_DIR = Path(__file__).resolve().parent / "assets" / "synth_landmarks"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- network -----------------------------------------------------------------------------------------------------
@@ -202,12 +214,17 @@ def load_or_train(cfg: Optional[SynthLandmarkConfig] = None, root: Optional[Path
     from datamodules.utils import atomic_write_json
 
     cfg = cfg or SynthLandmarkConfig()
-    root = Path(root) if root is not None else cache_dir()
+    roots = [Path(root)] if root is not None else [PACKAGED_DIR, cache_dir()]
+    for r in roots:
+        path, meta = r / f"{cfg.hash()}.pt", r / f"{cfg.hash()}.json"
+        if path.is_file() and meta.is_file():
+            model = LandmarkNet(len(KEYPOINT_NAMES), cfg.width)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            info = json.loads(meta.read_text())
+            info.update({"weights_sha256": _sha256(path), "packaged": r == PACKAGED_DIR})
+            return model.eval().requires_grad_(False), info
+    root = roots[-1]
     path, meta = root / f"{cfg.hash()}.pt", root / f"{cfg.hash()}.json"
-    if path.is_file() and meta.is_file():
-        model = LandmarkNet(len(KEYPOINT_NAMES), cfg.width)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval().requires_grad_(False), json.loads(meta.read_text())
     log.info("training the SynthFaces landmark locator (%s, first use; cached at %s)", cfg.hash(), path)
     model, info = train(cfg, progress=progress)
     root.mkdir(parents=True, exist_ok=True)
@@ -216,7 +233,7 @@ def load_or_train(cfg: Optional[SynthLandmarkConfig] = None, root: Optional[Path
     os.replace(tmp, path)
     atomic_write_json(meta, info)
     log.info("synth landmark locator: held-out error %.3f px (%d frames)", info["heldout_px"], info["heldout_frames"])
-    return model.requires_grad_(False), info
+    return model.requires_grad_(False), {**info, "weights_sha256": _sha256(path), "packaged": False}
 
 
 class SynthLandmarkLocator:
@@ -266,7 +283,8 @@ class AKDSynthLandmarks(Metric):
             self._facts_from(self.locator)
 
     def _facts_from(self, loc: "SynthLandmarkLocator") -> None:
-        self.facts.update({"hash": loc.info.get("hash"), "heldout_px": loc.info.get("heldout_px"),
+        self.facts.update({"hash": loc.info.get("hash"), "weights_sha256": loc.info.get("weights_sha256"),
+                           "packaged": loc.info.get("packaged"), "heldout_px": loc.info.get("heldout_px"),
                            "resolution": loc.cfg.resolution, "valid_on": "SynthFaces protocols only"})
 
     @property
@@ -293,11 +311,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--root", default=None, help="cache folder (default $PORTRAITLAB_CACHE/synth_landmarks)")
+    ap.add_argument("--root", default=None, help="folder to load from / save to (default: the shipped "
+                    "eval/assets/synth_landmarks, then $PORTRAITLAB_CACHE/synth_landmarks)")
+    ap.add_argument("--retrain", action="store_true", help="train even when weights exist (overwrites them in --root)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(message)s")
     kw = {"resolution": a.resolution} | ({"steps": a.steps} if a.steps else {})
-    loc = SynthLandmarkLocator(SynthLandmarkConfig(**kw), root=a.root)
+    cfg = SynthLandmarkConfig(**kw)
+    root = Path(a.root) if a.root else None
+    if a.retrain:
+        root = root or cache_dir()
+        for suffix in (".pt", ".json"):
+            (root / f"{cfg.hash()}{suffix}").unlink(missing_ok=True)
+    loc = SynthLandmarkLocator(cfg, root=root)
     print(json.dumps(loc.info, indent=1))
     return 0
 

@@ -46,7 +46,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if r.resolve() not in seen:
             seen.add(r.resolve())
             out.append(r)
-    return out
+    # an extra protocol's results (run/eval/<name>/metrics.json) belong to their run, whose metrics.json has them
+    return [r for r in out if not (r.parent.name == "eval" and (r.parent.parent / "metrics.json").is_file())]
 
 
 def _axis_value(cfg: dict, key: str) -> Any:
@@ -62,8 +63,22 @@ def _axis_value(cfg: dict, key: str) -> Any:
     return node
 
 
+def _metric_order(metrics: dict) -> list[str]:
+    """Columns in the order the protocol lists its metrics (then extra protocols', each in its own order)."""
+    listed = [str(n) for n in ((metrics.get("protocol_config") or {}).get("metrics") or [])]
+
+    def rank(name: str):
+        extra, _, base = name.rpartition("/")
+        hits = [n for n in listed if base == n or base.startswith(n + "_")]
+        best = max(hits, key=len) if hits else None
+        return (extra != "", extra, listed.index(best) if best else len(listed))   # stable: ties keep their order
+
+    return sorted(metrics.get("metrics", {}), key=rank)
+
+
 def load_run(run_dir: Path, axes: Optional[list[str]] = None) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["metrics"] = {k: metrics.get("metrics", {})[k] for k in _metric_order(metrics)}
     cfg: dict = {}
     if (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
@@ -75,6 +90,7 @@ def load_run(run_dir: Path, axes: Optional[list[str]] = None) -> dict:
         cfg.setdefault("model", {"name": metrics.get("model", run_dir.name)})
     return {"dir": run_dir, "axes": run_axes, "values": {a: _axis_value(cfg, a) for a in run_axes},
             "seed": cfg.get("seed"), "protocol": metrics.get("protocol"), "protocol_hash": metrics.get("protocol_hash"),
+            "extra": {k: v.get("protocol_hash") for k, v in sorted((metrics.get("extra_protocols") or {}).items())},
             "standin": bool(metrics.get("standin", False)), "metrics": dict(metrics.get("metrics", {}))}
 
 
@@ -86,8 +102,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
     """One table per protocol (hash): rows = axis-value combinations, mean ± std over the runs (seeds) in each."""
     tables: dict[tuple, dict] = {}
     for r in runs:
-        key = (r["protocol"], r["protocol_hash"], tuple(r["axes"]))
+        key = (r["protocol"], r["protocol_hash"], tuple(r.get("extra", {}).items()), tuple(r["axes"]))
         t = tables.setdefault(key, {"protocol": r["protocol"], "protocol_hash": r["protocol_hash"],
+                                    "extra": dict(r.get("extra", {})),
                                     "axes": list(r["axes"]), "metrics": [], "groups": {}, "standin": False})
         t["standin"] |= r["standin"]
         for m in r["metrics"]:
@@ -138,6 +155,8 @@ def to_markdown(tables: list[dict]) -> str:
     parts = []
     for t in tables:
         head = f"### protocol `{t['protocol']}` (hash `{str(t['protocol_hash'])[:12]}`)"
+        for name, h in (t.get("extra") or {}).items():
+            head += f" + `{name}/…` columns: protocol `{name}` (hash `{str(h)[:12]}`)"
         if t["standin"]:
             head += " — STAND-IN networks in *_STANDIN columns: not comparable to published numbers"
         cols = t["axes"] + ["n"] + [m + _arrow(m) for m in t["metrics"]]

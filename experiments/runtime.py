@@ -48,6 +48,11 @@ def validate(cfg: DictConfig) -> None:
     data_res = OmegaConf.select(cfg, "data.resolution", default=None)
     if model_res is not None and data_res is not None and int(model_res) != int(data_res):
         raise ConfigError(f"model.resolution={model_res} differs from data.resolution={data_res}")
+    for name, proto in (cfg.get("extra_eval") or {}).items():
+        if str(proto.mode) not in CHOICES["eval_protocol.mode"]:
+            raise ConfigError(f"extra_eval.{name}.mode={proto.mode!r} is not one of {', '.join(CHOICES['eval_protocol.mode'])}")
+        if "/" in str(name) or str(name) == str(cfg.eval_protocol.name):
+            raise ConfigError(f"extra_eval.{name}: the name must differ from the main protocol's and contain no '/'")
     for key in cfg.get("axes") or []:
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"axes names {key!r}, which is not a config key")

@@ -62,6 +62,10 @@ class RunConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     eval_protocol: EvalProtocolConfig = MISSING
+    # further protocols evaluated after the main one (each into run_dir/eval/<name>/); their metrics join the main
+    # metrics.json as "<name>/<metric>" columns. Add one from a YAML defaults list:
+    #   - /eval_protocol@extra_eval.synthfaces_cross: synthfaces_cross
+    extra_eval: dict[str, EvalProtocolConfig] = field(default_factory=dict)
     name: str = "run"               # experiment name (run directory and W&B group)
     seed: int = 0
     run_dir: str = "???"            # set by Hydra: one unique directory per run

@@ -37,12 +37,21 @@ def save_untrained_checkpoint(model, path: Path) -> Path:
 
 
 def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: list, ckpt: str | None) -> dict:
-    """Evaluate `model` under `cfg.eval_protocol`; writes `run_dir/metrics.json` (atomic) and per-video results."""
-    from eval.runner import run_evaluation
+    """Evaluate `model` under `cfg.eval_protocol`, then under each `cfg.extra_eval` protocol (into
+    `run_dir/eval/<name>/`); writes `run_dir/metrics.json` (atomic) with the extra protocols' metrics merged in as
+    `<name>/<metric>`, and per-video results per protocol."""
+    from eval.runner import merge_extra_protocols, run_evaluation
 
     model.eval()
-    return run_evaluation(model, datamodule, cfg.eval_protocol, run_dir, loggers=loggers, ckpt=ckpt,
-                          overrides=runtime.task_overrides())
+    overrides = runtime.task_overrides()
+    result = run_evaluation(model, datamodule, cfg.eval_protocol, run_dir, loggers=loggers, ckpt=ckpt,
+                            overrides=overrides)
+    extra = {}
+    for name, proto in (cfg.get("extra_eval") or {}).items():
+        log.info("extra evaluation protocol %s", name)
+        extra[str(name)] = run_evaluation(model, datamodule, proto, run_dir / "eval" / str(name), loggers=loggers,
+                                          ckpt=ckpt, overrides=overrides)
+    return merge_extra_protocols(run_dir, extra) if extra else result
 
 
 def train(cfg: DictConfig) -> dict:

@@ -101,3 +101,13 @@ def test_a_variant_is_a_small_override():
     for path in (CONFIGS / "experiment").glob("*.yaml"):
         lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         assert len(lines) <= 40, f"{path.name} is {len(lines)} lines: move shared values into a group option"
+
+
+def test_mrfa_sweep_scores_keypoints_and_cross_identity_ground_truth(compose_cfg):
+    """Issue 4's table columns: AKD on ground-truth keypoints (akd_synthlm) under self-reenactment, and the error
+    against SynthFaces' cross-identity ground truth (an extra synth_cross protocol) for every K."""
+    cfg = compose_cfg("train", ["sweep=mrfa_refine_iters", "model.refine_iters=2"])
+    validate(cfg)
+    assert cfg.eval_protocol.mode == "self" and "akd_synthlm" in cfg.eval_protocol.metrics
+    cross = cfg.extra_eval.synthfaces_cross
+    assert cross.mode == "synth_cross" and {"l1", "psnr", "ssim", "akd_synthlm"} <= set(cross.metrics)

@@ -39,6 +39,41 @@ def test_train_then_evaluate_writes_checkpoint_config_and_metrics(compose_cfg, s
     assert 0 < metrics["metrics"]["l1"] < 1
 
 
+def test_extra_protocols_join_the_runs_metrics_and_its_table_row(compose_cfg, synth_root, tmp_path):
+    """`extra_eval.<name>` (a second protocol from the eval_protocol group) is evaluated after the main one into
+    run/eval/<name>/, merged into run/metrics.json as <name>/<metric> columns, and the table shows one row."""
+    from eval.table import find_runs, make_table
+    from experiments.train import train
+
+    run = tmp_path / "run"
+    cfg = compose_cfg("train", ["experiment=baseline_direct", "+eval_protocol@extra_eval.cross=synthfaces_cross",
+                                "extra_eval.cross.metrics=[l1,psnr]", "extra_eval.cross.max_videos=2",
+                                "extra_eval.cross.num_frames=4", "axes=[model.name]",
+                                *small(synth_root, run, "logger=csv")])
+    train(cfg)
+    main = json.loads((run / "metrics.json").read_text())
+    cross = json.loads((run / "eval" / "cross" / "metrics.json").read_text())
+    assert main["protocol"] == "synthfaces_self" and cross["protocol"] == "synthfaces_cross"
+    assert main["extra_protocols"]["cross"]["protocol_hash"] == cross["protocol_hash"] != main["protocol_hash"]
+    assert main["metrics"]["cross/l1"] == cross["metrics"]["l1"]
+    assert main["metrics"]["cross/psnr"] == cross["metrics"]["psnr"]
+    assert main["metrics"]["cross/l1"] != main["metrics"]["l1"]          # another test set, another number
+    assert find_runs([tmp_path]) == [run]                                 # eval/cross is not a run of its own
+    table = make_table([run], tmp_path / "table", use_wandb=False)["md"].read_text()
+    header = next(ln for ln in table.splitlines() if ln.startswith("| model.name"))
+    assert header.index("| l1 ↓") < header.index("| ssim ↑") < header.index("| cross/l1 ↓") < header.index("| cross/psnr ↑")
+    assert "protocol `cross`" in table
+
+
+def test_extra_protocol_named_like_the_main_one_is_rejected(compose_cfg, synth_root, tmp_path):
+    from experiments.runtime import ConfigError, validate
+
+    cfg = compose_cfg("train", ["experiment=baseline_direct", "+eval_protocol@extra_eval.synthfaces_self=synthfaces_self",
+                                *small(synth_root, tmp_path / "r")])
+    with pytest.raises(ConfigError, match="extra_eval.synthfaces_self"):
+        validate(cfg)
+
+
 def test_wandb_offline_run_reads_back_the_logged_losses(compose_cfg, synth_root, tmp_path):
     from experiments.train import train
     from experiments.wandb_offline import read_config, read_history

@@ -78,14 +78,20 @@ def test_akd_synthlm_metric_in_the_suite(tmp_path):
     assert (m.frames(FrameBatch(x[:3], x[3:6], x[0])) > 0.5).all()
 
 
-@pytest.mark.slow
-def test_default_locator_accuracy_and_shift(tmp_path_factory):
-    """The protocol's locator (default config, 64²): trained (≈2 min on 2 cores) or loaded from the user cache."""
+def test_default_locator_ships_pinned_and_is_accurate(tmp_path, monkeypatch):
+    """The protocols' locator (default config, 64²) is pinned: loaded from eval/assets with an empty user cache
+    (never retrained on a new machine), its sha256 recorded; accurate on renders it never saw."""
     from datamodules.synthfaces.renderer import neutral_motion, render_clip, sample_identity
 
+    monkeypatch.setenv("PORTRAITLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(SL, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     cfg = SL.SynthLandmarkConfig()
+    assert (SL.PACKAGED_DIR / f"{cfg.hash()}.pt").is_file(), "default config changed: re-ship its weights " \
+        "(python -m eval.synth_landmarks --retrain --root eval/assets/synth_landmarks)"
     loc = SL.SynthLandmarkLocator(cfg, progress=False)
+    assert loc.info["packaged"] is True and len(loc.info["weights_sha256"]) == 64
     assert loc.info["heldout_px"] < 1.5
+    assert SL.AKDSynthLandmarks(64).facts["weights_sha256"] == loc.info["weights_sha256"]
     # fresh renders (a seed the locator never saw), hands included
     x, kp = SL.render_set(40, 2, 64, 0.5, seed=987)
     assert SL.point_error(loc(x), kp) < 1.5
@@ -104,3 +110,4 @@ def test_default_locator_accuracy_and_shift(tmp_path_factory):
         errs.append((same[0], shifted[0]))
     same, shifted = np.array(errs).T
     assert same.mean() < 1.5 and abs(shifted.mean() - 3.0) < 0.5
+
