@@ -430,3 +430,21 @@ def merge_extra_protocols(run_dir, extra: dict[str, dict]) -> dict:
         main["standin"] = bool(main.get("standin", False)) or bool(res.get("standin", False))
     atomic_write_json(run_dir / METRICS, main)
     return main
+
+
+def merge_model_diagnostics(run_dir, diagnostics: dict[str, float], source: str) -> dict:
+    """Add a model's own evaluation diagnostics (e.g. MRFA's keypoint-motion errors) to ``run_dir/metrics.json``:
+    they join ``metrics`` (table columns) and are listed under ``model_diagnostics`` with where they come from."""
+    import json
+
+    from datamodules.utils import atomic_write_json
+
+    run_dir = Path(run_dir)
+    main = json.loads((run_dir / METRICS).read_text())
+    clash = sorted(set(diagnostics) & set(main["metrics"]) - set(main.get("model_diagnostics", {}).get("names", [])))
+    if clash:
+        raise ValueError(f"model diagnostics {clash} would overwrite protocol metrics of the same name")
+    main["metrics"].update({k: float(v) for k, v in diagnostics.items()})
+    main["model_diagnostics"] = {"names": sorted(diagnostics), "source": source}
+    atomic_write_json(run_dir / METRICS, main)
+    return main

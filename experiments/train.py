@@ -40,7 +40,7 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
     """Evaluate `model` under `cfg.eval_protocol`, then under each `cfg.extra_eval` protocol (into
     `run_dir/eval/<name>/`); writes `run_dir/metrics.json` (atomic) with the extra protocols' metrics merged in as
     `<name>/<metric>`, and per-video results per protocol."""
-    from eval.runner import merge_extra_protocols, run_evaluation
+    from eval.runner import merge_extra_protocols, merge_model_diagnostics, run_evaluation
 
     model.eval()
     overrides = runtime.task_overrides()
@@ -51,7 +51,15 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
         log.info("extra evaluation protocol %s", name)
         extra[str(name)] = run_evaluation(model, datamodule, proto, run_dir / "eval" / str(name), loggers=loggers,
                                           ckpt=ckpt, overrides=overrides)
-    return merge_extra_protocols(run_dir, extra) if extra else result
+    if extra:
+        result = merge_extra_protocols(run_dir, extra)
+    diagnostics = getattr(model, "eval_diagnostics", None)
+    if callable(diagnostics):   # a method's own analysis on the main protocol's test set (e.g. MRFA motion errors)
+        with torch.no_grad():
+            values = diagnostics(datamodule, cfg.eval_protocol)
+        if values:
+            result = merge_model_diagnostics(run_dir, values, f"{type(model).__name__}.eval_diagnostics")
+    return result
 
 
 def train(cfg: DictConfig) -> dict:

@@ -137,6 +137,29 @@ class MRFA(AnimationModule):
         return occ * warp(source, grid) + (1 - occ) * generated
 
     # ---- contract ---------------------------------------------------------------------------------------------
+    def eval_diagnostics(self, datamodule, protocol) -> dict[str, float]:
+        """Keypoint-motion accuracy of the prior vs the refined motion on the protocol's self-reenactment test set
+        when its samples carry ground-truth keypoints (SynthFaces): ``motion_err_zero / _prior / _refined`` and
+        ``refine_shift`` in pixels (see ``lit_models.mrfa.diagnostics``); {} otherwise."""
+        from lit_models.mrfa.diagnostics import diagnose
+
+        if str(protocol.mode) != "self" or not hasattr(datamodule, "eval_dataset"):
+            return {}
+        ds = datamodule.eval_dataset(split=protocol.split, mode="self", num_frames=protocol.num_frames,
+                                     stride=protocol.stride, max_videos=protocol.max_videos)
+        samples = [s for s in (ds[i] for i in range(len(ds))) if s.get("keypoints") is not None]
+        if not samples:
+            return {}
+        was_training = self.training
+        self.eval()
+        try:
+            res = diagnose(self, ({k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in s.items()}
+                                  for s in samples), int(samples[0]["source"].shape[-1]))
+        finally:
+            self.train(was_training)
+        return {"motion_err_zero": res["kp_motion_err_zero"], "motion_err_prior": res["kp_motion_err_prior"],
+                "motion_err_refined": res["kp_motion_err_refined"], "refine_shift": res["refine_shift"]}
+
     @torch.no_grad()
     def animate(self, source: torch.Tensor, driving: torch.Tensor, relative: bool = False,
                 driving_initial: torch.Tensor | None = None, adapt_movement_scale: bool = False,

@@ -358,3 +358,69 @@ def test_full_paper_config_256(compose_cfg):
     out = m.eval().animate(*rand_batch(B=1, T=2, res=256).values(), relative=True)
     h.remove()
     assert out.shape == (1, 2, 3, 256, 256)
+
+
+# ---- motion diagnostics (lit_models.mrfa.diagnostics) -------------------------------------------------------------
+def test_keypoint_motion_error_of_known_motions():
+    """A backward motion T(p) = p + (2, -1) px is exact for keypoints moved by (−2, +1) and 2.24 px off for
+    unmoved ones; the identity grid's error is the keypoint displacement itself."""
+    from lit_models.common.warp import make_coordinate_grid
+    from lit_models.mrfa.diagnostics import keypoint_motion_error
+
+    size = 64
+    ident = make_coordinate_grid(size, size)[None]
+    shift = torch.tensor([2.0, -1.0]) / (size - 1) * 2
+    moved = ident + shift
+    g = torch.Generator().manual_seed(0)
+    kp_d = 5 + torch.rand(1, 7, 2, generator=g) * 50                     # driving keypoints, away from borders
+    kp_s = kp_d + torch.tensor([2.0, -1.0])                              # where they come from in the source
+    assert keypoint_motion_error(moved, kp_s, kp_d, size).max() < 1e-4
+    assert torch.allclose(keypoint_motion_error(ident, kp_s, kp_d, size), torch.full((1, 7), 5 ** 0.5), atol=1e-4)
+    # a coarser grid of the same motion (the prior runs at a lower resolution) gives the same answer
+    coarse = make_coordinate_grid(16, 16)[None] + shift
+    assert keypoint_motion_error(coarse, kp_s, kp_d, size).max() < 1e-4
+
+
+def test_diagnose_k0_has_no_refinement_shift(tiny_model_cfg):
+    from lit_models.mrfa.diagnostics import diagnose
+
+    g = torch.Generator().manual_seed(1)
+    clip = torch.rand(4, 3, 32, 32, generator=g)
+    kp = 4 + torch.rand(4, 5, 2, generator=g) * 24
+    sample = {"source": clip[0], "driving": clip, "keypoints": kp}
+    d0 = diagnose(make(tiny_model_cfg, refine_iters=0).eval(), [sample], 32)
+    assert d0["refine_shift"] < 1e-5            # (the prior grid is resized to the finest scale: float-level only)
+    assert d0["kp_motion_err_prior"] == pytest.approx(d0["kp_motion_err_refined"], rel=1e-4)
+    assert d0["kp_motion_err_zero"] == pytest.approx(float((kp[1:] - kp[0]).norm(dim=-1).mean()), rel=1e-5)
+    m2 = make(tiny_model_cfg, refine_iters=2).eval()
+    with torch.no_grad():   # an untrained refiner outputs ~0: give it a visible effect
+        for p in m2.refiner.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    d2 = diagnose(m2, [sample], 32)
+    assert d2["refine_shift"] > 1e-3
+    assert abs(d2["kp_motion_err_refined"] - d2["kp_motion_err_prior"]) > 1e-3
+
+
+def test_eval_diagnostics_reads_the_protocols_self_test_set(tiny_model_cfg):
+    """The training entry point merges `eval_diagnostics` into metrics.json: on samples with ground-truth keypoints
+    it reports the motion errors; a cross protocol or keypoint-free data gives {} (nothing invented)."""
+    g = torch.Generator().manual_seed(2)
+    clip = torch.rand(3, 3, 32, 32, generator=g)
+    with_kp = {"source": clip[0], "driving": clip, "keypoints": 4 + torch.rand(3, 5, 2, generator=g) * 24}
+
+    class DM:
+        def __init__(self, items):
+            self.items, self.calls = items, []
+
+        def eval_dataset(self, **kw):
+            self.calls.append(kw)
+            return self.items
+
+    proto = OmegaConf.create({"mode": "self", "split": "test", "num_frames": 3, "stride": 1, "max_videos": 0})
+    model = make(tiny_model_cfg, refine_iters=1)
+    dm = DM([with_kp])
+    res = model.eval_diagnostics(dm, proto)
+    assert set(res) == {"motion_err_zero", "motion_err_prior", "motion_err_refined", "refine_shift"}
+    assert dm.calls[0]["mode"] == "self" and dm.calls[0]["num_frames"] == 3 and model.training
+    assert model.eval_diagnostics(DM([{k: v for k, v in with_kp.items() if k != "keypoints"}]), proto) == {}
+    assert model.eval_diagnostics(dm, OmegaConf.merge(proto, {"mode": "synth_cross"})) == {}
