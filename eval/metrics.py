@@ -29,12 +29,14 @@ STANDIN_SUFFIX = "_STANDIN"
 
 # direction of each metric family (prefix before the first "_"): True = higher is better
 HIGHER_IS_BETTER = {"l1": False, "psnr": True, "ssim": True, "lpips": False, "fid": False, "id": True,
-                    "akd": False, "aed": False, "mkr": False, "csim": True, "motion": False}
+                    "akd": False, "aed": False, "mkr": False, "csim": True, "motion": False,
+                    "phase": True, "clip": True, "dino": True}
 
 
 # several-word prefixes checked first (identity leakage: the output looking like the driver is bad)
 _PREFIX_DIRECTION = (("id_leakage", False), ("id_to_driver", False), ("id_to_source", True), ("contact_rate", None),
-                     ("motion_err_zero", None), ("refine_shift", None))   # properties of the data / the model
+                     ("motion_err_zero", None), ("refine_shift", None),   # properties of the data / the model
+                     ("phase_score_source", None))
 
 
 def higher_is_better(name: str) -> Optional[bool]:

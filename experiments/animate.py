@@ -3,6 +3,10 @@
 Reads a source portrait and a driving clip, crops both (`animate_crop=center|face`; `face` uses the offline dlib
 detector and one stable box per clip), resizes to the model's resolution, runs `model.animate` in chunks and writes
 the generated clip plus a side-by-side grid (`OUT_grid.mp4`: source | driving | generated).
+
+Models whose ``animate`` takes ``identity_source`` (InterAnimate's ID preserver) get the source crop at up to
+``IDENTITY_MAX_SIDE`` px (the crop box's own size when smaller) rather than at the model's resolution: the face
+detector / recognizer behind the identity embedding finds no face in a 32² or 64² image.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from experiments import runtime
 from experiments.schema import register_configs
 
 log = logging.getLogger("portraitlab.animate")
+IDENTITY_MAX_SIDE = 512
 register_configs()
 
 
@@ -74,12 +79,16 @@ def crop_resize(frames: np.ndarray, box: list[int], size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: bool, chunk: int = 16) -> torch.Tensor:
-    """source 3×H×W, driving T×3×H×W → T×3×H×W. Relative motion is taken w.r.t. the clip's first frame."""
+def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: bool, chunk: int = 16,
+                  identity_source: torch.Tensor | None = None) -> torch.Tensor:
+    """source 3×H×W, driving T×3×H×W → T×3×H×W. Relative motion is taken w.r.t. the clip's first frame.
+    ``identity_source`` (3×h×w, any size): the source for a model's ID preserver, when its ``animate`` takes one."""
     kwargs = {}
     params = inspect.signature(model.animate).parameters
     if "relative" in params:
         kwargs["relative"] = relative
+    if identity_source is not None and "identity_source" in params:
+        kwargs["identity_source"] = identity_source[None]
     outs = []
     for start in range(0, driving.shape[0], chunk):
         part = driving[start:start + chunk][None]
@@ -103,9 +112,21 @@ def animate(cfg: DictConfig) -> Path:
     size = int(model.hparams["model"].get("resolution", cfg.data.resolution))
     src_img = read_image(cfg.source)[None]
     drv, fps = read_video(cfg.driving, cfg.max_frames)
-    source = crop_resize(src_img, square_box(src_img, cfg.animate_crop), size)[0]
+    src_box = square_box(src_img, cfg.animate_crop)
+    source = crop_resize(src_img, src_box, size)[0]
+    id_source = None
+    if "identity_source" in inspect.signature(model.animate).parameters:
+        id_side = max(size, min(IDENTITY_MAX_SIDE, src_box[2] - src_box[0]))
+        id_source = crop_resize(src_img, src_box, id_side)[0]
     driving = crop_resize(drv, square_box(drv, cfg.animate_crop), size)
-    generated = run_animation(model, source, driving, cfg.relative_motion)
+    generated = run_animation(model, source, driving, cfg.relative_motion, identity_source=id_source)
+    ident = getattr(model, "last_identity", None)
+    if ident is not None:
+        if bool(ident["found"].all()):
+            print(f"ID preserver: face found in the {ident['size'][1]}×{ident['size'][0]} source crop")
+        else:
+            log.warning("ID preserver: no face in the %s source crop: the learned no-identity tokens were used",
+                        "×".join(map(str, ident["size"] or ())))
     out = Path(cfg.out)
     frames = (generated.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
     write_video(frames, out, fps=round(fps))

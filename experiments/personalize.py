@@ -6,8 +6,12 @@
 The pairs CSV has columns ``source, source_caption, driving, driving_caption, target_prompt`` (image paths
 relative to the CSV or absolute). For each pair a fresh model (``model=imposter`` by default: SD-2.1-base) is
 fine-tuned for ``--steps`` steps on the pair (Lightning trainer from the ``trainer`` config group), then sampled
-with the target prompt and frequency guidance. Per pair the output folder holds ``output.png`` and
-``strip.png`` (source | driving | output); ``results.csv`` / ``results.md`` hold the table:
+with the target prompt and frequency guidance. Per pair (× seed, ``--seeds 0,1``) the output folder holds
+``output.png``, ``strip.png`` (source | driving | output) and an ``eval.table`` run (``metrics.json`` under protocol
+``imposter_personalize``, ``config.yaml`` with axes ``model.backbone, pair``); the batch ends in ``eval.table``'s
+``table.md`` / ``table.csv`` / ``table.tex`` (mean ± std over seeds; mirrored to W&B unless ``--no-wandb``), and
+``results.csv`` / ``results.md`` keep the raw per-run rows. Re-running skips pairs already done (``--overwrite``).
+Columns:
 
 * ``phase_score``: amplitude-weighted Fourier phase coherence of output and driving (luma, in [-1, 1]).
 * ``ssim_source``: SSIM of output to source (``eval.metrics.SSIM``).
@@ -18,6 +22,7 @@ with the target prompt and frequency guidance. Per pair the output folder holds 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -117,8 +122,10 @@ def image_metrics(out: torch.Tensor, source: torch.Tensor, driving: torch.Tensor
     return res
 
 
-def personalize_pair(cfg, pair, steps: int, pair_dir: Path):
-    """Fine-tune a fresh ImPoster on one pair, sample the target prompt; returns (model, output, final loss)."""
+def personalize_pair(cfg, pair, steps: int, pair_dir: Path, progress_bar: bool = True):
+    """Fine-tune a fresh ImPoster on one pair, sample the target prompt; returns (source, driving, output, final
+    loss). ``progress_bar=False`` hides the trainer's bar (inside the batch's own progress display: rich allows one
+    live display at a time)."""
     import lightning as L
     from torch.utils.data import DataLoader
 
@@ -132,7 +139,8 @@ def personalize_pair(cfg, pair, steps: int, pair_dir: Path):
     data = DataLoader(PairDataset(src, drv, pair.source_caption, pair.driving_caption, length=steps), batch_size=1)
     t = cfg.trainer
     trainer = L.Trainer(max_steps=steps, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=t.enable_progress_bar,
+                        logger=False, enable_checkpointing=False,
+                        enable_progress_bar=bool(t.enable_progress_bar and progress_bar),
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                         gradient_clip_val=t.gradient_clip_val, default_root_dir=str(pair_dir))
     trainer.fit(model, data)
@@ -143,20 +151,73 @@ def personalize_pair(cfg, pair, steps: int, pair_dir: Path):
     return src, drv, out, (float(final) if final is not None else float("nan"))
 
 
+PROTOCOL = "imposter_personalize"
+
+
+def protocol_of(cfg, clip_model: str | None, dino_model: str | None) -> dict:
+    """What makes two personalization tables comparable (its sha256 is the tables' ``protocol_hash``): the image
+    size the metrics see and the metric definitions / similarity checkpoints — not the backbone or the steps,
+    which are what one compares."""
+    return {"name": PROTOCOL, "resolution": int(cfg.model.resolution),
+            "phase_score": "amplitude-weighted Fourier phase coherence, luma (lit_models.imposter.frequency)",
+            "ssim_source": "eval.metrics.SSIM to the source", "lpips_source": "eval.metrics.LPIPS(alex) to the source",
+            "clip_model": clip_model, "dino_model": dino_model}
+
+
+def pair_label(i: int, pair) -> str:
+    return f"{i:03d} {pair.source.stem} / {pair.driving.stem}"
+
+
+def write_run(run_dir: Path, cfg, protocol: dict, label: str, seed: int, steps: int, row: dict) -> None:
+    """One pair × seed as an ``eval.table`` run: ``config.yaml`` (axes: backbone, pair; seed) + ``metrics.json``."""
+    from omegaconf import OmegaConf
+
+    from datamodules.utils import atomic_write_json, atomic_write_text
+    from eval.protocol import protocol_hash
+
+    numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+               and k not in ("pair", "steps", "seed")}
+    run_cfg = {"axes": ["model.backbone", "pair"], "pair": label, "seed": seed, "steps": steps,
+               "model": OmegaConf.to_container(cfg.model, resolve=True), "row": {k: str(v) for k, v in row.items()}}
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run_cfg)))
+    atomic_write_json(run_dir / "metrics.json", {
+        "protocol": PROTOCOL, "protocol_hash": protocol_hash(protocol), "protocol_spec": protocol, "metrics": numeric,
+        "model": str(cfg.model.name), "backbone": str(cfg.model.backbone), "standin": False, "steps": steps,
+        "seed": seed})
+
+
+def check_kept_run(run_dir: Path, cfg, pair, steps: int) -> None:
+    """A run kept on resume must be the same job (model config, steps, images): else a named error, never a mix."""
+    from omegaconf import OmegaConf
+
+    old = OmegaConf.load(run_dir / "config.yaml")
+    row = json.loads((run_dir / "row.json").read_text())
+    same = (OmegaConf.to_container(old.model) == OmegaConf.to_container(cfg.model, resolve=True)
+            and int(old.steps) == steps and row["source"] == pair.source.name and row["driving"] == pair.driving.name)
+    if not same:
+        raise ValueError(f"{run_dir} holds a run of another job (model config, --steps or pair differ): pass "
+                         f"--overwrite to redo it, or another --out")
+
+
 def main(argv: list[str] | None = None):
     import pandas as pd
-    from rich.console import Console
     from rich.progress import track
-    from rich.table import Table
 
+    from datamodules.utils import atomic_write_json
+    from eval.table import make_table
     from lit_models.imposter.data import read_pairs
 
     ap = argparse.ArgumentParser(prog="python -m experiments.personalize", description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", required=True, help="CSV: source,source_caption,driving,driving_caption,target_prompt")
     ap.add_argument("--out", default=None, help="output folder (default runs/personalize/<model name>)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per pair (default trainer.max_steps)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds per pair (default: the config's seed); "
+                                                  "the table gives mean ± std over them")
     ap.add_argument("--clip-model", default=os.environ.get("PORTRAITLAB_CLIP"))
     ap.add_argument("--dino-model", default=os.environ.get("PORTRAITLAB_DINO"))
+    ap.add_argument("--overwrite", action="store_true", help="redo pairs that already have a metrics.json "
+                                                             "(default: keep them, so an interrupted batch resumes)")
+    ap.add_argument("--no-wandb", action="store_true", help="do not mirror the table to W&B")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=imposter_tiny model.lr=1e-4")
     args = ap.parse_args(argv)
 
@@ -164,6 +225,7 @@ def main(argv: list[str] | None = None):
     if cfg.model._target_ != "lit_models.imposter.ImPoster":
         raise ValueError(f"experiments.personalize runs ImPoster; got model `{cfg.model.name}` ({cfg.model._target_})")
     steps = int(args.steps or cfg.trainer.max_steps)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [int(cfg.seed)]
     out_dir = Path(args.out or Path(os.environ.get("PORTRAITLAB_RUNS", "runs")) / "personalize" / cfg.model.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = read_pairs(args.pairs)
@@ -171,16 +233,28 @@ def main(argv: list[str] | None = None):
     if sim.clip is None or sim.dino is None:
         print("[personalize] clip_* / dino columns left out: no --clip-model / --dino-model given", file=sys.stderr)
     lpips = _lpips_or_none()
+    protocol = protocol_of(cfg, args.clip_model, args.dino_model)
+    jobs = [(i, pair, seed) for i, pair in enumerate(pairs) for seed in seeds]
     rows = []
-    for i, pair in enumerate(track(pairs, description="personalizing", disable=len(pairs) < 2)):
-        pair_dir = out_dir / f"pair{i:03d}"
+    outer = len(jobs) >= 2
+    for i, pair, seed in track(jobs, description="personalizing", disable=not outer):
+        pair_dir = out_dir / (f"pair{i:03d}" if len(seeds) == 1 else f"pair{i:03d}_seed{seed}")
+        if (pair_dir / "metrics.json").exists() and (pair_dir / "row.json").exists() and not args.overwrite:
+            check_kept_run(pair_dir, cfg, pair, steps)
+            rows.append(json.loads((pair_dir / "row.json").read_text()))
+            print(f"[personalize] {pair_dir.name}: done before, kept (--overwrite to redo)", file=sys.stderr)
+            continue
         pair_dir.mkdir(parents=True, exist_ok=True)
-        src, drv, out, final_loss = personalize_pair(cfg, pair, steps, pair_dir)
+        pair_cfg = cfg.copy()
+        pair_cfg.seed = seed
+        src, drv, out, final_loss = personalize_pair(pair_cfg, pair, steps, pair_dir, progress_bar=not outer)
         _save_png(out, pair_dir / "output.png")
         _save_png(torch.cat([src, drv, out], dim=-1), pair_dir / "strip.png")
-        row = {"pair": i, "source": pair.source.name, "driving": pair.driving.name, "target_prompt": pair.target_prompt,
-               "backbone": cfg.model.backbone, "steps": steps, "final_loss": final_loss,
-               **image_metrics(out, src, drv, lpips), **sim(out, src, pair.target_prompt)}
+        row = {"pair": i, "seed": seed, "source": pair.source.name, "driving": pair.driving.name,
+               "target_prompt": pair.target_prompt, "backbone": cfg.model.backbone, "steps": steps,
+               "final_loss": final_loss, **image_metrics(out, src, drv, lpips), **sim(out, src, pair.target_prompt)}
+        write_run(pair_dir, pair_cfg, protocol, pair_label(i, pair), seed, steps, row)
+        atomic_write_json(pair_dir / "row.json", row)
         rows.append(row)
     table = pd.DataFrame(rows)
     for name, write in (("results.csv", lambda p: table.to_csv(p, index=False)),
@@ -189,13 +263,10 @@ def main(argv: list[str] | None = None):
         tmp = out_dir / f".{name}.tmp"
         write(tmp)
         tmp.replace(out_dir / name)
-    rt = Table(title=f"ImPoster personalization ({cfg.model.backbone})")
-    for col in table.columns:
-        rt.add_column(str(col))
-    for _, r in table.iterrows():
-        rt.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values])
-    Console(width=200).print(rt)
-    print(f"[personalize] wrote {out_dir / 'results.csv'}")
+    # the table through eval.table: one row per (backbone, pair), mean ± std over seeds (table.md/.csv/.tex, plots)
+    written = make_table([out_dir], out_dir, use_wandb=not args.no_wandb)
+    print(written["md"].read_text())
+    print(f"[personalize] table: {written['md']} (+ table.csv, table.tex); per-run rows: {out_dir / 'results.csv'}")
     return table
 
 

@@ -20,10 +20,12 @@ ID_DIMS = {"dlib": 128, "arcface": 512}
 class IdentityEncoder:
     """φ: B×3×H×W images in [0, 1] → (B×E float embeddings, B bool found). Cached by image content."""
 
-    def __init__(self, backend: str, cache_size: int = 4096):
+    def __init__(self, backend: str, cache_size: int = 4096, resolution: int = 0):
+        """``resolution`` > 0: images smaller than that are upsampled (bicubic) to it before detection."""
         if backend not in ID_DIMS:
             raise ValueError(f"id_backend must be one of {sorted(ID_DIMS)} (or `none`), got {backend!r}")
         self.backend_name = backend
+        self.resolution = int(resolution)
         self.dim = ID_DIMS[backend]
         self._backend = None
         self._cache: dict[str, tuple[np.ndarray, bool]] = {}
@@ -55,7 +57,12 @@ class IdentityEncoder:
         return self._cache[key]
 
     def __call__(self, images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u8 = (images01.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        x = images01.detach().float().cpu()
+        if self.resolution and max(x.shape[-2:]) < self.resolution:
+            k = self.resolution / max(x.shape[-2:])
+            size = (round(x.shape[-2] * k), round(x.shape[-1] * k))
+            x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        u8 = (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
         out = [self.embed_one(im) for im in u8]
         emb = torch.from_numpy(np.stack([e for e, _ in out])).to(images01.device)
         found = torch.tensor([f for _, f in out], dtype=torch.bool, device=images01.device)

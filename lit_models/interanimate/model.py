@@ -63,10 +63,12 @@ class InterAnimate(ReferenceVideoDiffusion):
         super().__init__(cfg)
         cfg = self.cfg
         self._pending: dict = {}
+        self.last_identity: Optional[dict] = None   # what the last `animate` fed the ID preserver
         self.ctx = InteractionContext()
         d = cfg.latent_dim
-        self.spatial_latents = nn.Parameter(torch.randn(cfg.num_spatial_latents, d))
-        self.temporal_latents = nn.Parameter(torch.randn(cfg.num_temporal_latents, d))
+        init_std = float(cfg.get("latent_init_std", 1.0))  # checkpoints from before the knob: loaded weights anyway
+        self.spatial_latents = nn.Parameter(torch.randn(cfg.num_spatial_latents, d) * init_std)
+        self.temporal_latents = nn.Parameter(torch.randn(cfg.num_temporal_latents, d) * init_std)
         self.spatial_blocks, self.temporal_blocks = nn.ModuleDict(), nn.ModuleDict()
         self._hooks = []
         for name, module in self.denoiser.named_modules():
@@ -98,7 +100,7 @@ class InterAnimate(ReferenceVideoDiffusion):
         if cfg.use_id_preserver:
             if cfg.id_backend not in ID_DIMS:
                 raise ValueError(f"id_backend must be one of {sorted(ID_DIMS)}, got {cfg.id_backend!r}")
-            self.id_encoder = IdentityEncoder(cfg.id_backend)
+            self.id_encoder = IdentityEncoder(cfg.id_backend, resolution=int(cfg.get("id_resolution", 0)))
             self.id_projector = IdentityProjector(ID_DIMS[cfg.id_backend], cfg.num_id_tokens, D)
 
     def region_masks(self, driving: torch.Tensor) -> torch.Tensor:
@@ -195,11 +197,27 @@ class InterAnimate(ReferenceVideoDiffusion):
         return out
 
     # ---- sampling ---------------------------------------------------------------------------------------------
-    def animate(self, source: torch.Tensor, driving: torch.Tensor, masks: Optional[dict] = None, **kw) -> torch.Tensor:
-        """As the core's ``animate``; ``masks`` ({"hand","face"} B×T×1×H×W) replace the predicted regions."""
+    def animate(self, source: torch.Tensor, driving: torch.Tensor, masks: Optional[dict] = None,
+                identity_source: Optional[torch.Tensor] = None,
+                identity: Optional[tuple[torch.Tensor, torch.Tensor]] = None, **kw) -> torch.Tensor:
+        """As the core's ``animate``; ``masks`` ({"hand","face"} B×T×1×H×W) replace the predicted regions.
+
+        ID preserver input, first given wins: ``identity`` = a precomputed (embedding B×E, found B); else
+        ``identity_source`` = the source at any (higher) resolution, B×3×h×w in [0, 1] — the face detector needs
+        far more than a tiny model's 32² (``experiments.animate`` passes the full-resolution source crop); else
+        ``source`` itself. ``self.last_identity`` keeps what was used (embedding, found, the image size it came from).
+        """
         self._pending = {"masks": self.batch_masks({"masks": masks}) if masks else None}
         if self.id_projector is not None:
-            self._pending["id"] = self.identity(source)
+            size = None
+            if identity is None:
+                id_img = identity_source if identity_source is not None else source
+                if id_img.shape[0] != source.shape[0]:
+                    raise ValueError(f"identity_source has {id_img.shape[0]} images for {source.shape[0]} sources")
+                identity, size = self.identity(id_img), tuple(id_img.shape[-2:])
+            emb, found = identity
+            self._pending["id"] = (emb, found)
+            self.last_identity = {"embedding": emb.detach().cpu(), "found": found.detach().cpu(), "size": size}
         try:
             return super().animate(source, driving, **kw)
         finally:

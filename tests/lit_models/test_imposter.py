@@ -161,7 +161,11 @@ def test_full_config_is_sd21_base_and_names_missing_weights(compose_cfg, tmp_pat
 
 
 @pytest.mark.fixtures
-def test_personalize_on_real_portraits(real_fixtures, tmp_path):
+def test_personalize_on_real_portraits_ends_in_an_eval_table(real_fixtures, tmp_path, capsys):
+    """Batch personalization over a pairs file (2 seeds) ends in eval.table's table (mean ± std over the seeds);
+    a second call resumes: pairs already done are kept, not recomputed."""
+    import pandas as pd
+
     from experiments.personalize import main
 
     pairs = tmp_path / "pairs.csv"
@@ -170,11 +174,28 @@ def test_personalize_on_real_portraits(real_fixtures, tmp_path):
                      f"{portraits / 'astronaut.png'},a photo of a woman,{portraits / 'hand_on_forehead_rgba.png'},"
                      "a photo of a man with a hand on his forehead,a photo of the woman with a hand on her forehead\n")
     out = tmp_path / "out"
-    table = main(["--pairs", str(pairs), "--out", str(out), "--steps", "2", *TINY])
-    assert len(table) == 1
-    row = table.iloc[0]
-    assert -1.0 <= row["phase_score"] <= 1.0 and 0.0 <= row["final_loss"] < 10
-    assert "ssim_source" in table.columns
-    assert (out / "pair000" / "output.png").exists() and (out / "results.csv").exists()
+    table = main(["--pairs", str(pairs), "--out", str(out), "--steps", "2", "--seeds", "0,1", "--no-wandb", *TINY])
+    assert len(table) == 2 and sorted(table["seed"]) == [0, 1]
+    for _, row in table.iterrows():
+        assert -1.0 <= row["phase_score"] <= 1.0 and 0.0 <= row["final_loss"] < 10
+    assert (out / "pair000_seed0" / "output.png").exists() and (out / "results.csv").exists()
     # no CLIP/DINO weights here: the columns are absent, never filled with a stand-in number
     assert "clip_i" not in table.columns and "dino" not in table.columns
+
+    md = (out / "table.md").read_text()
+    assert "protocol `imposter_personalize`" in md and "ssim_source ↑" in md
+    agg = pd.read_csv(out / "table.csv")
+    assert len(agg) == 1 and agg.loc[0, "n"] == 2 and agg.loc[0, "model.backbone"] == "random_init"
+    assert agg.loc[0, "pair"].startswith("000 astronaut / hand_on_forehead_rgba")
+    for m in ("phase_score", "ssim_source", "final_loss"):
+        assert agg.loc[0, f"{m}_mean"] == pytest.approx(table[m].mean(), rel=1e-6)
+        assert agg.loc[0, f"{m}_std"] == pytest.approx(table[m].std(ddof=1), rel=1e-6, abs=1e-9)
+    assert "clip_i_mean" not in agg.columns
+
+    before = (out / "pair000_seed1" / "metrics.json").stat().st_mtime_ns
+    again = main(["--pairs", str(pairs), "--out", str(out), "--steps", "2", "--seeds", "0,1", "--no-wandb", *TINY])
+    assert (out / "pair000_seed1" / "metrics.json").stat().st_mtime_ns == before
+    assert again["ssim_source"].tolist() == table["ssim_source"].tolist()
+    assert "done before, kept" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="pair000_seed0.*--overwrite"):  # a kept run of another job is not mixed in
+        main(["--pairs", str(pairs), "--out", str(out), "--steps", "3", "--seeds", "0,1", "--no-wandb", *TINY])

@@ -174,6 +174,19 @@ def test_dlib_identity_on_real_portrait(real_fixtures):
     assert not found_blank.any() and blank.abs().sum() == 0
 
 
+@pytest.mark.fixtures
+def test_id_resolution_upsamples_small_sources_for_the_detector(real_fixtures):
+    """The tiny model's 32² face crop of a real portrait: no face as given, found once upsampled to id_resolution."""
+    from experiments.animate import crop_resize, read_image, square_box
+    from lit_models.interanimate.identity import IdentityEncoder
+
+    img = read_image(real_fixtures / "portraits" / "astronaut.png")[None]
+    small = crop_resize(img, square_box(img, "face"), 32)
+    _, found = IdentityEncoder("dlib")(small)
+    emb, found_up = IdentityEncoder("dlib", resolution=128)(small)
+    assert not bool(found.any()) and bool(found_up.all()) and emb.norm() > 0.1
+
+
 @pytest.mark.slow
 @pytest.mark.fixtures
 def test_train_then_animate_real_hand_over_face_clip(real_fixtures, tmp_path):
