@@ -49,4 +49,7 @@ class DataConfig:
     num_cross_pairs: int = 32
     shards: Optional[str] = None    # litdata shard dir or object-storage URL (layout=shards)
     synth: Optional[SynthConfig] = None
+    # training samples also carry `driving_cross` (B×T×3×H×W): the driving frames' motion rendered on the fly with
+    # another *training* identity (SynthFaces only: needs identity_params + motion in ROOT/meta/<clip>.npz)
+    use_synth_cross_driving: bool = False
     seed: int = 0

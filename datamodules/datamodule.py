@@ -178,7 +178,7 @@ class VideoClipDataModule(L.LightningDataModule):
         self.setup()
         return TrainClipDataset(self.source, self.splits["train"], c.resolution, c.crop, c.num_frames, c.frame_stride,
                                 seed=c.seed, length=c.steps_per_epoch * c.batch_size, as_uint8=as_uint8,
-                                use_meta=c.use_meta)
+                                use_meta=c.use_meta, cross_driving=c.use_synth_cross_driving)
 
     def _loader_kwargs(self) -> dict:
         c = self.cfg

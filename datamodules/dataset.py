@@ -4,7 +4,9 @@
   clip, a window of T driving frames (``frame_stride`` apart) and a source frame of the same clip outside the
   window. The training stream is therefore a function of the sample index alone (exact resume; see
   ``ResumableIndexSampler`` in ``datamodules.datamodule``). A clip that fails to decode is warned about and
-  replaced by the draw of ``default_rng([seed, i, attempt])`` — never a crash mid-epoch.
+  replaced by the draw of ``default_rng([seed, i, attempt])`` — never a crash mid-epoch. With ``cross_driving``
+  (``data.use_synth_cross_driving``, SynthFaces only) it also carries ``driving_cross``: the same frames' motion
+  ``m_t`` rendered on the fly with another training identity, ``I(id', m_t)`` (``SynthCrossDriving``).
 * ``EvalClipDataset`` — fixed items: self-reenactment (frame 0 is the source, driving = target = frames
   0, stride, 2·stride, …) and cross-identity pairs (source frame 0 of one clip, driving frames of another,
   ``target`` from SynthFaces' ground-truth render when the pair has one).
@@ -17,6 +19,7 @@ does, under a Trainer).
 """
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ def _u8_to_unit(a: np.ndarray) -> np.ndarray:
     return np.multiply(a, _INV255, dtype=np.float32)
 
 
-IMAGE_KEYS = ("source", "driving", "target")
+IMAGE_KEYS = ("source", "driving", "target", "driving_cross")
 
 
 def _unit_channels_first(v: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,10 @@ class FrameTransform:
         if (h, w) == (r, r):
             return np.ascontiguousarray(arr)
         interp = cv2.INTER_AREA if (h > r or w > r) else cv2.INTER_LINEAR
-        per = max(1, 512 // c)  # OpenCV handles up to 512 channels
+        # channels per call: OpenCV 5 resizes at most 128 channels (CV_CN_MAX), and INTER_AREA at a non-integer
+        # ratio (e.g. 64 → 48) at most 4; resizing is per channel, so chunking does not change the result
+        max_cn = 4 if interp == cv2.INTER_AREA and (h % r or w % r) else 128
+        per = max(1, max_cn // c)
         outs = []
         for k in range(0, n, per):
             chunk = arr[k:k + per]
@@ -269,14 +275,109 @@ def draw_training_frames(rng: np.random.Generator, n: int, num_frames: int, stri
     return source, driving
 
 
+CROSS_STREAM = 0xC055      # the partner identity's draw: default_rng([seed, i, attempt, CROSS_STREAM])
+SYNTH_CROSS_KEYS = ("identity_params", "motion", "resolution")
+
+
+class SynthCrossDriving:
+    """``driving_cross`` of a SynthFaces training sample: ``I(id', m_t)`` — the driving frames' motion ``m_t`` (the
+    clip's pose / expression / hand curves, ``motion`` in its meta) performed by another training identity ``id'``
+    (``identity_params`` from the meta of one of its clips), rendered on the fly at the stored resolution.
+
+    ``id'`` is drawn from ``default_rng([seed, index, attempt, CROSS_STREAM])`` among the identities of ``records``
+    (the training split: never a val / test identity) other than the sample's own, so the stream stays a pure
+    function of ``(seed, index)``. Rendering, not decoding: the frames are the renderer's exact output (no H.264),
+    the keypoints its exact ``K_t`` — same pose ``(A_t, c_t)`` as the driving keypoints, ``id'``'s face geometry.
+    Measured at 64², T = 2 (one process, shared 2-core CPU): a sample costs ~34 ms with ``driving_cross`` against
+    ~15 ms without (render ~7–9 ms per frame); a tiny X-Portrait step on B = 8 takes seconds, so the workers hide it.
+    Pre-rendering was not chosen: it would fix a few partners per clip, add a dataset version (re-rendering the
+    existing data/), H.264-compress the frames and multiply the disk size, to save ~20 ms per sample.
+    """
+
+    max_backgrounds = 32      # per-identity static backgrounds kept per worker (256²: 0.8 MB, 120 ms to draw)
+
+    def __init__(self, source: ClipSource, records: list[ClipRecord], seed: int):
+        by_id: dict[str, ClipRecord] = {}
+        for r in sorted(records, key=lambda r: r.clip_id):
+            by_id.setdefault(r.identity, r)
+        if len(by_id) < 2:
+            raise ValueError(f"data.use_synth_cross_driving needs >= 2 training identities to render "
+                             f"batch['driving_cross'], the training split has {len(by_id)}")
+        self.first_clip = by_id
+        self.identities = sorted(by_id)
+        self.seed = int(seed)
+        self.source = source
+        self._meta: dict[str, dict] = {}
+        self._identity: dict[str, dict] = {}
+        self._background: dict[tuple[str, int], np.ndarray] = {}
+        self.synth_meta(records[0])       # fail at once, naming the option, on data that is not SynthFaces
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_meta"], state["_identity"], state["_background"] = {}, {}, {}
+        return state
+
+    def synth_meta(self, rec: ClipRecord) -> dict:
+        """The clip's SynthFaces meta (cached per worker); a clear error when it is not SynthFaces'."""
+        if rec.path in self._meta:
+            return self._meta[rec.path]
+        meta = self.source.load_meta(rec) if rec.meta else None
+        missing = [k for k in SYNTH_CROSS_KEYS if meta is None or k not in meta]
+        if missing:
+            raise ValueError(
+                f"data.use_synth_cross_driving=true renders batch['driving_cross'] from SynthFaces ground truth "
+                f"(identity_params + per-frame motion in ROOT/meta/<clip>.npz), but {rec.path} has "
+                + ("no meta" if meta is None else f"no {', '.join(missing)} in its meta")
+                + ": not a SynthFaces dataset (or one rendered before motion was stored: re-render it). Set "
+                  "data.use_synth_cross_driving=false (X-Portrait: model.driving_appearance=augment).")
+        meta = dict(meta, motion=json.loads(str(meta["motion"])))     # parsed once per clip, not per sample
+        if len(self._meta) > 64:
+            self._meta.clear()
+        self._meta[rec.path] = meta
+        return meta
+
+    def partner(self, index: int, attempt: int, identity: str) -> str:
+        """The other training identity of sample ``index`` (pure in ``(seed, index, attempt)``)."""
+        others = [i for i in self.identities if i != identity]
+        rng = np.random.default_rng([self.seed, int(index), int(attempt), CROSS_STREAM])
+        return others[int(rng.integers(len(others)))]
+
+    def identity_params(self, identity: str) -> dict:
+        if identity not in self._identity:
+            self._identity[identity] = json.loads(str(self.synth_meta(self.first_clip[identity])["identity_params"]))
+        return self._identity[identity]
+
+    def render(self, rec: ClipRecord, indices: Sequence[int], identity: str) -> tuple[np.ndarray, np.ndarray]:
+        """Frames N×R×R×3 uint8 and keypoints N×K×2 (stored-frame pixels) of ``identity`` performing frames
+        ``indices`` of ``rec``'s motion."""
+        from datamodules.synthfaces.renderer import SUPERSAMPLE, render_background, render_frame
+
+        meta = self.synth_meta(rec)
+        motion = meta["motion"]
+        R = int(meta["resolution"])
+        idp = self.identity_params(identity)
+        key = (identity, R)
+        if key not in self._background:
+            if len(self._background) >= self.max_backgrounds:
+                self._background.clear()
+            self._background[key] = render_background(idp, R * SUPERSAMPLE)
+        frames = np.empty((len(indices), R, R, 3), np.uint8)
+        kps = []
+        for n, t in enumerate(indices):
+            frames[n], kp, _ = render_frame(idp, motion, int(t), R, self._background[key], SUPERSAMPLE)
+            kps.append(kp)
+        return frames, np.stack(kps)
+
+
 class TrainClipDataset(_ClipDataset):
-    """Sample ``i`` = f(seed, i): clip, driving window and source frame drawn from ``default_rng([seed, i])``."""
+    """Sample ``i`` = f(seed, i): clip, driving window and source frame drawn from ``default_rng([seed, i])``;
+    with ``cross_driving`` also ``driving_cross`` / ``keypoints_cross`` / ``identity_cross`` (SynthFaces only)."""
 
     max_attempts = 8
 
     def __init__(self, source: ClipSource, records: list[ClipRecord], resolution: int, crop: str = "center",
                  num_frames: int = 1, frame_stride: int = 1, seed: int = 0, length: int = 1000,
-                 as_uint8: bool = False, use_meta: bool = True):
+                 as_uint8: bool = False, use_meta: bool = True, cross_driving: bool = False):
         super().__init__(source, resolution, crop, as_uint8, use_meta)
         if not records:
             raise ValueError("no usable training clips")
@@ -285,6 +386,7 @@ class TrainClipDataset(_ClipDataset):
         self.frame_stride = int(frame_stride)
         self.seed = int(seed)
         self.length = int(length)
+        self.cross = SynthCrossDriving(source, self.records, self.seed) if cross_driving else None
 
     def __len__(self) -> int:
         return self.length
@@ -312,8 +414,22 @@ class TrainClipDataset(_ClipDataset):
             src, drv = _split_source(loaded)
             meta = {"clip_id": rec.clip_id, "path": rec.path, "index": int(index), "source_index": s,
                     "frame_indices": torch.tensor(d)}
-            return _assemble(src, drv, None, meta, rec.identity)
+            sample = _assemble(src, drv, None, meta, rec.identity)
+            if self.cross is not None:
+                sample.update(self._cross_driving(rec, d, index, attempt))
+            return sample
         raise RuntimeError(f"training sample {index}: {self.max_attempts} clips failed to decode") from last_err
+
+
+    def _cross_driving(self, rec: ClipRecord, indices: list[int], index: int, attempt: int) -> dict:
+        """``driving_cross`` (like ``driving``: T×3×H×W, or T×H×W×3 uint8), ``keypoints_cross`` T×K×2 and
+        ``identity_cross``, cropped and resized exactly as the driving frames."""
+        other = self.cross.partner(index, attempt, rec.identity)
+        frames, kps = self.cross.render(rec, indices, other)
+        h, w = frames.shape[1:3]
+        box = self._box(rec, h, w)
+        return {"driving_cross": self.transform.frames(frames, box), "keypoints_cross": self.transform.points(kps, box),
+                "identity_cross": other}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,10 @@ Backends (the metric name carries the backend, so numbers from different models 
 * ``arcface`` (id/aed): insightface ``buffalo_l`` — SCRFD 5 points → ``face_align.norm_crop`` (112²) →
   ``w600k_r50.onnx`` (loaded with ``insightface.model_zoo.get_model``), L2-normalised embedding.
 * ``insightface`` (akd/mkr): SCRFD boxes + ``1k3d68.onnx`` 68 points.
+* ``synthid`` (identity families only: id/aed/id_*): a learned SynthFaces identity embedding
+  (``eval.synth_identity``; **SynthFaces protocols only**), no detector — every frame has an embedding, so
+  ``id_leakage_missing_synthid`` is 0 unless a frame holds NaN. Backends with ``analyze_frames`` get the float
+  frames (N×3×H×W in [0, 1]) in one batch instead of uint8 images one by one.
 
 Every analysis (detection, landmarks, embedding) of a frame is computed once and shared by all face metrics (the
 driving frames' analyses are the reference frames' when there is no target: real cross-identity pairs).
@@ -146,8 +150,13 @@ def face_results(fb: FrameBatch, backend, which: str) -> list[FaceResult]:
         which = "reference"     # the same frames (no target, or self-reenactment): analysed once
     key = ("faces", backend.name, which)
     if key not in fb.cache:
-        imgs = fb.u8(which)
-        fb.cache[key] = [backend.analyze(imgs)] if which == "source" else [backend.analyze(im) for im in imgs]
+        if hasattr(backend, "analyze_frames"):      # batched float frames (synthid)
+            frames = {"pred": fb.pred, "reference": fb.reference, "driving": fb.driving,
+                      "source": fb.source[None]}[which]
+            fb.cache[key] = backend.analyze_frames(frames)
+        else:
+            imgs = fb.u8(which)
+            fb.cache[key] = [backend.analyze(imgs)] if which == "source" else [backend.analyze(im) for im in imgs]
     return fb.cache[key]
 
 
@@ -204,8 +213,10 @@ class FaceMetric(Metric):
         return out
 
 
-def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None) -> list[FaceMetric]:
-    """One analyzer per backend (shared by every metric that uses it), one metric per name."""
+def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None,
+                       identity_embedder=None) -> list[FaceMetric]:
+    """One analyzer per backend (shared by every metric that uses it), one metric per name. ``identity_embedder``
+    (frames → N×d) replaces the cached SynthFaces embedder of the ``synthid`` backend (tests)."""
     analyzers: dict[str, object] = {}
     metrics = []
     by_backend: dict[str, set] = {}
@@ -227,8 +238,15 @@ def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None) 
             if families & IDENTITY_FAMILIES:
                 raise ValueError("identity metrics from insightface are named *_arcface")
             analyzers[backend] = InsightFaces(need_embedding=False, need_landmarks=True, pins=pins)
+        elif backend == "synthid":
+            if families - IDENTITY_FAMILIES:
+                raise ValueError(f"synthid is an identity backend (id/aed/id_*); for keypoints on SynthFaces use "
+                                 f"akd_synthlm (not {sorted(families - IDENTITY_FAMILIES)})")
+            from eval.synth_identity import SynthIdentityFaces
+
+            analyzers[backend] = SynthIdentityFaces(int(protocol.get("resolution", 64)), embedder=identity_embedder)
         else:
-            raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | insightface)")
+            raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | insightface | synthid)")
     for name in names:
         family, backend = split_face_name(name)
         metrics.append(FaceMetric(family, backend, analyzers[backend]))

@@ -2,7 +2,9 @@
 
 Names a protocol may list: ``l1 psnr ssim lpips fid id aed akd mkr akd_gt akd_synthlm`` (backends resolved from
 the protocol: ``lpips`` → ``lpips_alex``/``lpips_vgg``; ``id``/``aed`` → ``*_arcface``/``*_dlib``; ``akd``/``mkr`` →
-``*_insightface``/``*_dlib``), or an explicit backend name (``id_dlib``); identity leakage ``id_to_driver``,
+``*_insightface``/``*_dlib``; ``id_backend: synthid`` → the learned SynthFaces identity embedding, SynthFaces
+protocols only, its held-out statistics recorded under ``synth_identity`` in metrics.json), or an explicit backend
+name (``id_dlib``, ``id_leakage_synthid``); identity leakage ``id_to_driver``,
 ``id_to_source``, ``id_leakage``, ``id_leakage_missing`` (``eval.faces``, backend as ``id``); contact-region
 ``l1_contact ssim_contact lpips_contact contact_rate`` (``eval.regions``; ``lpips_contact`` → ``lpips_<net>_contact``,
 sharing the network of ``lpips_<net>``). Metrics backed by a stand-in network carry ``_STANDIN`` and the suite
@@ -58,8 +60,9 @@ def _face_backend(kind: str, requested: str) -> str:
     return ("arcface" if kind == "id" else "insightface") if all(REGISTRY[n].present() for n in need) else "dlib"
 
 
-def build_suite(protocol, device="cpu", keypoint_locator=None) -> Suite:
-    """``keypoint_locator`` (frames → N×K×2) replaces the SynthFaces landmark locator of ``akd_synthlm`` (tests)."""
+def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder=None) -> Suite:
+    """``keypoint_locator`` (frames → N×K×2) replaces the SynthFaces landmark locator of ``akd_synthlm``;
+    ``identity_embedder`` (frames → N×d) the SynthFaces identity embedding of the ``synthid`` backend (tests)."""
     from eval.regions import ContactMetric
 
     names = list(protocol.metrics)
@@ -119,5 +122,9 @@ def build_suite(protocol, device="cpu", keypoint_locator=None) -> Suite:
     if face_requests:
         from eval.faces import build_face_metrics
 
-        suite.frame_metrics.extend(build_face_metrics(list(face_requests), protocol, pins))
+        face_metrics = build_face_metrics(list(face_requests), protocol, pins, identity_embedder=identity_embedder)
+        suite.frame_metrics.extend(face_metrics)
+        for m in face_metrics:
+            if m.backend_name == "synthid" and getattr(m.analyzer, "facts", None):
+                suite.facts["synth_identity"] = m.analyzer.facts
     return suite

@@ -28,8 +28,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,15 +64,16 @@ class SynthLandmarkConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
+KIND = "synth_landmarks"
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("PORTRAITLAB_CACHE", Path.home() / ".cache" / "portraitlab")) / "synth_landmarks"
+    from eval.learned import cache_dir as _cache_dir
+
+    return _cache_dir(KIND)
 
 
-PACKAGED_DIR = Path(__file__).resolve().parent / "assets" / "synth_landmarks"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+PACKAGED_DIR = Path(__file__).resolve().parent / "assets" / KIND
 
 
 # ---- network -----------------------------------------------------------------------------------------------------
@@ -208,32 +207,19 @@ def train(cfg: SynthLandmarkConfig, progress: bool = True) -> tuple[LandmarkNet,
 
 def load_or_train(cfg: Optional[SynthLandmarkConfig] = None, root: Optional[Path] = None,
                   progress: bool = True) -> tuple[LandmarkNet, dict]:
-    """The cached locator for ``cfg`` (trained and saved on first use; atomic writes, so concurrent first uses are
-    safe: the last writer wins with identical weights)."""
+    """The locator for ``cfg``: shipped (eval/assets), cached, or trained and saved on first use (``eval.learned``)."""
     from datamodules.synthfaces import KEYPOINT_NAMES
-    from datamodules.utils import atomic_write_json
+    from eval import learned
 
     cfg = cfg or SynthLandmarkConfig()
-    roots = [Path(root)] if root is not None else [PACKAGED_DIR, cache_dir()]
-    for r in roots:
-        path, meta = r / f"{cfg.hash()}.pt", r / f"{cfg.hash()}.json"
-        if path.is_file() and meta.is_file():
-            model = LandmarkNet(len(KEYPOINT_NAMES), cfg.width)
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            info = json.loads(meta.read_text())
-            info.update({"weights_sha256": _sha256(path), "packaged": r == PACKAGED_DIR})
-            return model.eval().requires_grad_(False), info
-    root = roots[-1]
-    path, meta = root / f"{cfg.hash()}.pt", root / f"{cfg.hash()}.json"
-    log.info("training the SynthFaces landmark locator (%s, first use; cached at %s)", cfg.hash(), path)
-    model, info = train(cfg, progress=progress)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    atomic_write_json(meta, info)
-    log.info("synth landmark locator: held-out error %.3f px (%d frames)", info["heldout_px"], info["heldout_frames"])
-    return model.requires_grad_(False), {**info, "weights_sha256": _sha256(path), "packaged": False}
+
+    def fit():
+        model, info = train(cfg, progress=progress)
+        log.info("synth landmark locator: held-out error %.3f px (%d frames)", info["heldout_px"],
+                 info["heldout_frames"])
+        return model, info
+
+    return learned.load_or_train(KIND, cfg.hash(), lambda: LandmarkNet(len(KEYPOINT_NAMES), cfg.width), fit, root)
 
 
 class SynthLandmarkLocator:
@@ -320,9 +306,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = SynthLandmarkConfig(**kw)
     root = Path(a.root) if a.root else None
     if a.retrain:
-        root = root or cache_dir()
-        for suffix in (".pt", ".json"):
-            (root / f"{cfg.hash()}{suffix}").unlink(missing_ok=True)
+        from eval.learned import forget
+
+        root = forget(KIND, cfg.hash(), root)
     loc = SynthLandmarkLocator(cfg, root=root)
     print(json.dumps(loc.info, indent=1))
     return 0

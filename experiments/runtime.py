@@ -48,6 +48,10 @@ def validate(cfg: DictConfig) -> None:
     data_res = OmegaConf.select(cfg, "data.resolution", default=None)
     if model_res is not None and data_res is not None and int(model_res) != int(data_res):
         raise ConfigError(f"model.resolution={model_res} differs from data.resolution={data_res}")
+    if OmegaConf.select(cfg, "model.driving_appearance", default=None) == "cross_identity" and \
+            not OmegaConf.select(cfg, "data.use_synth_cross_driving", default=False):
+        raise ConfigError("model.driving_appearance=cross_identity needs data.use_synth_cross_driving=true (SynthFaces "
+                          "renders the driving motion with another identity; see experiment=xportrait_cross_identity)")
     for name, proto in (cfg.get("extra_eval") or {}).items():
         if str(proto.mode) not in CHOICES["eval_protocol.mode"]:
             raise ConfigError(f"extra_eval.{name}.mode={proto.mode!r} is not one of {', '.join(CHOICES['eval_protocol.mode'])}")

@@ -111,3 +111,12 @@ def test_mrfa_sweep_scores_keypoints_and_cross_identity_ground_truth(compose_cfg
     assert cfg.eval_protocol.mode == "self" and "akd_synthlm" in cfg.eval_protocol.metrics
     cross = cfg.extra_eval.synthfaces_cross
     assert cross.mode == "synth_cross" and {"l1", "psnr", "ssim", "akd_synthlm"} <= set(cross.metrics)
+
+
+def test_cross_identity_driving_needs_the_data_option(compose_cfg):
+    from experiments.runtime import ConfigError
+
+    validate(compose_cfg("train", ["experiment=xportrait_cross_identity"]))
+    bad = compose_cfg("train", ["experiment=xportrait_cross_identity", "data.use_synth_cross_driving=false"])
+    with pytest.raises(ConfigError, match="data.use_synth_cross_driving"):
+        validate(bad)

@@ -142,7 +142,8 @@ class ReferenceVideoDiffusion(AnimationModule):
         ehs, down, mid = self.condition_denoiser(rows, z_rows, t_rows)
         if self.bank is not None:
             self.bank.index = ref_index.repeat_interleave(T)
-            self.bank.keep = keep_reference.repeat_interleave(T)
+            # every row keeps its reference: no key mask at all (SDPA's unmasked kernel)
+            self.bank.keep = None if bool(keep_reference.all()) else keep_reference.repeat_interleave(T)
         kw = dict(encoder_hidden_states=ehs, down_block_additional_residuals=down, mid_block_additional_residual=mid)
         if self.is_video:
             out = self.denoiser(z_t.permute(0, 2, 1, 3, 4), t, **kw).sample.permute(0, 2, 1, 3, 4)

@@ -32,7 +32,8 @@ class ReferenceBank:
     ``features[name]``: R×M×C reference tokens per layer. ``index``: for each denoiser query row (B·T frames, and
     the CFG copies) the reference row it reads (default: rows split evenly, frames of a clip contiguous).
     ``keep``: per query row, False drops the reference for that row. ``mask_ratio``/``generator``: fraction of
-    reference tokens masked out per reference row and layer (training-time reference-feature masking).
+    reference tokens masked out per reference row and layer (training-time reference-feature masking: an exact
+    fraction, one draw per reference row shared by its frames; masked tokens are left out of the keys).
     """
 
     def __init__(self):
@@ -49,7 +50,11 @@ class ReferenceBank:
         self.mask_ratio = 0.0
 
     def read(self, name: str, hidden_states: torch.Tensor):
-        """(reference tokens Bq×M×C, boolean key mask Bq×M or None) for this layer, or None when nothing is stored."""
+        """(reference tokens R×M'×C — one row per reference, not per query; M' = M less the masked tokens —, row
+        index Bq (the reference each query row reads), boolean key mask Bq×M' (rows whose reference is dropped) or
+        None) for this layer, or None when nothing is stored. The reader
+        projects the R reference rows to keys/values once and gathers the projections (not the tokens): a clip's T
+        frames and the guidance copies share one projection."""
         ref = self.features.get(name)
         if ref is None:
             return None
@@ -63,20 +68,33 @@ class ReferenceBank:
             raise RuntimeError(f"{name}: bank.index has {index.shape[0]} rows, the denoiser runs {bq}")
         mask = None
         if self.mask_ratio > 0:
-            u = torch.rand(ref.shape[0], ref.shape[1], generator=self.generator).to(ref.device)
-            mask = (u >= self.mask_ratio)[index]
+            # reference-feature masking: each reference row keeps a random subset of round((1 − ratio)·M) tokens.
+            # Masked keys are removed rather than masked in the softmax — the same attention over the kept keys,
+            # without a key mask and with fewer keys.
+            R, M = ref.shape[:2]
+            n_keep = max(1, M - int(round(self.mask_ratio * M)))
+            u = torch.rand(R, M, generator=self.generator).to(ref.device)
+            kept = u.argsort(dim=1)[:, :n_keep].sort(dim=1).values
+            ref = ref.gather(1, kept[..., None].expand(R, n_keep, ref.shape[2]))
         if self.keep is not None:
             keep = self.keep.to(ref.device)[:, None]
-            mask = keep.expand(bq, ref.shape[1]) if mask is None else mask & keep
-        return ref[index].to(hidden_states.dtype), mask
+            mask = keep.expand(bq, ref.shape[1])
+        return ref.to(hidden_states.dtype), index, mask
 
 
-def _attention(attn, query_states: torch.Tensor, kv_states: torch.Tensor, key_mask: Optional[torch.Tensor]):
-    """Multi-head SDPA with the layer's own projections; ``key_mask`` is B×Lk boolean (True = attend)."""
+def _attention(attn, query_states: torch.Tensor, kv_states: torch.Tensor, key_mask: Optional[torch.Tensor],
+               ref: Optional[torch.Tensor] = None, ref_index: Optional[torch.Tensor] = None):
+    """Multi-head SDPA with the layer's own projections; ``key_mask`` is B×Lk boolean (True = attend). With ``ref``
+    (R×M×C reference tokens) and ``ref_index`` (B rows → reference row), keys/values are
+    ``[W_k kv ; (W_k ref)[ref_index]]`` — equal to projecting ``[kv ; ref[ref_index]]``, with each reference row
+    projected once instead of once per query row."""
     b = query_states.shape[0]
     q = attn.to_q(query_states)
     k = attn.to_k(kv_states)
     v = attn.to_v(kv_states)
+    if ref is not None:
+        k = torch.cat([k, attn.to_k(ref)[ref_index]], dim=1)
+        v = torch.cat([v, attn.to_v(ref)[ref_index]], dim=1)
     head_dim = k.shape[-1] // attn.heads
     q, k, v = (x.view(b, -1, attn.heads, head_dim).transpose(1, 2) for x in (q, k, v))
     if attn.norm_q is not None:
@@ -96,7 +114,7 @@ class _SelfAttentionProcessor:
         self.name = name
         self.bank = bank
 
-    def extra(self, hidden_states: torch.Tensor):  # -> (B×M×C tokens, B×M mask | None) or None
+    def extra(self, hidden_states: torch.Tensor):  # -> (R×M×C tokens, B row index, B×M mask | None) or None
         return None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
@@ -114,13 +132,12 @@ class _SelfAttentionProcessor:
         if extra is None:
             out = _attention(attn, hidden_states, hidden_states, None)
         else:
-            ref, ref_mask = extra
-            kv = torch.cat([hidden_states, ref], dim=1)
+            ref, index, ref_mask = extra
             key_mask = None
             if ref_mask is not None:
                 own = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
                 key_mask = torch.cat([own, ref_mask], dim=1)
-            out = _attention(attn, hidden_states, kv, key_mask)
+            out = _attention(attn, hidden_states, hidden_states, key_mask, ref, index)
         if shape4 is not None:
             out = out.transpose(1, 2).reshape(shape4)
         if attn.residual_connection:

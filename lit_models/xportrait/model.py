@@ -5,7 +5,8 @@ on the whole driving frame) and the local control ``r_l = C_l(z_t, t, D_t ⊙ M_
 and mouth patches ``M_t`` located from landmarks) are added to the denoiser's skip (down) and middle features;
 appearance from the ReferenceNet; AnimateDiff temporal layers. At training the driving input does not share the
 source's appearance (``driving_appearance``: strong appearance augmentation, or another identity's frame showing
-the same motion — batch key ``driving_cross``). ``use_local_control=false`` is the paper's ablation.
+the same motion — batch key ``driving_cross``, rendered by SynthFaces with ``data.use_synth_cross_driving``; its
+eye / mouth patches then come from ``keypoints_cross``). ``use_local_control=false`` is the paper's ablation.
 """
 from __future__ import annotations
 
@@ -61,12 +62,20 @@ class XPortrait(ReferenceVideoDiffusion):
             mid = mid + lmid
         return ehs, down, mid
 
+    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        # cross_identity: the control input is another identity's face, so the local patches M_t are placed on its
+        # own landmarks (``keypoints_cross``, SynthFaces' exact K_t of driving_cross) when the batch has them
+        if self.cfg.driving_appearance == "cross_identity" and "keypoints_cross" in batch:
+            batch = dict(batch, keypoints=batch["keypoints_cross"])
+        return super().compute_losses(batch)
+
     def prepare_driving(self, batch, driving, generator):
         mode = self.cfg.driving_appearance
         if mode == "cross_identity":
             if "driving_cross" not in batch:
                 raise KeyError("driving_appearance=cross_identity needs batch['driving_cross'] (B×T×3×H×W: another "
-                               "identity showing the same motion); use driving_appearance=augment otherwise")
+                               "identity showing the same motion; SynthFaces renders it with "
+                               "data.use_synth_cross_driving=true); use driving_appearance=augment otherwise")
             return self.to_model(batch["driving_cross"])
         if mode == "augment":
             return appearance_augment(driving, generator, self.cfg.augmentation_strength)

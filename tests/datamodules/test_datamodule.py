@@ -208,6 +208,22 @@ def test_frame_transform_crops():
     assert float((small - 0.5).abs().max()) < 0.01
 
 
+@pytest.mark.parametrize("size, res, n", [(64, 48, 5), (64, 32, 60), (48, 64, 60)])
+def test_frame_transform_resizes_many_frames_like_one_at_a_time(size, res, n):
+    """Frames are stacked along channels for one cv2 call; OpenCV 5 caps that (128 channels, 4 for INTER_AREA at a
+    non-integer ratio such as 64 → 48: both used to raise), and the chunks must give the per-frame resize."""
+    import cv2
+
+    frames = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    t = FrameTransform(res, "none", as_uint8=True)
+    out = t.frames(frames, (0, 0, size, size)).numpy()
+    interp = cv2.INTER_AREA if size > res else cv2.INTER_LINEAR
+    ref = np.stack([cv2.resize(f, (res, res), interpolation=interp) for f in frames])
+    assert np.abs(out.astype(int) - ref).max() <= 1      # ±1 LSB: OpenCV's 3-channel SIMD path rounds differently
+    m = t.masks(frames[..., 0] > 128, (0, 0, size, size)).numpy()
+    assert m.shape == (n, res, res, 1)
+
+
 def test_both_decoders_deliver_the_same_stream(dm):
     other = "pyav" if dm.cfg.decoder == "decord" else "decord"
     a, b = dm.train_dataset(), make_dm(dm.cfg.root, decoder=other).train_dataset()

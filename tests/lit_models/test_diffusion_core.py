@@ -333,3 +333,20 @@ def test_prediction_type_sets_the_regression_target(xnemo, monkeypatch):
             xnemo.compute_losses(d)
     finally:
         xnemo.cfg.prediction_type = saved
+
+
+def test_reference_keys_projected_once_per_reference_equal_the_concatenation():
+    """Keys/values of ``[h ; ref[index]]`` computed as ``[W h ; (W ref)[index]]`` (each reference projected once)."""
+    from diffusers.models.attention_processor import Attention
+
+    from lit_models.diffusion.reference_attention import _attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2, dim_head=8)
+    h, ref = torch.randn(6, 5, 16), torch.randn(2, 7, 16)
+    index = torch.tensor([0, 0, 0, 1, 1, 1])
+    mask = torch.rand(6, 12) > 0.3
+    mask[:, 0] = True
+    want = _attention(attn, h, torch.cat([h, ref[index]], 1), mask)
+    got = _attention(attn, h, h, mask, ref, index)
+    assert torch.allclose(got, want, atol=1e-5)

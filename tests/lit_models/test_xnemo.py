@@ -114,10 +114,29 @@ def test_reference_masking_hides_tokens_in_attention():
     bank = ReferenceBank()
     bank.features["l"] = torch.randn(2, 100, 8)
     bank.mask_ratio, bank.generator = 0.25, torch.Generator().manual_seed(0)
-    ref, mask = bank.read("l", torch.zeros(6, 5, 8))
-    assert ref.shape == (6, 100, 8) and mask.shape == (6, 100)
-    assert abs((~mask).float().mean().item() - 0.25) < 0.1
-    assert torch.equal(mask[0], mask[2]) and not torch.equal(mask[0], mask[3])  # one draw per reference, shared by its frames
+    feats = bank.features["l"]
+    ref, index, mask = bank.read("l", torch.zeros(6, 5, 8))
+    # one row per reference (projected once by the reader; its frames share the draw), the row each query row reads;
+    # exactly 25 % of each reference's tokens are left out of the keys (no key mask needed)
+    assert ref.shape == (2, 75, 8) and index.tolist() == [0, 0, 0, 1, 1, 1] and mask is None
+    kept = [[int((feats[r] == tok).all(-1).nonzero()) for tok in ref[r]] for r in range(2)]
+    assert all(k == sorted(set(k)) for k in kept) and kept[0] != kept[1]   # distinct tokens, own draw per reference
+    # masking (keys left out) is the same attention as masking the keys in the softmax
+    from diffusers.models.attention_processor import Attention
+
+    from lit_models.diffusion.reference_attention import _attention
+
+    attn, h = Attention(8, heads=2, dim_head=4), torch.randn(6, 5, 8)
+    key_mask = torch.zeros(6, 105, dtype=torch.bool)
+    key_mask[:, :5] = True
+    for q in range(6):
+        key_mask[q, [5 + i for i in kept[index[q]]]] = True
+    want = _attention(attn, h, h, key_mask, feats, index)
+    assert torch.allclose(_attention(attn, h, h, None, ref, index), want, atol=1e-5)
+    # a dropped reference row (classifier-free guidance) still gets a key mask
+    bank.keep = torch.tensor([True, True, True, False, True, True])
+    _, _, mask = bank.read("l", torch.zeros(6, 5, 8))
+    assert mask.shape == (6, 75) and not mask[3].any() and mask[0].all()
 
 
 def test_temporal_lowpass_is_a_normalised_gaussian():
