@@ -118,13 +118,14 @@ def aggregate(runs: list[dict]) -> list[dict]:
             members = t["groups"][values]
             row = {"values": dict(zip(t["axes"], values)), "n": len(members),
                    "seeds": sorted((m["seed"] for m in members if m["seed"] is not None), key=_sort_key),
-                   "mean": {}, "std": {}}
+                   "mean": {}, "std": {}, "count": {}}
             for m in t["metrics"]:
                 xs = np.array([float(r["metrics"][m]) for r in members if m in r["metrics"]
                                and r["metrics"][m] is not None], dtype=np.float64)
                 xs = xs[~np.isnan(xs)]
                 row["mean"][m] = float(xs.mean()) if xs.size else math.nan
                 row["std"][m] = float(xs.std(ddof=1)) if xs.size > 1 else (0.0 if xs.size else math.nan)
+                row["count"][m] = int(xs.size)     # runs with a value (NaN / absent ones are left out)
             rows.append(row)
         t["rows"] = rows
         t["best"] = {}
@@ -139,11 +140,13 @@ def aggregate(runs: list[dict]) -> list[dict]:
 
 
 # ---- rendering --------------------------------------------------------------------------------------------------
-def _fmt(mean: float, std: float, n: int) -> str:
+def _fmt(mean: float, std: float, n: int, count: Optional[int] = None) -> str:
+    """``mean ± std``; when only ``count`` < ``n`` of the row's runs have a value, that is said: ``(n=count)``."""
     if math.isnan(mean):
         return "–"
     digits = 4 if abs(mean) < 10 else 2
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+    count = n if count is None else count
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if count > 1 else "") + (f" (n={count})" if count < n else "")
 
 
 def _arrow(m: str) -> str:
@@ -164,7 +167,7 @@ def to_markdown(tables: list[dict]) -> str:
         for r in t["rows"]:
             cells = [str(r["values"][a]) for a in t["axes"]] + [str(r["n"])]
             for m in t["metrics"]:
-                s = _fmt(r["mean"][m], r["std"][m], r["n"])
+                s = _fmt(r["mean"][m], r["std"][m], r["n"], r["count"].get(m))
                 cells.append(f"**{s}**" if m in t["best"] and r["mean"][m] == t["best"][m] else s)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -192,7 +195,7 @@ def to_latex(tables: list[dict]) -> str:
         for r in t["rows"]:
             cells = [_tex_escape(str(r["values"][a])) for a in t["axes"]] + [str(r["n"])]
             for m in t["metrics"]:
-                s = _fmt(r["mean"][m], r["std"][m], r["n"]).replace("±", "$\\pm$").replace("–", "--")
+                s = _fmt(r["mean"][m], r["std"][m], r["n"], r["count"].get(m)).replace("±", "$\\pm$").replace("–", "--")
                 cells.append(f"\\textbf{{{s}}}" if m in t["best"] and r["mean"][m] == t["best"][m] else s)
             lines.append(" & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
@@ -212,6 +215,8 @@ def to_rows(tables: list[dict]) -> list[dict]:
             row["seeds"] = " ".join(map(str, r["seeds"]))
             for m in t["metrics"]:
                 row[f"{m}_mean"], row[f"{m}_std"] = r["mean"][m], r["std"][m]
+                if r["count"].get(m, r["n"]) != r["n"]:
+                    row[f"{m}_n"] = r["count"][m]
                 row[f"{m}_best"] = bool(m in t["best"] and r["mean"][m] == t["best"][m])
             out.append(row)
     return out

@@ -82,3 +82,17 @@ def test_wandb_table_offline(tmp_path, monkeypatch):
     _write_runs(tmp_path)
     written = make_table([tmp_path])
     assert "wandb" in written and list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_a_metric_missing_from_some_runs_says_how_many_runs_it_averages(tmp_path):
+    """A column that only some of a row's runs have (an older run without a diagnostic, NaN) is averaged over those
+    runs and labelled (n=...), never shown as if all n runs agreed."""
+    results = {(1, 0): {"l1": 0.10, "motion_err_prior": 3.0}, (1, 1): {"l1": 0.12},
+               (1, 2): {"l1": 0.11, "motion_err_prior": float("nan")}, (2, 0): {"l1": 0.08, "motion_err_prior": 2.0},
+               (2, 1): {"l1": 0.06, "motion_err_prior": 5.0}}
+    _write_runs(tmp_path, results=results)
+    md = make_table([tmp_path], use_wandb=False)["md"].read_text()
+    assert "| 1 | 3 | 0.1100 ± 0.0100 | **3.0000 (n=1)** |" in md
+    assert "| 2 | 2 | **0.0700 ± 0.0141** | 3.5000 ± 2.1213 |" in md
+    csv = pd.read_csv(tmp_path / "table.csv").set_index("model.refine_iters")
+    assert csv.loc[1, "motion_err_prior_n"] == 1 and np.isnan(csv.loc[2, "motion_err_prior_n"])
