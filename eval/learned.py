@@ -71,3 +71,25 @@ def forget(kind: str, config_hash: str, root: Optional[Path] = None) -> Path:
     for suffix in (".pt", ".json"):
         (root / f"{config_hash}{suffix}").unlink(missing_ok=True)
     return root
+
+
+def cli(kind: str, description: str, config_cls, network_cls, argv: Optional[list[str]] = None) -> int:
+    """``python -m eval.<kind> [--resolution R] [--steps N] [--root DIR] [--retrain]``: load (or train) the network
+    of that config and print its info (held-out statistics, weights sha256, shipped or not)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--root", default=None, help=f"folder to load from / save to (default: the shipped "
+                    f"eval/assets/{kind}, then $PORTRAITLAB_CACHE/{kind})")
+    ap.add_argument("--retrain", action="store_true", help="train even when weights exist (overwrites them in --root)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(message)s")
+    cfg = config_cls(resolution=a.resolution, **({"steps": a.steps} if a.steps else {}))
+    root = Path(a.root) if a.root else None
+    if a.retrain:
+        root = forget(kind, cfg.hash(), root)
+    net = network_cls(cfg, root=root)
+    print(json.dumps(net.info, indent=1))
+    return 0

@@ -30,7 +30,6 @@ renderer change).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -350,24 +349,9 @@ class SynthIdentityFaces:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--root", default=None, help="folder to load from / save to (default: the shipped "
-                    "eval/assets/synth_identity, then $PORTRAITLAB_CACHE/synth_identity)")
-    ap.add_argument("--retrain", action="store_true", help="train even when weights exist (overwrites them in --root)")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(message)s")
-    kw = {"resolution": a.resolution} | ({"steps": a.steps} if a.steps else {})
-    cfg = SynthIdentityConfig(**kw)
-    root = Path(a.root) if a.root else None
-    if a.retrain:
-        from eval.learned import forget
+    from eval.learned import cli
 
-        root = forget(KIND, cfg.hash(), root)
-    emb = SynthIdentityEmbedder(cfg, root=root)
-    print(json.dumps(emb.info, indent=1))
-    return 0
+    return cli(KIND, __doc__.split("\n")[0], SynthIdentityConfig, SynthIdentityEmbedder, argv)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,11 @@ def test_default_locator_ships_pinned_and_is_accurate(tmp_path, monkeypatch):
     same, shifted = np.array(errs).T
     assert same.mean() < 1.5 and abs(shifted.mean() - 3.0) < 0.5
 
+
+
+def test_cli_prints_the_shipped_locators_info(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTRAITLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(SL, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    assert SL.main([]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["packaged"] is True and info["hash"] == SL.SynthLandmarkConfig().hash() and info["heldout_px"] < 1.5
