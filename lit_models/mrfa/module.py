@@ -147,14 +147,22 @@ class MRFA(AnimationModule):
             return {}
         ds = datamodule.eval_dataset(split=protocol.split, mode="self", num_frames=protocol.num_frames,
                                      stride=protocol.stride, max_videos=protocol.max_videos)
-        samples = [s for s in (ds[i] for i in range(len(ds))) if s.get("keypoints") is not None]
-        if not samples:
+        if len(ds) == 0:
             return {}
+        first = ds[0]
+        if first.get("keypoints") is None:     # real data: no ground-truth keypoints, so nothing to decode further
+            return {}
+
+        def stream():                           # one video at a time (the test set is never held in memory)
+            for i in range(len(ds)):
+                s = first if i == 0 else ds[i]
+                if s.get("keypoints") is not None:
+                    yield {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in s.items()}
+
         was_training = self.training
         self.eval()
         try:
-            res = diagnose(self, ({k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in s.items()}
-                                  for s in samples), int(samples[0]["source"].shape[-1]))
+            res = diagnose(self, stream(), int(first["source"].shape[-1]))
         finally:
             self.train(was_training)
         return {"motion_err_zero": res["kp_motion_err_zero"], "motion_err_prior": res["kp_motion_err_prior"],

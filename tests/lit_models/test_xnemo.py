@@ -1,10 +1,11 @@
 """X-NeMo: the 1-D motion descriptor, its tokens, cross-attention-only injection, leakage guards, motion dropout."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import yaml
+
+from animate_helpers import animate_entry_point, luma_blocks
 
 from lit_models.registry import build_model
 from lit_models.xnemo.motion_encoder import MotionTokenizer, temporal_lowpass
@@ -161,33 +162,11 @@ def test_motion_dim_sweep_grid():
     assert sweep["hydra"]["callbacks"]["table"]["_target_"] == "eval.table.SweepTableCallback"
 
 
-def _luma_blocks(frames):
-    """T×H×W×3 in [0, 1] → 2×2-block means of the luma (what H.264 4:2:0 keeps well)."""
-    y = frames @ torch.tensor([0.299, 0.587, 0.114], dtype=frames.dtype)
-    return torch.nn.functional.avg_pool2d(y[:, None], 2)[:, 0]
-
-
 def test_animate_entry_point_on_real_fixtures(xnemo, compose_cfg, real_fixtures, tmp_path):
     """`experiments.animate` with a freshly saved tiny checkpoint: face crops of the real portrait and clip, the
     model's 32² output written as video, equal (up to H.264) to `animate` called directly on the same crops."""
-    import av
-
-    from experiments.animate import animate, crop_resize, read_image, read_video, square_box
-    from experiments.train import save_untrained_checkpoint
-
-    ckpt = save_untrained_checkpoint(xnemo, tmp_path / "tiny.ckpt")
-    out = tmp_path / "x.mp4"
-    src_path, drv_path = real_fixtures / "portraits/astronaut.png", real_fixtures / "clips/single_face.mp4"
-    cfg = compose_cfg("animate", [f"ckpt={ckpt}", f"source={src_path}", f"driving={drv_path}", f"out={out}",
-                                  "animate_crop=face", "max_frames=3", f"run_dir={tmp_path}"])
-    animate(cfg)
-    with av.open(str(out)) as c:
-        written = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])).float() / 255
+    written, source, driving = animate_entry_point(xnemo, compose_cfg, real_fixtures, tmp_path)
     assert written.shape == (3, 32, 32, 3)
-    img = read_image(src_path)[None]
-    drv, _ = read_video(drv_path, 3)
-    source = crop_resize(img, square_box(img, "face"), 32)
-    driving = crop_resize(drv, square_box(drv, "face"), 32)[None]
     direct = xnemo.animate(source, driving)[0].permute(0, 2, 3, 1)
     saved = xnemo.cfg.sample_seed
     try:
@@ -195,5 +174,5 @@ def test_animate_entry_point_on_real_fixtures(xnemo, compose_cfg, real_fixtures,
         other = xnemo.animate(source, driving)[0].permute(0, 2, 3, 1)
     finally:
         xnemo.cfg.sample_seed = saved
-    err = (_luma_blocks(written) - _luma_blocks(direct)).abs().mean()
-    assert err < 0.5 * (_luma_blocks(written) - _luma_blocks(other)).abs().mean(), err
+    err = (luma_blocks(written) - luma_blocks(direct)).abs().mean()
+    assert err < 0.5 * (luma_blocks(written) - luma_blocks(other)).abs().mean(), err

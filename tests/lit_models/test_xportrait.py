@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from animate_helpers import animate_entry_point, luma_blocks
+
 from lit_models.registry import build_model
 from lit_models.xportrait.local_control import REGION_LAYOUTS, local_patch_masks, region_boxes
 
@@ -159,33 +161,12 @@ def test_animate_entry_point_on_real_fixtures(xportrait, compose_cfg, real_fixtu
     """`experiments.animate` with a freshly saved tiny X-Portrait checkpoint on the real portrait and clip (face
     crops; local patches from dlib landmarks, or fixed boxes where none are found at 32²): the written clip equals
     (up to H.264) `animate` called directly on the same crops, and the ControlNets make the driving clip matter."""
-    import av
-    import numpy as np
-
-    from experiments.animate import animate, crop_resize, read_image, read_video, square_box
-    from experiments.train import save_untrained_checkpoint
-
-    ckpt = save_untrained_checkpoint(xportrait, tmp_path / "tiny.ckpt")
-    out = tmp_path / "x.mp4"
-    src_path, drv_path = real_fixtures / "portraits/astronaut.png", real_fixtures / "clips/single_face.mp4"
-    cfg = compose_cfg("animate", [f"ckpt={ckpt}", f"source={src_path}", f"driving={drv_path}", f"out={out}",
-                                  "animate_crop=face", "max_frames=3", f"run_dir={tmp_path}"])
-    animate(cfg)
-    with av.open(str(out)) as c:
-        written = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])).float() / 255
+    written, source, driving = animate_entry_point(xportrait, compose_cfg, real_fixtures, tmp_path)
     assert written.shape == (3, 32, 32, 3)
-    img = read_image(src_path)[None]
-    drv, _ = read_video(drv_path, 3)
-    source = crop_resize(img, square_box(img, "face"), 32)
-    driving = crop_resize(drv, square_box(drv, "face"), 32)[None]
     direct = xportrait.animate(source, driving)[0].permute(0, 2, 3, 1)
     still = xportrait.animate(source, driving[:, :1].expand_as(driving))[0].permute(0, 2, 3, 1)
 
-    def luma(x):  # 2×2-block luma means: what H.264 4:2:0 keeps well
-        y = x @ torch.tensor([0.299, 0.587, 0.114])
-        return torch.nn.functional.avg_pool2d(y[:, None], 2)[:, 0]
-
-    err = (luma(written) - luma(direct)).abs().mean()
+    err = (luma_blocks(written) - luma_blocks(direct)).abs().mean()
     assert err < 0.02, err
     assert (direct[1:] - still[1:]).abs().mean() > 10 * (direct[0] - still[0]).abs().mean() + 1e-6, \
         "frames driven by different driving frames differ; frame 0 (same driving frame) does not"
