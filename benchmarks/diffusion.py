@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
                     help="instead of timing: motion sensitivity of trained runs (checkpoints/last.ckpt)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--frames", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--sample-frames", type=int, default=16)
     ap.add_argument("--device", default="cpu")

@@ -36,7 +36,10 @@ HIGHER_IS_BETTER = {"l1": False, "psnr": True, "ssim": True, "lpips": False, "fi
 # several-word prefixes checked first (identity leakage: the output looking like the driver is bad)
 _PREFIX_DIRECTION = (("id_leakage", False), ("id_to_driver", False), ("id_to_source", True), ("contact_rate", None),
                      ("motion_err_zero", None), ("refine_shift", None),   # properties of the data / the model
-                     ("phase_score_source", None))
+                     ("phase_score_source", None),
+                     # X-NeMo's motion reliance: ideal 1 (the output changes as much as the ground truth), not "more"
+                     ("motion_gain", None), ("source_gain", None), ("motion_ratio", None),
+                     ("motion_alignment", True))
 
 
 def higher_is_better(name: str) -> Optional[bool]:

@@ -21,6 +21,7 @@ class XNeMoConfig(DiffusionConfig):
     motion_token_dim: int = 16           # numbers per token: m is reshaped to (motion_dim / motion_token_dim) tokens
     motion_encoder_resolution: int = 64  # driving frames are resized to this before E_m
     motion_encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    motion_encoder_pool: str = "flatten"  # flatten | mean: how E_m's last feature map becomes m (mean ≈ blind to translation)
     # ---- identity-leakage guards (each a switch) -------------------------------------------------------------
     use_driving_augmentation: bool = True    # appearance-only augmentation of the driving face at training
     augmentation_strength: float = 1.0

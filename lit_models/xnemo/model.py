@@ -21,7 +21,8 @@ from lit_models.xnemo.motion_encoder import MotionEncoder, MotionTokenizer, temp
 class XNeMo(ReferenceVideoDiffusion):
     def build_motion(self, unet2d: nn.Module) -> None:
         cfg = self.cfg
-        self.motion_encoder = MotionEncoder(cfg.motion_dim, list(cfg.motion_encoder_channels), cfg.motion_encoder_resolution)
+        self.motion_encoder = MotionEncoder(cfg.motion_dim, list(cfg.motion_encoder_channels), cfg.motion_encoder_resolution,
+                                           cfg.motion_encoder_pool)
         self.motion_tokens = MotionTokenizer(cfg.motion_dim, cfg.motion_token_dim, int(unet2d.config.cross_attention_dim))
 
     def descriptor(self, driving: torch.Tensor) -> torch.Tensor:
@@ -50,3 +51,11 @@ class XNeMo(ReferenceVideoDiffusion):
 
     def reference_mask_ratio(self) -> float:
         return float(self.cfg.reference_mask_ratio) if self.cfg.use_reference_masking else 0.0
+
+    def eval_diagnostics(self, datamodule, protocol) -> dict[str, float]:
+        """Does the output follow the motion descriptor? ``motion_gain`` / ``source_gain`` / ``motion_ratio`` on
+        SynthFaces probe clips (``lit_models.xnemo.diagnostics``; 0 = the motion tokens are ignored, 1 = the output
+        changes with the driving clip as much as the ground truth does); {} on data without SynthFaces ground truth."""
+        from lit_models.xnemo.diagnostics import synthfaces_diagnostics
+
+        return synthfaces_diagnostics(self, datamodule)

@@ -1,7 +1,10 @@
 """X-NeMo's motion path: ``m = E_m(D̃)`` (1-D descriptor), ``c = P(reshape(m))`` (cross-attention tokens).
 
-* :class:`MotionEncoder` ``E_m``: strided conv stack → global average pool → linear, so ``m`` has no spatial layout
-  (no spatially aligned control can leak through it).
+* :class:`MotionEncoder` ``E_m``: strided conv stack → a linear map of the whole final feature map (``pool=flatten``,
+  default) or of its spatial mean (``pool=mean``) → ``m``. Either way ``m`` is one vector per frame with no spatial
+  layout for the denoiser, so no spatially aligned control can reach it. ``flatten`` is the default because a
+  global average pool makes the descriptor (nearly) invariant to where the face is — head translation and most of
+  yaw/scale, i.e. much of the motion — which a mean-pooled encoder can only recover from border effects.
 * :class:`MotionTokenizer` ``P``: ``m`` ∈ R^d is reshaped to ``d / d_tok`` tokens of ``d_tok`` numbers, each
   projected to the U-Net's ``cross_attention_dim`` with a learned position embedding; a learned null sequence
   replaces them when the motion condition is dropped (classifier-free guidance).
@@ -16,23 +19,33 @@ import torch.nn.functional as F
 from torch import nn
 
 
+POOLS = ("flatten", "mean")
+
+
 class MotionEncoder(nn.Module):
-    def __init__(self, motion_dim: int, channels: list[int], resolution: int):
+    def __init__(self, motion_dim: int, channels: list[int], resolution: int, pool: str = "flatten"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"motion_encoder_pool must be one of {POOLS}, got {pool!r}")
+        side = resolution
+        for _ in channels:
+            side = (side + 1) // 2                 # stride-2, padding-1, kernel-3 convs
         layers, cin = [], 3
         for c in channels:
             layers += [nn.Conv2d(cin, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU(),
                        nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU()]
             cin = c
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cin, motion_dim)
+        self.pool = pool
+        self.head = nn.Linear(cin * side * side if pool == "flatten" else cin, motion_dim)
         self.resolution = resolution
 
     def forward(self, frames01: torch.Tensor) -> torch.Tensor:
         """N×3×H×W in [0, 1] → N×motion_dim."""
         x = F.interpolate(frames01, size=(self.resolution,) * 2, mode="bilinear", align_corners=False,
                           antialias=self.resolution < frames01.shape[-1]) if frames01.shape[-1] != self.resolution else frames01
-        h = self.features(x * 2 - 1).mean(dim=(2, 3))
+        h = self.features(x * 2 - 1)
+        h = h.flatten(1) if self.pool == "flatten" else h.mean(dim=(2, 3))
         return self.head(h)
 
 

@@ -35,6 +35,10 @@ def test_sensitivity_reference_values_on_stub_models():
     truth = {"Aa": da, "Ab": db, "Ba": da + 0.1}
     g = motion_sensitivity(CopyDriver(), sa, da, db, sb, truth=truth)
     assert g["motion_gain"] == pytest.approx(1.0) and g["source_gain"] == 0.0 and g["l1_Aa"] == 0.0
+    assert g["motion_alignment"] == pytest.approx(1.0)
+    # a model that moves the wrong way (the truth's change reversed) has alignment −1 at the same gain
+    rev = motion_sensitivity(CopyDriver(), sa, db, da, sb, truth=truth)
+    assert rev["motion_alignment"] == pytest.approx(-1.0) and rev["motion_gain"] == pytest.approx(1.0)
 
 
 def test_probe_clips_differ_in_motion_only_within_an_identity():
@@ -45,14 +49,19 @@ def test_probe_clips_differ_in_motion_only_within_an_identity():
     assert 0 < motion < identity
 
 
-def test_xnemo_sensitivity_vanishes_when_motion_tokens_are_cut(monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_xnemo():
     from experiments.compose import compose
     from lit_models.registry import build_model
 
     torch.manual_seed(0)
     shrink = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encoder_resolution=16",
               "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=1", "model.motion_dim=32"]
-    model = build_model(compose("train", ["model=xnemo_tiny", *shrink]).model)
+    return build_model(compose("train", ["model=xnemo_tiny", *shrink]).model)
+
+
+def test_xnemo_sensitivity_vanishes_when_motion_tokens_are_cut(tiny_xnemo, monkeypatch):
+    model = tiny_xnemo
     p = synth_probe(num_pairs=1, num_frames=2, resolution=32, seed=2)
     on = probe_sensitivity(model, p)
     assert on["motion"] > 0 and on["source"] > 0
@@ -61,3 +70,22 @@ def test_xnemo_sensitivity_vanishes_when_motion_tokens_are_cut(monkeypatch):
                         lambda source, driving, keep, *a, **k: real(source, driving, torch.zeros_like(keep), *a, **k))
     off = probe_sensitivity(model, p)
     assert off["motion"] == 0.0 and off["source"] > 0
+
+
+def test_run_diagnostics_follow_the_synthfaces_config(tiny_xnemo):
+    """`XNeMo.eval_diagnostics` (merged into a run's metrics.json): the probe is rendered like the datamodule's
+    SynthFaces (resolution, motion_scale) and the gains are the probe's; nothing for data without SynthFaces."""
+    from types import SimpleNamespace
+
+    from lit_models.xnemo.diagnostics import synthfaces_diagnostics
+
+    assert tiny_xnemo.eval_diagnostics(SimpleNamespace(cfg=SimpleNamespace(synth=None)), None) == {}
+    dm = SimpleNamespace(cfg=SimpleNamespace(synth={"resolution": 32, "motion_scale": 2.0}))
+    res = synthfaces_diagnostics(tiny_xnemo, dm, num_pairs=1, num_frames=2, seed=3)
+    want = probe_sensitivity(tiny_xnemo, synth_probe(1, 2, 32, 2.0, seed=3))
+    assert res == {"motion_gain": want["motion_gain"], "motion_alignment": want["motion_alignment"],
+                   "source_gain": want["source_gain"], "motion_ratio": want["ratio"]}
+    assert res["motion_gain"] > 0
+    other = synthfaces_diagnostics(tiny_xnemo, SimpleNamespace(cfg=SimpleNamespace(synth={"resolution": 32})),
+                                   num_pairs=1, num_frames=2, seed=3)
+    assert other["motion_gain"] != res["motion_gain"]   # motion_scale 1 renders other probe clips
