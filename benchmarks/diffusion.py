@@ -21,7 +21,8 @@ for reference only. On a shared CPU run it as ``OMP_WAIT_POLICY=PASSIVE`` (``mak
 ``--sensitivity RUN_DIR [RUN_DIR ...]`` instead loads each run's ``checkpoints/last.ckpt`` (its ``config.yaml``'s
 model) and prints its motion sensitivity on SynthFaces probe clips (``lit_models.xnemo.diagnostics``): what
 swapping the driving clip vs the source changes in the output, also as a fraction of what it changes in the
-ground truth (``motion_gain``, ``source_gain``; a model that ignores its motion tokens has motion_gain ≈ 0).
+ground truth (``motion_gain``, ``source_gain``; a model that ignores its motion tokens has motion_gain ≈ 0), and whether
+the output moves the way the truth does (``motion_alignment``, cosine of the two changes).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def sensitivity(run_dirs, pairs: int = 4, frames: int = 4, motion_scale: float =
         res = probe_sensitivity(model, probe)
         rows.append({"run": Path(rd).name, "model": cfg.model.name, "motion_dim": cfg.model.get("motion_dim"),
                      "seed": cfg.get("seed"), **res})
-    keys = ["motion", "source", "ratio", "motion_gain", "source_gain", "l1_Ab", "l1_Ab_vs_Aa_truth"]
+    keys = ["motion", "source", "ratio", "motion_gain", "motion_alignment", "source_gain", "l1_Ab", "l1_Ab_vs_Aa_truth"]
     table = Table(title=f"motion sensitivity — {pairs} SynthFaces probe pairs × {frames} frames, "
                         f"motion_scale {motion_scale} (ideal gains 1; motion_ideal "
                         f"{rows[0]['motion_ideal']:.4f}, source_ideal {rows[0]['source_ideal']:.4f})")
