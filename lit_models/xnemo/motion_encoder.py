@@ -40,6 +40,15 @@ class MotionEncoder(nn.Module):
         self.head = nn.Linear(cin * side * side if pool == "flatten" else cin, motion_dim)
         self.resolution = resolution
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        w = state_dict.get(prefix + "head.weight")
+        if w is not None and w.ndim == 2 and w.shape[1] != self.head.in_features:
+            raise ValueError(
+                f"{prefix}head.weight takes {w.shape[1]} features, this motion encoder's head {self.head.in_features} "
+                f"(motion_encoder_pool={self.pool!r}): the checkpoint was trained with another pool — X-NeMo checkpoints "
+                f"from before 2026-11-22 used the mean pool: load them with model.motion_encoder_pool=mean")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, frames01: torch.Tensor) -> torch.Tensor:
         """N×3×H×W in [0, 1] → N×motion_dim."""
         x = F.interpolate(frames01, size=(self.resolution,) * 2, mode="bilinear", align_corners=False,

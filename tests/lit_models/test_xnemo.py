@@ -64,6 +64,10 @@ def test_flatten_pool_sees_where_the_face_is_and_mean_pool_does_not():
             m = enc(x)
         change = (m[0] - m[1]).abs().max() / m.abs().max()
         assert (change > 0.05) == moves, (pool, float(change))
+    # a checkpoint of the other pool fails naming the key to set, not with a bare size mismatch
+    with pytest.raises(ValueError, match="motion_encoder_pool=mean"):
+        MotionEncoder(16, [8, 16, 16], 64, pool="flatten").load_state_dict(
+            MotionEncoder(16, [8, 16, 16], 64, pool="mean").state_dict())
 
 
 def test_motion_enters_only_through_cross_attention_of_every_block(xnemo):
