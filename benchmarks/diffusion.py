@@ -18,7 +18,7 @@ encoder, augmentation, noise bookkeeping — costs at most 10 % over the network
 for reference only. On a shared CPU run it as ``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` sets it) or
 ``--threads 1``: OpenMP's active wait otherwise dominates these small kernels. ``--json PATH`` writes the figures (atomically); ``--device cuda`` runs on a GPU.
 
-``--sensitivity RUN_DIR [RUN_DIR ...]`` instead loads each run's ``checkpoints/last.ckpt`` (its ``config.yaml``'s
+``--sensitivity RUN_OR_SWEEP_DIR [...]`` instead loads each run's ``checkpoints/last.ckpt`` (its ``config.yaml``'s
 model) and prints its motion sensitivity on SynthFaces probe clips (``lit_models.xnemo.diagnostics``): what
 swapping the driving clip vs the source changes in the output, also as a fraction of what it changes in the
 ground truth (``motion_gain``, ``source_gain``; a model that ignores its motion tokens has motion_gain ≈ 0), and whether
@@ -72,6 +72,23 @@ def load_run(run_dir):
     return model.eval(), cfg
 
 
+def expand_runs(paths) -> list:
+    """Run directories (``config.yaml`` + ``checkpoints/last.ckpt``) from run or sweep directories, in order; other
+    directories under a sweep (``wandb/``, plots) are skipped; a path that holds no run raises naming it."""
+    from pathlib import Path
+
+    runs = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file() and (p / "checkpoints" / "last.ckpt").is_file():
+            runs.append(p)
+            continue
+        found = sorted(d for d in p.glob("*/") if (d / "config.yaml").is_file() and (d / "checkpoints" / "last.ckpt").is_file())
+        if not found and p.name != "wandb":
+            raise FileNotFoundError(f"{p}: neither a run directory (config.yaml + checkpoints/last.ckpt) nor a sweep of them")
+        runs.extend(found)
+    return runs
+
+
 def sensitivity(run_dirs, pairs: int = 4, frames: int = 4, motion_scale: float = 1.5, json_path=None) -> list:
     """Motion sensitivity of trained runs on one fixed SynthFaces probe set (same clips and noise for every run)."""
     from pathlib import Path
@@ -83,7 +100,7 @@ def sensitivity(run_dirs, pairs: int = 4, frames: int = 4, motion_scale: float =
 
     probe = synth_probe(pairs, frames, 64, motion_scale)
     rows = []
-    for rd in run_dirs:
+    for rd in expand_runs(run_dirs):
         model, cfg = load_run(rd)
         res = probe_sensitivity(model, probe)
         rows.append({"run": Path(rd).name, "model": cfg.model.name, "motion_dim": cfg.model.get("motion_dim"),

@@ -89,3 +89,21 @@ def test_run_diagnostics_follow_the_synthfaces_config(tiny_xnemo):
     other = synthfaces_diagnostics(tiny_xnemo, SimpleNamespace(cfg=SimpleNamespace(synth={"resolution": 32})),
                                    num_pairs=1, num_frames=2, seed=3)
     assert other["motion_gain"] != res["motion_gain"]   # motion_scale 1 renders other probe clips
+
+
+def test_sensitivity_cli_takes_run_or_sweep_directories(tmp_path):
+    """`python -m benchmarks.diffusion --sensitivity`: a sweep directory expands to its runs (wandb/ and other
+    non-run folders skipped); a folder with no run is an error naming it."""
+    from benchmarks.diffusion import expand_runs
+
+    sweep = tmp_path / "sweep"
+    for name in ("1_b", "0_a"):
+        (sweep / name / "checkpoints").mkdir(parents=True)
+        (sweep / name / "config.yaml").write_text("model: {}\n")
+        (sweep / name / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (sweep / "wandb" / "run-x").mkdir(parents=True)
+    (sweep / "2_unfinished").mkdir()
+    assert expand_runs([sweep]) == [sweep / "0_a", sweep / "1_b"]
+    assert expand_runs([sweep / "1_b", sweep / "wandb"]) == [sweep / "1_b"]
+    with pytest.raises(FileNotFoundError, match="2_unfinished"):
+        expand_runs([sweep / "2_unfinished"])
