@@ -420,7 +420,6 @@ class TrainClipDataset(_ClipDataset):
             return sample
         raise RuntimeError(f"training sample {index}: {self.max_attempts} clips failed to decode") from last_err
 
-
     def _cross_driving(self, rec: ClipRecord, indices: list[int], index: int, attempt: int) -> dict:
         """``driving_cross`` (like ``driving``: T×3×H×W, or T×H×W×3 uint8), ``keypoints_cross`` T×K×2 and
         ``identity_cross``, cropped and resized exactly as the driving frames."""

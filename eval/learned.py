@@ -32,6 +32,13 @@ def packaged_dir(kind: str) -> Path:
     return ASSETS / kind
 
 
+def config_hash(cfg) -> str:
+    """The 16-hex-digit sha256 of a dataclass config (its fields as sorted JSON): the name of its weights files."""
+    from dataclasses import asdict
+
+    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

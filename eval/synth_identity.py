@@ -30,8 +30,6 @@ renderer change).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from eval import learned
 
 log = logging.getLogger("portraitlab.eval")
 
@@ -72,19 +72,13 @@ class SynthIdentityConfig:
     version: int = VERSION
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return learned.config_hash(self)
 
 
 KIND = "synth_identity"
 
 
-def cache_dir() -> Path:
-    from eval.learned import cache_dir as _cache_dir
-
-    return _cache_dir(KIND)
-
-
-PACKAGED_DIR = Path(__file__).resolve().parent / "assets" / KIND
+PACKAGED_DIR = learned.packaged_dir(KIND)
 
 
 # ---- network -----------------------------------------------------------------------------------------------------
@@ -258,8 +252,6 @@ def train(cfg: SynthIdentityConfig, progress: bool = True) -> tuple[IdentityNet,
 def load_or_train(cfg: Optional[SynthIdentityConfig] = None, root: Optional[Path] = None,
                   progress: bool = True) -> tuple[IdentityNet, dict]:
     """The embedder for ``cfg``: shipped (eval/assets), cached, or trained and saved on first use (``eval.learned``)."""
-    from eval import learned
-
     cfg = cfg or SynthIdentityConfig()
 
     def fit():
@@ -349,9 +341,7 @@ class SynthIdentityFaces:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from eval.learned import cli
-
-    return cli(KIND, __doc__.split("\n")[0], SynthIdentityConfig, SynthIdentityEmbedder, argv)
+    return learned.cli(KIND, __doc__.split("\n")[0], SynthIdentityConfig, SynthIdentityEmbedder, argv)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ its training or the renderer change).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from eval import learned
 
 from eval.metrics import Metric
 
@@ -60,19 +60,17 @@ class SynthLandmarkConfig:
     version: int = VERSION
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return learned.config_hash(self)
 
 
 KIND = "synth_landmarks"
 
 
 def cache_dir() -> Path:
-    from eval.learned import cache_dir as _cache_dir
-
-    return _cache_dir(KIND)
+    return learned.cache_dir(KIND)
 
 
-PACKAGED_DIR = Path(__file__).resolve().parent / "assets" / KIND
+PACKAGED_DIR = learned.packaged_dir(KIND)
 
 
 # ---- network -----------------------------------------------------------------------------------------------------
@@ -208,8 +206,6 @@ def load_or_train(cfg: Optional[SynthLandmarkConfig] = None, root: Optional[Path
                   progress: bool = True) -> tuple[LandmarkNet, dict]:
     """The locator for ``cfg``: shipped (eval/assets), cached, or trained and saved on first use (``eval.learned``)."""
     from datamodules.synthfaces import KEYPOINT_NAMES
-    from eval import learned
-
     cfg = cfg or SynthLandmarkConfig()
 
     def fit():
@@ -293,9 +289,7 @@ class AKDSynthLandmarks(Metric):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from eval.learned import cli
-
-    return cli(KIND, __doc__.split("\n")[0], SynthLandmarkConfig, SynthLandmarkLocator, argv)
+    return learned.cli(KIND, __doc__.split("\n")[0], SynthLandmarkConfig, SynthLandmarkLocator, argv)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,6 @@ def test_default_locator_ships_pinned_and_is_accurate(tmp_path, monkeypatch):
     assert same.mean() < 1.5 and abs(shifted.mean() - 3.0) < 0.5
 
 
-
 def test_cli_prints_the_shipped_locators_info(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PORTRAITLAB_CACHE", str(tmp_path))
     monkeypatch.setattr(SL, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
