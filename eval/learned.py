@@ -100,3 +100,22 @@ def cli(kind: str, description: str, config_cls, network_cls, argv: Optional[lis
     net = network_cls(cfg, root=root)
     print(json.dumps(net.info, indent=1))
     return 0
+
+
+class LearnedNetwork:
+    """Base of the callable wrappers (``SynthLandmarkLocator``, ``SynthIdentityEmbedder``): ``cfg`` (default
+    ``config_cls()``), ``model`` and ``info`` from the module's ``load_or_train`` (shipped / cached / trained), and the
+    device the model runs on. Subclasses set ``config_cls`` and ``load`` and implement ``__call__``."""
+
+    config_cls: type
+    load: Callable    # (cfg, root, progress=...) -> (model, info)
+
+    def __init__(self, cfg=None, root: Optional[Path] = None, device="cpu", progress: bool = True):
+        self.cfg = cfg or self.config_cls()
+        self.model, self.info = type(self).load(self.cfg, root, progress=progress)
+        self.to(device)
+
+    def to(self, device) -> "LearnedNetwork":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self

@@ -267,20 +267,11 @@ def load_or_train(cfg: Optional[SynthIdentityConfig] = None, root: Optional[Path
     return learned.load_or_train(KIND, cfg.hash(), lambda: IdentityNet(cfg.embed_dim, cfg.width), fit, root)
 
 
-class SynthIdentityEmbedder:
+class SynthIdentityEmbedder(learned.LearnedNetwork):
     """Callable ``frames N×3×H×W in [0, 1] → N×embed_dim`` unit vectors (frames resized to the trained resolution)."""
 
-    def __init__(self, cfg: Optional[SynthIdentityConfig] = None, root: Optional[Path] = None, device="cpu",
-                 progress: bool = True):
-        self.cfg = cfg or SynthIdentityConfig()
-        self.model, self.info = load_or_train(self.cfg, root, progress=progress)
-        self.device = torch.device(device)
-        self.model.to(self.device)
-
-    def to(self, device) -> "SynthIdentityEmbedder":
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
+    config_cls = SynthIdentityConfig
+    load = staticmethod(load_or_train)
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, chunk: int = 128) -> torch.Tensor:

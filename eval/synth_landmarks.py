@@ -217,21 +217,12 @@ def load_or_train(cfg: Optional[SynthLandmarkConfig] = None, root: Optional[Path
     return learned.load_or_train(KIND, cfg.hash(), lambda: LandmarkNet(len(KEYPOINT_NAMES), cfg.width), fit, root)
 
 
-class SynthLandmarkLocator:
+class SynthLandmarkLocator(learned.LearnedNetwork):
     """Callable ``frames N×3×R×R → N×K×2`` (pixels) at the resolution it was trained at (frames of another size are
     resized to it and the points scaled back)."""
 
-    def __init__(self, cfg: Optional[SynthLandmarkConfig] = None, root: Optional[Path] = None, device="cpu",
-                 progress: bool = True):
-        self.cfg = cfg or SynthLandmarkConfig()
-        self.model, self.info = load_or_train(self.cfg, root, progress=progress)
-        self.device = torch.device(device)
-        self.model.to(self.device)
-
-    def to(self, device) -> "SynthLandmarkLocator":
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
+    config_cls = SynthLandmarkConfig
+    load = staticmethod(load_or_train)
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, chunk: int = 64) -> torch.Tensor:
