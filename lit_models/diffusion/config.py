@@ -13,7 +13,7 @@ Field groups
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from lit_models.base import ModelConfig
 
@@ -46,6 +46,14 @@ class TemporalArch:
     max_seq_length: int = 32             # longest clip (window) the positional encoding covers
     use_mid_block: bool = True
     zero_init: bool = True               # zero the output projection: the video U-Net starts equal to the image U-Net
+    # where the last motion module of an up block runs: before_upsample (diffusers ``UNetMotionModel``) |
+    # after_upsample (the original AnimateDiff v1 / X-Portrait code: after the whole LDM ``output_blocks[j]``, i.e.
+    # after its Upsample, at the doubled resolution; same weights, different computation)
+    up_placement: str = "before_upsample"
+    # GroupNorm statistics of a motion module's input: per_clip (diffusers ``AnimateDiffTransformer3D``: over the
+    # frames of a clip together) | per_frame (the original AnimateDiff v1 / X-Portrait code normalises the
+    # (b·f)×C×H×W tensor, each frame on its own)
+    norm_stats: str = "per_clip"
 
 
 @dataclass
@@ -58,12 +66,18 @@ class DiffusionConfig(ModelConfig):
     latent: str = "pixel"                # pixel | vae
     pixel_unshuffle: int = 1             # latent=pixel: space-to-depth factor (2: 3×32² → 12×16²)
     vae_scaling_factor: float = 0.18215
+    # latent=vae without a weights folder: an ``AutoencoderKL`` built from these kwargs, whose weights must come from
+    # a checkpoint (an importer's output); encoding/decoding before they are loaded raises
+    vae_config: Optional[dict[str, Any]] = None
     unet: UNetArch = field(default_factory=UNetArch)
     temporal: TemporalArch = field(default_factory=TemporalArch)
     # ---- appearance reference (ReferenceNet) ----------------------------------------------------------------
     use_reference_net: bool = True       # a second U-Net on the clean reference latent feeds the denoiser's self-attention
     train_reference_net: bool = True
     num_context_tokens: int = 1          # learned cross-attention context where a method has no other (null prompt)
+    # timestep of the ReferenceNet pass: zero (clean reference at t = 0; X-NeMo, Animate-Anyone) | current (the
+    # denoiser's own t at every step, as X-Portrait's official ``apply_model`` does; the bank is rewritten per step)
+    reference_timestep: str = "zero"
     # ---- DDPM training --------------------------------------------------------------------------------------
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"

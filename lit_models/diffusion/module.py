@@ -116,18 +116,30 @@ class ReferenceVideoDiffusion(AnimationModule):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return ((self.codec.decode(z) + 1) / 2).clamp(0, 1)
 
+    def reference_t(self, t: torch.Tensor) -> Optional[torch.Tensor]:
+        """The ReferenceNet's timestep for denoiser timesteps ``t`` (per reference row): None (t = 0) for
+        ``reference_timestep=zero``, ``t`` itself for ``current``."""
+        mode = self.cfg.reference_timestep
+        if mode == "zero":
+            return None
+        if mode == "current":
+            return t
+        raise ValueError(f"reference_timestep must be zero | current, got {mode!r}")
+
     def write_reference(self, z_ref: torch.Tensor, mask_ratio: float = 0.0,
-                        generator: Optional[torch.Generator] = None) -> None:
-        """Run the ReferenceNet on the clean reference latent (t = 0) and fill the bank with its tokens."""
+                        generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None) -> None:
+        """Run the ReferenceNet on the clean reference latent ``z_ref`` at timestep ``t`` (per row; None: t = 0)
+        and fill the bank with its tokens."""
         if self.bank is None:
             return
         self.bank.clear()
         self.bank.writing = True
         try:
             ctx = self.null_context.expand(z_ref.shape[0], -1, -1)
-            t0 = torch.zeros(z_ref.shape[0], device=z_ref.device, dtype=torch.long)
+            if t is None:
+                t = torch.zeros(z_ref.shape[0], device=z_ref.device, dtype=torch.long)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_reference_net):
-                self.reference_net(z_ref, t0, encoder_hidden_states=ctx)
+                self.reference_net(z_ref, t, encoder_hidden_states=ctx)
         finally:
             self.bank.writing = False
         self.bank.mask_ratio = mask_ratio
@@ -135,13 +147,16 @@ class ReferenceVideoDiffusion(AnimationModule):
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, state: MotionState, ref_index: torch.Tensor,
                 keep_reference: torch.Tensor) -> torch.Tensor:
-        """Model output for a clip batch: z_t Bz×T×C×h×w, t Bz, state values Bz×T×…, ref_index / keep_reference Bz."""
+        """Model output for a clip batch: z_t Bz×T×C×h×w, t Bz, state values Bz×T×…, ref_index Bz (or Bz×T),
+        keep_reference Bz."""
         Bz, T = z_t.shape[:2]
         rows = {k: v.flatten(0, 1) for k, v in state.items()}
         z_rows, t_rows = z_t.flatten(0, 1), t.repeat_interleave(T)
         ehs, down, mid = self.condition_denoiser(rows, z_rows, t_rows)
         if self.bank is not None:
-            self.bank.index = ref_index.repeat_interleave(T)
+            # ref_index Bz (one reference per clip) or Bz×T (a reference row per frame, as the official X-Portrait
+            # feeds one posterior sample of the source per frame)
+            self.bank.index = ref_index.flatten() if ref_index.ndim == 2 else ref_index.repeat_interleave(T)
             # every row keeps its reference: no key mask at all (SDPA's unmasked kernel)
             self.bank.keep = None if bool(keep_reference.all()) else keep_reference.repeat_interleave(T)
         kw = dict(encoder_hidden_states=ehs, down_block_additional_residuals=down, mid_block_additional_residual=mid)
@@ -177,7 +192,7 @@ class ReferenceVideoDiffusion(AnimationModule):
         z_t = self.noise_scheduler.add_noise(z0.flatten(0, 1), noise.flatten(0, 1), t_rows).view_as(z0)
         state = self.encode_motion(source, self.prepare_driving(batch, driving, gen), keep["motion"], gen,
                                    keypoints=normalise_keypoints(batch.get("keypoints"), batch["driving"].shape[-2:]))
-        self.write_reference(self.encode(source), self.reference_mask_ratio(), gen)
+        self.write_reference(self.encode(source), self.reference_mask_ratio(), gen, t=self.reference_t(t))
         pred = self.denoise(z_t, t, state, torch.arange(B, device=dev), keep["reference"])
         kind = self.cfg.prediction_type
         if kind == "epsilon":
@@ -230,13 +245,20 @@ class ReferenceVideoDiffusion(AnimationModule):
                 state = {k: torch.cat([uncond[k], state[k]]) for k in state}
                 ref_index = ref_index.repeat(2)
                 keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
-            self.write_reference(self.encode(src))
-            z_ref_shape = self.encode(src[:1]).shape[1:]
+            z_src = self.encode(src)
+            per_step = self.reference_t(torch.zeros(B, dtype=torch.long, device=dev)) is not None
+            written = {"t": None}
+            if not per_step:
+                self.write_reference(z_src)
+            z_ref_shape = z_src.shape[1:]
             gen = torch.Generator().manual_seed(int(self.cfg.sample_seed))
             noise = torch.randn((B, T, *z_ref_shape), generator=gen).to(dev, src.dtype)
 
             def denoise(z, t, s, e):
                 tt = torch.full((z.shape[0] * (2 if use_cfg else 1),), int(t), device=dev, dtype=torch.long)
+                if per_step and written["t"] != int(t):       # reference_timestep=current: once per step, all windows
+                    self.write_reference(z_src, t=torch.full((B,), int(t), device=dev, dtype=torch.long))
+                    written["t"] = int(t)
                 window = {k: v[:, s:e] for k, v in state.items()}
                 if not use_cfg:
                     return self.denoise(z, tt, window, ref_index, keep_ref)

@@ -95,7 +95,94 @@ def build_video_unet(cfg: DiffusionConfig, unet2d: nn.Module):
     video = UNetMotionModel.from_unet2d(unet2d, motion_adapter=adapter)
     if t.zero_init:
         zero_init_temporal(video)
+    place_up_motion_modules(video, getattr(t, "up_placement", "before_upsample"))
+    set_motion_norm_stats(video, getattr(t, "norm_stats", "per_clip"))
     return video
+
+
+def _motion_module_forward_per_frame(self, hidden_states, encoder_hidden_states=None, timestep=None,
+                                     class_labels=None, num_frames: int = 1, cross_attention_kwargs=None):
+    """``AnimateDiffTransformer3D`` with the original AnimateDiff v1 normalisation: ``GroupNorm`` of each frame
+    (the (b·f)×C×H×W tensor) instead of over a clip's frames together; everything else as diffusers."""
+    batch_frames, channel, height, width = hidden_states.shape
+    batch_size = batch_frames // num_frames
+    residual = hidden_states
+    hidden_states = self.norm(hidden_states)                                   # per frame
+    hidden_states = hidden_states.view(batch_size, num_frames, channel, height, width)
+    hidden_states = hidden_states.permute(0, 3, 4, 1, 2).reshape(batch_size * height * width, num_frames, channel)
+    hidden_states = self.proj_in(input=hidden_states)
+    for block in self.transformer_blocks:
+        hidden_states = block(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                              timestep=timestep, cross_attention_kwargs=cross_attention_kwargs,
+                              class_labels=class_labels)
+    hidden_states = self.proj_out(input=hidden_states)
+    hidden_states = hidden_states.view(batch_size, height, width, num_frames, channel).permute(0, 3, 4, 1, 2)
+    return hidden_states.reshape(batch_frames, channel, height, width) + residual
+
+
+def set_motion_norm_stats(video_unet: nn.Module, norm_stats: str) -> None:
+    """``temporal.norm_stats``: per_clip keeps diffusers' motion modules; per_frame swaps in the original
+    normalisation (no weights change)."""
+    if norm_stats == "per_clip":
+        return
+    if norm_stats != "per_frame":
+        raise ValueError(f"temporal.norm_stats must be per_clip | per_frame, got {norm_stats!r}")
+    for name, module in video_unet.named_modules():
+        if name.split(".")[-2:-1] == ["motion_modules"]:
+            module.__class__ = _swapped_class(type(module), "PerFrameNorm", _motion_module_forward_per_frame)
+
+
+def _up_block_forward_after_upsample(self, hidden_states, res_hidden_states_tuple, temb=None,
+                                     encoder_hidden_states=None, upsample_size=None, num_frames: int = 1,
+                                     cross_attention_kwargs=None, attention_mask=None, encoder_attention_mask=None,
+                                     **_):
+    """An up block of ``UNetMotionModel`` as the original AnimateDiff v1 / X-Portrait U-Net runs it: each LDM
+    ``output_blocks[j]`` (resnet [+ spatial transformer] [+ Upsample]) is followed by its motion module, so the last
+    motion module sees the up-sampled features."""
+    attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
+    last = len(self.resnets) - 1
+    for i, (resnet, attn, motion_module) in enumerate(zip(self.resnets, attentions, self.motion_modules)):
+        res_hidden_states = res_hidden_states_tuple[-1]
+        res_hidden_states_tuple = res_hidden_states_tuple[:-1]
+        hidden_states = torch.cat([hidden_states, res_hidden_states], dim=1)
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            hidden_states = self._gradient_checkpointing_func(resnet, hidden_states, temb)
+        else:
+            hidden_states = resnet(input_tensor=hidden_states, temb=temb)
+        if attn is not None:
+            hidden_states = attn(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                 cross_attention_kwargs=cross_attention_kwargs, attention_mask=attention_mask,
+                                 encoder_attention_mask=encoder_attention_mask, return_dict=False)[0]
+        if i == last and self.upsamplers is not None:
+            for upsampler in self.upsamplers:
+                hidden_states = upsampler(hidden_states=hidden_states, output_size=upsample_size)
+        hidden_states = motion_module(hidden_states, num_frames=num_frames)
+    return hidden_states
+
+
+_SWAPPED_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def _swapped_class(cls: type, suffix: str, forward) -> type:
+    """A subclass of a diffusers block with another ``forward`` (a class, not a bound method, so the module
+    deep-copies and pickles; ``state_dict`` names are unchanged)."""
+    key = (cls, suffix)
+    if key not in _SWAPPED_CLASSES:
+        _SWAPPED_CLASSES[key] = type(f"{cls.__name__}{suffix}", (cls,), {"forward": forward, "__module__": __name__})
+    return _SWAPPED_CLASSES[key]
+
+
+def place_up_motion_modules(video_unet: nn.Module, placement: str) -> None:
+    """``temporal.up_placement``: before_upsample keeps diffusers' up blocks; after_upsample swaps in the original
+    placement (no weights change)."""
+    if placement == "before_upsample":
+        return
+    if placement != "after_upsample":
+        raise ValueError(f"temporal.up_placement must be before_upsample | after_upsample, got {placement!r}")
+    for block in video_unet.up_blocks:
+        if not hasattr(block, "motion_modules"):
+            raise ValueError(f"{type(block).__name__} has no motion modules")
+        block.__class__ = _swapped_class(type(block), "AfterUpsample", _up_block_forward_after_upsample)
 
 
 def build_reference_net(unet2d: nn.Module) -> nn.Module:
@@ -128,15 +215,25 @@ class LatentCodec(nn.Module):
         self.scaling = cfg.vae_scaling_factor
         self.unshuffle = int(cfg.pixel_unshuffle)
         self.vae = None
+        self.from_checkpoint = False
         if self.kind == "vae":
             from diffusers import AutoencoderKL
 
             path = cfg.vae_path or cfg.pretrained_model_name_or_path
-            if not path:
+            vae_config = _to_plain(getattr(cfg, "vae_config", None))
+            if vae_config and not cfg.vae_path:
+                # weights come with a checkpoint (e.g. an official importer's output): a flag buffer, set to 1 by the
+                # importer, tells loaded weights from a random init
+                self.vae = AutoencoderKL.from_config(dict(vae_config))
+                self.from_checkpoint = True
+                self.register_buffer("vae_weights_loaded", torch.zeros((), dtype=torch.uint8))
+            elif not path:
                 raise MissingWeightsError("latent=vae needs `vae_path` or `pretrained_model_name_or_path` "
-                                          "(an SD-1.5-shaped folder with vae/); tiny configs use latent=pixel")
-            sub = "" if cfg.vae_path else "vae"
-            self.vae = _from_pretrained(AutoencoderKL, path, sub, cfg.local_files_only, "VAE")
+                                          "(an SD-1.5-shaped folder with vae/), or `vae_config` with weights from a "
+                                          "checkpoint; tiny configs use latent=pixel")
+            else:
+                sub = "" if cfg.vae_path else "vae"
+                self.vae = _from_pretrained(AutoencoderKL, path, sub, cfg.local_files_only, "VAE")
             self.vae.requires_grad_(False).eval()
         elif self.kind != "pixel":
             raise ValueError(f"latent must be pixel | vae, got {self.kind!r}")
@@ -156,13 +253,21 @@ class LatentCodec(nn.Module):
             self.vae.eval()
         return self
 
+    def _check_weights(self) -> None:
+        if self.from_checkpoint and not int(self.vae_weights_loaded):
+            raise MissingWeightsError("latent=vae with `vae_config`: the VAE weights come from a checkpoint and none "
+                                      "was loaded (e.g. `python -m lit_models.xportrait.import_official "
+                                      "model_state-*.th --out xportrait.ckpt`, then ckpt=xportrait.ckpt)")
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_weights()
         if self.vae is None:
             return F.pixel_unshuffle(x, self.unshuffle) if self.unshuffle > 1 else x
         return self.vae.encode(x).latent_dist.mean * self.scaling
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self._check_weights()
         if self.vae is None:
             return F.pixel_shuffle(z, self.unshuffle) if self.unshuffle > 1 else z
         return self.vae.decode(z / self.scaling).sample

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lit_models.diffusion.config import DiffusionConfig
+from lit_models.diffusion.config import DiffusionConfig, TemporalArch
 from lit_models.registry import model_schema
 
 
@@ -16,6 +16,13 @@ from lit_models.registry import model_schema
 class XPortraitConfig(DiffusionConfig):
     _target_: str = "lit_models.xportrait.XPortrait"
     name: str = "xportrait"
+    # ---- official structure (bytedance/X-Portrait, config/cldm_v15_appearance_pose_local_mm.yaml) --------------
+    # the appearance (reference) net runs at the denoiser's current timestep t, as the official ``apply_model`` does
+    reference_timestep: str = "current"
+    # AnimateDiff v1 temporal modules: PE length 24, no mid-block module, the last module of each up block after
+    # its Upsample (the official U-Net runs one after every whole ``output_blocks[j]``), GroupNorm per frame
+    temporal: TemporalArch = field(default_factory=lambda: TemporalArch(
+        max_seq_length=24, use_mid_block=False, up_placement="after_upsample", norm_stats="per_frame"))
     # ---- global motion control: a ControlNet on the whole driving frame ----------------------------------------
     controlnet_embedding_channels: list[int] = field(default_factory=lambda: [16, 32, 96, 256])  # 2^(len-1) = latent factor
     global_control_scale: float = 1.0
