@@ -138,15 +138,18 @@ def clip_null_context(clip_sd: dict[str, torch.Tensor], dtype=torch.float32) -> 
 
     sd = convert_ldm_clip_checkpoint({CLIP + k: v for k, v in clip_sd.items()})
     sd.pop("text_model.embeddings.position_ids", None)     # a persistent buffer only under transformers < 4.31
-    width = sd["text_model.embeddings.token_embedding.weight"].shape[1]
+    tok = sd["text_model.embeddings.token_embedding.weight"]
+    width = tok.shape[1]
     layers = len({k.split(".")[3] for k in sd if k.startswith("text_model.encoder.layers.")})
-    cfg = CLIPTextConfig(vocab_size=sd["text_model.embeddings.token_embedding.weight"].shape[0], hidden_size=width,
+    cfg = CLIPTextConfig(vocab_size=tok.shape[0], hidden_size=width,
                          intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
                          num_hidden_layers=layers, num_attention_heads=width // 64, max_position_embeddings=CLIP_LEN,
                          hidden_act="quick_gelu", projection_dim=width)
     meta = any(v.is_meta for v in sd.values())
     with torch.device("meta" if meta else "cpu"):
         model = CLIPTextModel(cfg)
+    if not any(k.startswith("text_model.") for k in model.state_dict()):     # transformers >= 5 drops the prefix
+        sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -309,6 +312,7 @@ def convert(sd: dict[str, torch.Tensor], model_cfg, target: dict[str, torch.Size
         "dropped": {k: v for k, v in checked.items() if v.startswith("dropped")},
         "missing_families": [f for f in FAMILIES if not groups[f]],
         "dtype": str(dtype).replace("torch.", ""),
+        "renamed": dict(plan),
     }
     return out, report
 
@@ -343,6 +347,15 @@ def import_checkpoint(src: str | Path, out: str | Path, model: str = "xportrait_
     sd = load_official(src)
     state, report = convert(sd, cfg, meta_state_shapes(cfg), null_context=null_context, allow_missing=allow_missing,
                             dtype=dtype)
+    if report["model_keys_kept_at_init"]:
+        # families the source lacks (allowed by allow_missing): a fresh init (seed 0) on CPU, so the checkpoint loads
+        # strictly; the VAE flag stays 0, so such a VAE refuses to run
+        from lit_models.registry import build_model
+
+        torch.manual_seed(0)
+        init = build_model(cfg).state_dict()
+        for k in report["model_keys_kept_at_init"]:
+            state[k] = init[k]
     report["source"] = {"path": str(src), "sha256": sha256_file(src), "bytes": Path(src).stat().st_size}
     report["model"] = model
     ckpt = {"state_dict": state, "hyper_parameters": {"model": OmegaConf.to_container(cfg, resolve=True)},
