@@ -98,8 +98,15 @@ class DiffusionConfig(ModelConfig):
     sampler: str = "ddim"                # ddim | dpmpp (DPM-Solver++ multistep)
     # leading (SD-1.5's default: with few steps the first step is t = 1000 - 1000/steps + 1, never the pure-noise end)
     # | trailing (Lin et al. 2023, Table 2: the first step is t = 999, right for few-step sampling) | linspace
+    # | ldm_uniform (the LDM DDIM sampler's "uniform": range(0, 1000, 1000 // steps) + 1, 31 timesteps for 30 steps)
     timestep_spacing: str = "leading"
     num_inference_steps: int = 25
     sample_seed: int = 0
     window_size: int = 16                # frames per denoising window (long videos)
     window_overlap: int = 4              # frames shared by consecutive windows, blended linearly
+    # blend (linear ramps over fixed windows) | circular (official X-Portrait: random offset per step, windows wrap
+    # around the clip, ε averaged)
+    window_schedule: str = "blend"
+    # x_T: noise (N(0, I)) | noised_reference (official X-Portrait: q(z_T | z_ref) at t = T−1, the source latent
+    # noised with the sampling noise)
+    initial_latent: str = "noise"

@@ -253,13 +253,21 @@ class ReferenceVideoDiffusion(AnimationModule):
             z_ref_shape = z_src.shape[1:]
             gen = torch.Generator().manual_seed(int(self.cfg.sample_seed))
             noise = torch.randn((B, T, *z_ref_shape), generator=gen).to(dev, src.dtype)
+            init = None
+            if self.cfg.initial_latent == "noised_reference":   # official X-Portrait: x_T = q_sample(z_src, T − 1)
+                t_last = torch.full((B * T,), self.noise_scheduler.config.num_train_timesteps - 1, dtype=torch.long)
+                z_rep = z_src[:, None].expand(B, T, *z_ref_shape)
+                init = self.noise_scheduler.add_noise(z_rep.flatten(0, 1), noise.flatten(0, 1),
+                                                      t_last.to(dev)).view_as(noise)
+            elif self.cfg.initial_latent != "noise":
+                raise ValueError(f"initial_latent must be noise | noised_reference, got {self.cfg.initial_latent!r}")
 
             def denoise(z, t, s, e):
                 tt = torch.full((z.shape[0] * (2 if use_cfg else 1),), int(t), device=dev, dtype=torch.long)
                 if per_step and written["t"] != int(t):       # reference_timestep=current: once per step, all windows
                     self.write_reference(z_src, t=torch.full((B,), int(t), device=dev, dtype=torch.long))
                     written["t"] = int(t)
-                window = {k: v[:, s:e] for k, v in state.items()}
+                window = {k: (v[:, s:e] if e is not None else v[:, s.to(v.device)]) for k, v in state.items()}
                 if not use_cfg:
                     return self.denoise(z, tt, window, ref_index, keep_ref)
                 out = self.denoise(torch.cat([z, z]), tt, window, ref_index, keep_ref)
@@ -268,7 +276,8 @@ class ReferenceVideoDiffusion(AnimationModule):
 
             steps = num_inference_steps or self.cfg.num_inference_steps
             latents = sample_clip(denoise, noise, make_sampler(self.cfg, sampler), steps, self.cfg.window_size,
-                                  self.cfg.window_overlap, show_progress=show_progress)
+                                  self.cfg.window_overlap, show_progress=show_progress,
+                                  window_schedule=self.cfg.window_schedule, generator=gen, init_latents=init)
             frames = self.decode(latents.flatten(0, 1))
             if frames.shape[-2:] != (H, W):
                 frames = F.interpolate(frames, size=(H, W), mode="bilinear", align_corners=False).clamp(0, 1)

@@ -8,7 +8,8 @@
 * Long videos: the clip is covered by windows of ``window_size`` frames overlapping by ``window_overlap``; at
   every step each window is denoised and the ε predictions are blended with linear ramps over the overlap
   (weights sum to 1 per frame), then one scheduler step runs on the whole clip, so windows share one trajectory
-  and join without seams.
+  and join without seams. ``window_schedule=circular`` is the official X-Portrait variant: windows start at a
+  random offset per step, wrap around the clip, and ε is averaged.
 """
 from __future__ import annotations
 
@@ -36,8 +37,15 @@ def make_sampler(cfg: DiffusionConfig, kind: Optional[str] = None):
 
     kind = kind or cfg.sampler
     spacing = getattr(cfg, "timestep_spacing", "leading")
-    if spacing not in ("leading", "trailing", "linspace"):
-        raise ValueError(f"timestep_spacing must be leading | trailing | linspace, got {spacing!r}")
+    if spacing not in ("leading", "trailing", "linspace", "ldm_uniform"):
+        raise ValueError(f"timestep_spacing must be leading | trailing | linspace | ldm_uniform, got {spacing!r}")
+    if spacing == "ldm_uniform":
+        if kind != "ddim":
+            raise ValueError(f"timestep_spacing=ldm_uniform (the LDM DDIM sampler's) needs sampler=ddim, got {kind!r}")
+        sched = DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              timestep_spacing="leading")
+        sched.ldm_uniform = True
+        return sched
     if kind == "ddim":
         return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False, set_alpha_to_one=False,
                              steps_offset=1 if spacing == "leading" else 0, timestep_spacing=spacing)
@@ -115,18 +123,67 @@ def blend_windows(predict: Callable[[int, int], torch.Tensor], num_frames: int, 
     return out
 
 
-def sample_clip(denoise: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor], noise: torch.Tensor,
+def set_inference_timesteps(scheduler, num_inference_steps: int, device=None) -> None:
+    """``scheduler.set_timesteps``; for ``timestep_spacing=ldm_uniform`` the LDM DDIM sampler's "uniform"
+    discretisation ``range(0, T, T // steps) + 1`` (30 steps of 1000: 31 timesteps 991 … 1, the official X-Portrait
+    schedule). diffusers' DDIM step then uses ``t − T // steps`` as the previous timestep, which is the next entry of
+    that list, and ᾱ_0 after t = 1, as the LDM sampler does."""
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    if getattr(scheduler, "ldm_uniform", False):
+        T = scheduler.config.num_train_timesteps
+        scheduler.timesteps = (torch.arange(0, T, T // num_inference_steps) + 1).flip(0).to(device)
+
+
+def circular_windows(num_frames: int, size: int, overlap: int, offset: int) -> list[torch.Tensor]:
+    """Frame indices of the official X-Portrait windows: ``size`` frames starting at ``offset`` with stride
+    ``size − overlap``, wrapping around the clip (``% num_frames``) until the clip is covered."""
+    if num_frames <= size:
+        return [torch.arange(num_frames)]
+    if not 0 <= overlap < size:
+        raise ValueError(f"window_overlap must be in [0, window_size), got {overlap} for size {size}")
+    return [torch.arange(s, s + size) % num_frames for s in range(offset, offset + num_frames - overlap, size - overlap)]
+
+
+def average_windows(predict: Callable[[torch.Tensor], torch.Tensor], windows: list[torch.Tensor], num_frames: int,
+                    frame_dim: int = 1) -> torch.Tensor:
+    """Mean over the windows covering each frame of ``predict(indices)`` (the official X-Portrait eps averaging)."""
+    out, counts = None, torch.zeros(num_frames)
+    for idx in windows:
+        pred = predict(idx)
+        if out is None:
+            shape = list(pred.shape)
+            shape[frame_dim] = num_frames
+            out = pred.new_zeros(shape)
+        out.index_add_(frame_dim, idx.to(pred.device), pred)
+        counts.index_add_(0, idx, torch.ones(len(idx)))
+    shape = [1] * out.ndim
+    shape[frame_dim] = num_frames
+    return out / counts.to(out.device, out.dtype).view(shape)
+
+
+def sample_clip(denoise: Callable[..., torch.Tensor], noise: torch.Tensor,
                 scheduler, num_inference_steps: int, window_size: int, window_overlap: int,
-                show_progress: bool = False) -> torch.Tensor:
-    """Run the reverse process on a B×T×C×h×w clip. ``denoise(z_window, t, start, end)`` returns the (guided) model
-    output for frames ``[start, end)``; windows are blended on it before each scheduler step."""
+                show_progress: bool = False, window_schedule: str = "blend",
+                generator: Optional[torch.Generator] = None, init_latents: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run the reverse process on a B×T×C×h×w clip. ``window_schedule=blend``: ``denoise(z_window, t, start, end)``
+    returns the (guided) model output for frames ``[start, end)`` and windows are blended with linear ramps;
+    ``circular`` (official X-Portrait): ``denoise(z_window, t, indices, None)`` for windows that start at a random
+    offset per step (``generator``) and wrap around, averaged. ``init_latents`` replaces ``noise · σ_init``
+    (e.g. the noised reference latent)."""
     from tqdm.auto import tqdm
 
-    scheduler.set_timesteps(num_inference_steps, device=noise.device)
-    latents = noise * scheduler.init_noise_sigma
+    if window_schedule not in ("blend", "circular"):
+        raise ValueError(f"window_schedule must be blend | circular, got {window_schedule!r}")
+    set_inference_timesteps(scheduler, num_inference_steps, device=noise.device)
+    latents = noise * scheduler.init_noise_sigma if init_latents is None else init_latents
     T = latents.shape[1]
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not show_progress, leave=False):
         model_in = scheduler.scale_model_input(latents, t)
-        eps = blend_windows(lambda s, e: denoise(model_in[:, s:e], t, s, e), T, window_size, window_overlap)
+        if window_schedule == "blend":
+            eps = blend_windows(lambda s, e: denoise(model_in[:, s:e], t, s, e), T, window_size, window_overlap)
+        else:
+            offset = int(torch.randint(0, T, (), generator=generator))
+            windows = circular_windows(T, window_size, window_overlap, offset)
+            eps = average_windows(lambda idx: denoise(model_in[:, idx.to(model_in.device)], t, idx, None), windows, T)
         latents = scheduler.step(eps, t, latents).prev_sample
     return latents

@@ -29,10 +29,17 @@ class XPortraitConfig(DiffusionConfig):
     # ---- local motion control: a second ControlNet on the eye and mouth patches of the driving frame ----------
     use_local_control: bool = True
     local_control_scale: float = 1.0
-    region_margin: float = 0.35          # patch = landmark box grown by this fraction of its size (each side)
-    min_region_size: float = 0.08        # patches are at least this fraction of the image
-    landmark_detector: str = "dlib"      # animate without keypoints: dlib (datamodules.face) | none (fixed boxes)
-    # fallback patches when no landmarks: [x0, y0, x1, y1] in [0, 1] — left eye, right eye, mouth of a centred face
+    # official: 3 squares of side local_patch_size (128² at 512²) centred on the eye / mouth landmark means, −1
+    # outside (bytedance/X-Portrait) | box: ours, landmark boxes grown by region_margin, 0 outside
+    local_patch_mode: str = "official"
+    local_patch_size: float = 0.25
+    region_margin: float = 0.35          # box: patch = landmark box grown by this fraction of its size (each side)
+    min_region_size: float = 0.08        # box: patches are at least this fraction of the image
+    # deprecated, ignored (kept so older checkpoints load): landmarks now come with the call (``keypoints``);
+    # lit_models runs no face detector
+    landmark_detector: str = "none"
+    # fallback patches (official: their centres) when no landmarks: [x0, y0, x1, y1] in [0, 1] — left eye, right eye,
+    # mouth of a centred face
     fixed_boxes: list[list[float]] = field(default_factory=lambda: [
         [0.25, 0.30, 0.47, 0.47], [0.53, 0.30, 0.75, 0.47], [0.30, 0.60, 0.70, 0.82]])
     # ---- appearance leakage: training driving input that does not share the source's appearance ----------------

@@ -321,10 +321,13 @@ def sd_is_meta(sd: dict[str, torch.Tensor]) -> bool:
     return any(v.is_meta for v in sd.values())
 
 
-def model_config(overrides: tuple[str, ...] = (), model: str = "xportrait_official"):
+def model_config(overrides: tuple[str, ...] = (), model: str = "xportrait_official",
+                 sampling: Optional[str] = "xportrait_official"):
+    """The composed model config (``model=…``, the official sampling preset, ``model.key=value`` overrides)."""
     from experiments.compose import compose
 
-    return compose("train", [f"model={model}", *overrides]).model
+    groups = [f"model={model}"] + ([f"sampling={sampling}"] if sampling else [])
+    return compose("train", [*groups, *overrides]).model
 
 
 def meta_state_shapes(model_cfg) -> dict[str, torch.Size]:

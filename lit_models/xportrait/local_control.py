@@ -1,12 +1,20 @@
 """X-Portrait's local control input: the driving frame restricted to eye and mouth patches, ``D_t ⊙ M_t``.
 
-``M_t`` is the union of boxes around the left eye, right eye and mouth landmarks (grown by a margin), or fixed
-face-centred boxes when no landmarks are known. Landmark layouts are recognised by their count: the iBUG 68-point
-layout (dlib, insightface) and SynthFaces' 29 named keypoints.
+Two patch rules (``local_patch_mode``):
+
+* ``official`` (bytedance/X-Portrait ``extract_local_feature_from_single_img``): three square patches of side
+  ``local_patch_size`` of the image (128² at 512²) centred on the mean of the 68-point landmarks ``[43:48]``,
+  ``[37:42]`` and ``[49:68]`` (Python slices, as the official code takes them), centres kept a half patch inside
+  the image; the local image is the driving frame inside the patches and −1 outside.
+* ``box`` (ours): the union of boxes around each region's landmarks, grown by ``region_margin``; 0 outside.
+
+Landmarks come with the batch (``keypoints``, normalised to [0, 1]); where none are known (or not finite) the
+patches sit on the fixed face-centred boxes. Landmark layouts are recognised by their count: the iBUG 68-point
+layout (dlib, insightface) and SynthFaces' 29 named keypoints. No face detector runs here (``lit_models`` does not
+import ``datamodules``): callers that want detected landmarks pass them as ``keypoints``.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -37,12 +45,15 @@ def region_boxes(keypoints: torch.Tensor, margin: float, min_size: float) -> Opt
     return torch.stack(boxes, 1).clamp(0, 1)
 
 
-def boxes_to_mask(boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """boxes N×R×4 in [0, 1] → N×1×size×size float mask (union of boxes, pixel centres at (i + 0.5) / size)."""
-    c = (torch.arange(size, dtype=boxes.dtype, device=boxes.device) + 0.5) / size
-    x0, y0, x1, y1 = (boxes[..., i, None] for i in range(4))             # N×R×1
-    inx = (c >= x0) & (c <= x1)                                          # N×R×W
-    iny = (c >= y0) & (c <= y1)                                          # N×R×H
+def boxes_to_mask(boxes: torch.Tensor, size: int, half_open: bool = False) -> torch.Tensor:
+    """boxes N×R×4 in [0, 1] → N×1×size×size float mask (union of boxes, pixel centres at (i + 0.5) / size;
+    ``half_open``: [x0, x1) — a box of side k/size then covers exactly k pixels, as the official slices do)."""
+    dt = torch.float64 if half_open else boxes.dtype                     # official: exact pixel counts
+    c = (torch.arange(size, dtype=dt, device=boxes.device) + 0.5) / size
+    x0, y0, x1, y1 = (boxes[..., i, None].to(dt) for i in range(4))      # N×R×1
+    hi = torch.lt if half_open else torch.le
+    inx = (c >= x0) & hi(c, x1)                                          # N×R×W
+    iny = (c >= y0) & hi(c, y1)                                          # N×R×H
     mask = (iny[..., :, None] & inx[..., None, :]).any(1)                # N×H×W
     return mask[:, None].to(boxes.dtype)
 
@@ -62,29 +73,32 @@ def local_patch_masks(num: int, size: int, keypoints: Optional[torch.Tensor], fi
     return boxes_to_mask(boxes, size)
 
 
-@functools.lru_cache(maxsize=1)
-def _dlib_detector():
-    """The dlib detector + 68-point predictor, built once per process (construction costs ~1-2 s)."""
-    try:
-        from datamodules.face import get_face_detector
-
-        return get_face_detector("dlib")
-    except Exception:                                     # noqa: BLE001 — any missing piece means: no detector
-        return None
+# official patch centres: the landmark slices core/test_xportrait.py averages (68-point layout); other layouts use
+# their region means
+OFFICIAL_CENTRE_SLICES: dict[int, list[list[int]]] = {
+    68: [list(range(43, 48)), list(range(37, 42)), list(range(49, 68))],
+    29: list(REGION_LAYOUTS[29].values()),
+}
 
 
-def detect_landmarks(frames: torch.Tensor) -> Optional[torch.Tensor]:
-    """Landmarks of B×T×3×H×W frames in [0, 1] with ``datamodules.face`` (dlib, 68 points): B×T×68×2 in pixels,
-    NaN where no face is found; None when the detector is unavailable."""
-    detector = _dlib_detector()
-    if detector is None:
-        return None
-    B, T = frames.shape[:2]
-    out = torch.full((B, T, 68, 2), float("nan"))
-    for b in range(B):
-        for t in range(T):
-            image = frames[b, t].detach().cpu()
-            box = detector.largest(image)
-            if box is not None:
-                out[b, t] = torch.as_tensor(np.asarray(detector.landmarks68(image, box), dtype=np.float32))
-    return out
+def official_patch_masks(num: int, size: int, keypoints: Optional[torch.Tensor], fixed_boxes: Sequence[Sequence[float]],
+                         patch_size: float = 0.25, device=None) -> torch.Tensor:
+    """N×1×size×size masks of three ``patch_size``-sided squares centred on the official landmark means (clamped a
+    half patch inside the image as the official code clamps); the fixed boxes' centres where landmarks are missing,
+    not finite or of an unknown layout. The official code also rounds centres to its 256² landmark grid; this does
+    not (identical for landmarks on that grid)."""
+    fixed = torch.tensor(np.asarray(fixed_boxes, dtype=np.float32), device=device)
+    centres = ((fixed[:, :2] + fixed[:, 2:]) / 2)[None].expand(num, -1, -1)
+    slices = None if keypoints is None else OFFICIAL_CENTRE_SLICES.get(int(keypoints.shape[1]))
+    if slices is not None:
+        if len(slices) != fixed.shape[0]:
+            raise ValueError(f"fixed_boxes has {fixed.shape[0]} boxes; the landmark layout has {len(slices)} regions")
+        kp = keypoints.to(device).float()
+        found = torch.stack([kp[:, idx].mean(1) for idx in slices], 1)                  # N×3×2
+        ok = torch.isfinite(found).all(-1, keepdim=True)
+        centres = torch.where(ok, found, centres)
+    half = patch_size / 2
+    # the official clamp np.clip(centre_256, h, 255 − h) (landmarks on a 256² grid, h = half patch there), mapped to
+    # [0, 1] with pixel centres at (i + 0.5) / size
+    centres = centres.clamp(half + 0.5 / size, 1 - half - 1 / 256 + 0.5 / size)
+    return boxes_to_mask(torch.cat([centres - half, centres + half], -1), size, half_open=True).float()

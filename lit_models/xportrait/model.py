@@ -7,6 +7,8 @@ appearance from the ReferenceNet; AnimateDiff temporal layers. At training the d
 source's appearance (``driving_appearance``: strong appearance augmentation, or another identity's frame showing
 the same motion — batch key ``driving_cross``, rendered by SynthFaces with ``data.use_synth_cross_driving``; its
 eye / mouth patches then come from ``keypoints_cross``). ``use_local_control=false`` is the paper's ablation.
+Official structure (``model=xportrait_official`` + the importer): the ReferenceNet at the current t, AnimateDiff v1
+temporal modules, official local patches; see ``import_official``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import nn
 from lit_models.diffusion.augment import appearance_augment
 from lit_models.diffusion.module import MotionState, ReferenceVideoDiffusion
 from lit_models.diffusion.networks import build_controlnet
-from lit_models.xportrait.local_control import detect_landmarks, local_patch_masks
+from lit_models.xportrait.local_control import local_patch_masks, official_patch_masks
 
 
 class XPortrait(ReferenceVideoDiffusion):
@@ -28,6 +30,8 @@ class XPortrait(ReferenceVideoDiffusion):
         if 2 ** (len(channels) - 1) != self.codec.factor:
             raise ValueError(f"controlnet_embedding_channels {list(channels)} downsample by {2 ** (len(channels) - 1)}, "
                              f"the latent by {self.codec.factor}: give it log2(factor)+1 entries")
+        if cfg.local_patch_mode not in ("official", "box"):
+            raise ValueError(f"local_patch_mode must be official | box, got {cfg.local_patch_mode!r}")
         if cfg.driving_appearance not in ("augment", "cross_identity", "none"):
             raise ValueError(f"driving_appearance must be augment | cross_identity | none, got {cfg.driving_appearance!r}")
         self.global_control = build_controlnet(unet2d, embedding_channels=channels)
@@ -39,10 +43,16 @@ class XPortrait(ReferenceVideoDiffusion):
         state = {"control": driving * 2 - 1, "keep_motion": keep_motion[:, None].expand(B, T)}
         if self.local_control is not None:
             kp = None if keypoints is None else keypoints.flatten(0, 1)
-            masks = local_patch_masks(B * T, driving.shape[-1], kp, self.cfg.fixed_boxes, self.cfg.region_margin,
-                                      self.cfg.min_region_size, device=driving.device)
+            if self.cfg.local_patch_mode == "official":
+                masks = official_patch_masks(B * T, driving.shape[-1], kp, self.cfg.fixed_boxes,
+                                             self.cfg.local_patch_size, device=driving.device)
+            else:
+                masks = local_patch_masks(B * T, driving.shape[-1], kp, self.cfg.fixed_boxes, self.cfg.region_margin,
+                                          self.cfg.min_region_size, device=driving.device)
             masks = masks.view(B, T, *masks.shape[1:])
-            state["local"] = (driving * 2 - 1) * masks
+            # official: the driving frame inside the patches, −1 (black) outside; box: 0 outside
+            outside = -1.0 if self.cfg.local_patch_mode == "official" else 0.0
+            state["local"] = torch.where(masks > 0, driving * 2 - 1, torch.full_like(driving[:, :, :1], outside))
             state["local_mask"] = masks
         return state
 
@@ -81,10 +91,3 @@ class XPortrait(ReferenceVideoDiffusion):
             return appearance_augment(driving, generator, self.cfg.augmentation_strength)
         return driving
 
-    @torch.no_grad()
-    def animate(self, source, driving, keypoints=None, **kw):
-        if keypoints is None and self.local_control is not None and self.cfg.landmark_detector == "dlib":
-            keypoints = detect_landmarks(driving)         # None → fixed face-centred boxes
-            if keypoints is not None:
-                keypoints = keypoints.to(driving.device)
-        return super().animate(source, driving, keypoints=keypoints, **kw)

@@ -2,13 +2,14 @@
 motion dropout and the training driving input that does not share the source's appearance."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from animate_helpers import animate_entry_point, luma_blocks
 
 from lit_models.registry import build_model
-from lit_models.xportrait.local_control import REGION_LAYOUTS, local_patch_masks, region_boxes
+from lit_models.xportrait.local_control import REGION_LAYOUTS, local_patch_masks, official_patch_masks, region_boxes
 
 SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.num_inference_steps=2"]
 
@@ -59,13 +60,60 @@ def test_fixed_boxes_without_landmarks_or_where_detection_failed():
     torch.testing.assert_close(local_patch_masks(2, 32, odd, fixed, 0.35, 0.08), none)
 
 
+def _official_local_image(frame: np.ndarray, lmks256: np.ndarray, target_res: int = 512) -> np.ndarray:
+    """The official rule (core/test_xportrait.py ``extract_local_feature_from_single_img``, re-typed for the test):
+    centres = round(mean of landmark slices at 256²), clipped to [32, 223], scaled to target_res; patches of half
+    side target_res // 8; the frame inside, 0 outside, then ×2 − 1."""
+    halfedge, half = 32, target_res // 8
+    out = np.zeros_like(frame)
+    for sl in (slice(43, 48), slice(37, 42), slice(49, 68)):
+        c = (np.clip(np.round(np.mean(lmks256[sl], axis=0)), halfedge, 255 - halfedge) * (target_res / 256)).astype(int)
+        out[c[1] - half:c[1] + half, c[0] - half:c[0] + half] = frame[c[1] - half:c[1] + half, c[0] - half:c[0] + half]
+    return out * 2 - 1
+
+
+def test_official_local_patches_are_128_at_512_and_landmark_centred():
+    """Official patches: three 128² squares at 512² centred on the landmark means (the frame inside, −1 outside);
+    equal pixel for pixel to the official rule for landmarks on the 256² grid; centres near the border are kept a
+    half patch inside; missing landmarks fall back to the fixed boxes' centres."""
+    g = torch.Generator().manual_seed(0)
+    lmk256 = torch.rand(68, 2, generator=g) * 200 + 28
+    lmk256[43:48] = torch.tensor([90.0, 100.0]) + torch.randn(5, 2, generator=g).round()
+    lmk256[37:42] = torch.tensor([170.0, 100.0]) + torch.randn(5, 2, generator=g).round()
+    lmk256[49:68] = torch.tensor([10.0, 240.0])                                  # mouth at the corner: clipped
+    lmk256[37:42] -= lmk256[37:42].mean(0) - lmk256[37:42].mean(0).round()     # integer means (no .5 rounding ties)
+    lmk256[43:48] -= lmk256[43:48].mean(0) - lmk256[43:48].mean(0).round()
+    frame = torch.rand(3, 512, 512, generator=g)
+    ref = _official_local_image(frame.permute(1, 2, 0).numpy(), lmk256.numpy())
+    kp = ((lmk256 * 2 + 0.5) / 512)[None]              # 512² pixel landmarks → [0, 1] as normalise_keypoints does
+    mask = official_patch_masks(1, 512, kp, [[0.25, 0.3, 0.45, 0.45]] * 3, patch_size=0.25)
+    ours = torch.where(mask[0] > 0, frame * 2 - 1, torch.tensor(-1.0))
+    assert mask.sum() == 3 * 128 * 128
+    np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), ref)
+    none = official_patch_masks(2, 64, None, [[0.25, 0.30, 0.47, 0.47], [0.53, 0.30, 0.75, 0.47],
+                                              [0.30, 0.60, 0.70, 0.82]], patch_size=0.25)
+    assert none.shape == (2, 1, 64, 64) and none[0, 0].sum() <= 3 * 16 * 16
+    assert none[0, 0, int(0.385 * 64), int(0.36 * 64)] == 1 and none[0, 0, 2, 2] == 0
+
+
 def test_local_control_sees_only_the_patches_and_the_flag_removes_it(xportrait):
     d = {k: xportrait.to_model(v) for k, v in clip().items()}  # model resolution (32²): 8² latents
     B, T = d["driving"].shape[:2]
     keep = torch.ones(B, dtype=torch.bool)
     state = xportrait.encode_motion(d["source"], d["driving"], keep)
-    outside = state["local_mask"] == 0
-    assert outside.any() and (state["local"] * outside).abs().max() == 0
+    outside = (state["local_mask"] == 0).expand_as(state["local"])
+    inside = ~outside
+    assert xportrait.cfg.local_patch_mode == "official"       # official: the driving frame in the patches, −1 outside
+    assert outside.any() and (state["local"][outside] == -1).all()
+    assert torch.equal(state["local"][inside], (d["driving"] * 2 - 1)[inside])
+    saved = xportrait.cfg.local_patch_mode
+    try:
+        xportrait.cfg.local_patch_mode = "box"                 # ours: 0 outside
+        box = xportrait.encode_motion(d["source"], d["driving"], keep)
+        out_box = (box["local_mask"] == 0).expand_as(box["local"])
+        assert out_box.any() and (box["local"][out_box] == 0).all()
+    finally:
+        xportrait.cfg.local_patch_mode = saved
     z = torch.randn(B * T, xportrait.latent_channels, 8, 8)
     rows = {k: v.flatten(0, 1) for k, v in state.items()}
     with torch.no_grad():
