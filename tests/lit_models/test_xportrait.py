@@ -234,3 +234,80 @@ def test_animate_entry_point_on_real_fixtures(xportrait, compose_cfg, real_fixtu
     assert err < 0.02, err
     assert (direct[1:] - still[1:]).abs().mean() > 10 * (direct[0] - still[0]).abs().mean() + 1e-6, \
         "frames driven by different driving frames differ; frame 0 (same driving frame) does not"
+
+
+def test_reference_net_runs_at_the_current_timestep(xportrait):
+    """Official X-Portrait runs the appearance net at the denoiser's t: training hands the sampled t to the
+    ReferenceNet (reference_timestep=zero hands none, i.e. t = 0), and the bank depends on it."""
+    a = clip(T=1, seed=3)
+    calls, write = [], xportrait.write_reference
+
+    def spy(z, *args, t=None, **kw):
+        calls.append(t)
+        return write(z, *args, t=t, **kw)
+
+    saved = xportrait.cfg.reference_timestep
+    xportrait.write_reference = spy
+    try:
+        with torch.no_grad():
+            for mode in ("current", "zero"):
+                xportrait.cfg.reference_timestep = mode
+                xportrait.compute_losses({"source": a["source"], "driving": a["driving"]})
+    finally:
+        del xportrait.write_reference
+        xportrait.cfg.reference_timestep = saved
+    assert calls[0] is not None and calls[0].shape == (1,) and calls[1] is None
+    z = xportrait.encode(xportrait.to_model(a["source"]))
+    banks = []
+    with torch.no_grad():
+        for t in (0, 500):
+            xportrait.write_reference(z, t=torch.tensor([t]))
+            banks.append(torch.cat([f.flatten() for f in xportrait.bank.features.values()]))
+    xportrait.bank.clear()
+    assert (banks[0] - banks[1]).abs().max() > 1e-3
+
+
+def test_official_sampling_preset(compose_cfg):
+    """sampling=xportrait_official: the LDM DDIM "uniform" schedule (31 timesteps 991 … 1) whose steps equal the LDM
+    DDIM update (eta 0, ᾱ_prev of the previous listed timestep, ᾱ_0 at the end); circular 16-frame windows with
+    overlap 4 from a random offset, ε averaged, as the official loop; guidance 5 without reference and controls in
+    the uncond branch; x_T the noised source latent."""
+    from lit_models.diffusion.sampling import average_windows, circular_windows, make_sampler, set_inference_timesteps
+
+    cfg = compose_cfg("train", ["model=xportrait_tiny", *SHRINK[:2], "sampling=xportrait_official"]).model
+    assert (cfg.guidance_scale, list(cfg.guidance_uncond), cfg.window_size, cfg.window_overlap) == \
+        (5.0, ["reference", "motion"], 16, 4)
+    sched = make_sampler(cfg)
+    set_inference_timesteps(sched, cfg.num_inference_steps)
+    assert sched.timesteps.tolist() == list(range(991, 0, -33)) and len(sched.timesteps) == 31
+    ac = sched.alphas_cumprod.double()
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 4, generator=g).double(), torch.randn(2, 4, generator=g).double()
+    for i, t in enumerate(sched.timesteps.tolist()):
+        if t not in (991, 496, 1):
+            continue
+        a_t = ac[t]
+        a_prev = ac[sched.timesteps[i + 1]] if i + 1 < len(sched.timesteps) else ac[0]
+        ldm = a_prev.sqrt() * (x - (1 - a_t).sqrt() * eps) / a_t.sqrt() + (1 - a_prev).sqrt() * eps
+        torch.testing.assert_close(sched.step(eps, t, x).prev_sample, ldm, atol=1e-5, rtol=1e-5)  # float32 tables
+    # the official window loop (DDIMSampler_ReferenceOnly.ddim_sampling), re-typed: 40 frames, offset 29
+    N, b, mix, offset = 40, 16, 4, 29
+    ref_out, counts = torch.zeros(N), torch.zeros(N)
+    for start in range(offset, offset + N - mix, b - mix):
+        idx = torch.arange(start, start + b) % N
+        ref_out[idx] += idx.float() ** 2
+        counts[idx] += 1
+    wins = circular_windows(N, b, mix, offset)
+    assert all(len(w) == b for w in wins) and torch.equal(torch.cat(wins).unique(), torch.arange(N))
+    torch.testing.assert_close(average_windows(lambda idx: idx.float()[None] ** 2, wins, N)[0], ref_out / counts)
+
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    d = clip(T=5, seed=4)
+    runs = {}
+    for init in ("noised_reference", "noise"):
+        m.cfg.initial_latent = init
+        m.cfg.window_size, m.cfg.window_overlap = 4, 1                 # 5 frames: two circular windows per step
+        runs[init] = m.animate(d["source"], d["driving"], num_inference_steps=2)
+    assert runs["noise"].shape == (1, 5, 3, 16, 16)
+    assert (runs["noise"] - runs["noised_reference"]).abs().max() > 1e-3
