@@ -323,11 +323,23 @@ def sd_is_meta(sd: dict[str, torch.Tensor]) -> bool:
 
 def model_config(overrides: tuple[str, ...] = (), model: str = "xportrait_official",
                  sampling: Optional[str] = "xportrait_official"):
-    """The composed model config (``model=…``, the official sampling preset, ``model.key=value`` overrides)."""
-    from experiments.compose import compose
+    """The composed model config: the ``model`` and ``sampling`` groups of the repo's Hydra configs
+    (experiments/configs, read as files: ``lit_models`` does not import ``experiments``) and ``model.key=value``
+    overrides; the run-level ``seed`` the model configs interpolate is 0."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
 
-    groups = [f"model={model}"] + ([f"sampling={sampling}"] if sampling else [])
-    return compose("train", [*groups, *overrides]).model
+    from lit_models.registry import discover
+
+    config_dir = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+    if not (config_dir / "model" / f"{model}.yaml").exists():
+        raise FileNotFoundError(f"no model config {config_dir / 'model' / (model + '.yaml')}")
+    cs = ConfigStore.instance()
+    for name, schema in discover().items():
+        cs.store(group="model", name=f"{name}_schema", node=schema)
+    groups = [f"+model={model}"] + ([f"+sampling={sampling}"] if sampling else [])
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name=None, overrides=[*groups, "+seed=0", *overrides]).model
 
 
 def meta_state_shapes(model_cfg) -> dict[str, torch.Size]:
