@@ -110,3 +110,6 @@ class DiffusionConfig(ModelConfig):
     # x_T: noise (N(0, I)) | noised_reference (official X-Portrait: q(z_T | z_ref) at t = T−1, the source latent
     # noised with the sampling noise)
     initial_latent: str = "noise"
+    # sampling-time reference latent: mean (of the VAE posterior, one per clip) | sample_per_frame (official
+    # X-Portrait: one posterior sample of the source per frame, each frame reads its own in the reference attention)
+    reference_latent: str = "mean"

@@ -246,17 +246,25 @@ class ReferenceVideoDiffusion(AnimationModule):
                 ref_index = ref_index.repeat(2)
                 keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
             z_src = self.encode(src)
-            per_step = self.reference_t(torch.zeros(B, dtype=torch.long, device=dev)) is not None
-            written = {"t": None}
-            if not per_step:
-                self.write_reference(z_src)
             z_ref_shape = z_src.shape[1:]
             gen = torch.Generator().manual_seed(int(self.cfg.sample_seed))
             noise = torch.randn((B, T, *z_ref_shape), generator=gen).to(dev, src.dtype)
+            mode = self.cfg.reference_latent
+            if mode == "sample_per_frame":     # official X-Portrait: one VAE posterior sample of the source per frame
+                z_rep = self.codec.sample(src.repeat_interleave(T, 0) * 2 - 1, gen).view(B, T, *z_ref_shape)
+                z_rows = z_rep.flatten(0, 1)                                  # reference rows: B·T
+                ref_index = torch.arange(B * T, device=dev).view(B, T).repeat(2 if use_cfg else 1, 1)
+            elif mode == "mean":
+                z_rep, z_rows = z_src[:, None].expand(B, T, *z_ref_shape), z_src
+            else:
+                raise ValueError(f"reference_latent must be mean | sample_per_frame, got {mode!r}")
+            per_step = self.reference_t(torch.zeros(B, dtype=torch.long, device=dev)) is not None
+            written = {"t": None}
+            if not per_step:
+                self.write_reference(z_rows)
             init = None
             if self.cfg.initial_latent == "noised_reference":   # official X-Portrait: x_T = q_sample(z_src, T − 1)
                 t_last = torch.full((B * T,), self.noise_scheduler.config.num_train_timesteps - 1, dtype=torch.long)
-                z_rep = z_src[:, None].expand(B, T, *z_ref_shape)
                 init = self.noise_scheduler.add_noise(z_rep.flatten(0, 1), noise.flatten(0, 1),
                                                       t_last.to(dev)).view_as(noise)
             elif self.cfg.initial_latent != "noise":
@@ -265,12 +273,17 @@ class ReferenceVideoDiffusion(AnimationModule):
             def denoise(z, t, s, e):
                 tt = torch.full((z.shape[0] * (2 if use_cfg else 1),), int(t), device=dev, dtype=torch.long)
                 if per_step and written["t"] != int(t):       # reference_timestep=current: once per step, all windows
-                    self.write_reference(z_src, t=torch.full((B,), int(t), device=dev, dtype=torch.long))
+                    self.write_reference(z_rows, t=torch.full((len(z_rows),), int(t), device=dev, dtype=torch.long))
                     written["t"] = int(t)
-                window = {k: (v[:, s:e] if e is not None else v[:, s.to(v.device)]) for k, v in state.items()}
+
+                def take(v):                                   # frames [s, e) or the frame indices s
+                    return v[:, s:e] if e is not None else v[:, s.to(v.device)]
+
+                window = {k: take(v) for k, v in state.items()}
+                ri = take(ref_index) if ref_index.ndim == 2 else ref_index
                 if not use_cfg:
-                    return self.denoise(z, tt, window, ref_index, keep_ref)
-                out = self.denoise(torch.cat([z, z]), tt, window, ref_index, keep_ref)
+                    return self.denoise(z, tt, window, ri, keep_ref)
+                out = self.denoise(torch.cat([z, z]), tt, window, ri, keep_ref)
                 eps_u, eps_c = out.chunk(2)
                 return guide(eps_u, eps_c, scale)
 

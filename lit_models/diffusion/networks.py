@@ -266,6 +266,17 @@ class LatentCodec(nn.Module):
             return F.pixel_unshuffle(x, self.unshuffle) if self.unshuffle > 1 else x
         return self.vae.encode(x).latent_dist.mean * self.scaling
 
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A posterior sample ``z ~ q(z | x)`` (``latent_dist.sample()``; LDM's ``encode_first_stage().sample()``);
+        the pixel codec is deterministic, so its sample is its encoding."""
+        if self.vae is None:
+            return self.encode(x)
+        self._check_weights()
+        dist = self.vae.encode(x).latent_dist
+        eps = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
+        return (dist.mean + dist.std * eps) * self.scaling
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         self._check_weights()
         if self.vae is None:

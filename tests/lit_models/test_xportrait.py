@@ -311,3 +311,14 @@ def test_official_sampling_preset(compose_cfg):
         runs[init] = m.animate(d["source"], d["driving"], num_inference_steps=2)
     assert runs["noise"].shape == (1, 5, 3, 16, 16)
     assert (runs["noise"] - runs["noised_reference"]).abs().max() > 1e-3
+    # per-frame reference rows (official: a posterior sample per frame) — the pixel codec's sample is its encoding,
+    # so each frame reading its own copy equals all frames reading one reference; a wrong row would show
+    assert cfg.reference_latent == "sample_per_frame"
+    m.cfg.reference_latent = "mean"
+    mean = m.animate(d["source"], d["driving"], num_inference_steps=2)
+    torch.testing.assert_close(mean, runs["noise"], atol=1e-5, rtol=0)
+    m.cfg.reference_latent = "sample_per_frame"
+    other = clip(T=5, seed=5)["source"]
+    m.cfg.initial_latent = "noise"
+    swapped = m.animate(other, d["driving"], num_inference_steps=2)
+    assert (swapped - runs["noise"]).abs().max() > 1e-3            # the reference matters on the per-frame path
