@@ -1,24 +1,24 @@
-"""Import the released X-Portrait checkpoint (bytedance/X-Portrait ``checkpoint/model_state-*.th``) into ``model=xportrait_official``.
+"""Import the released X-Portrait checkpoint (bytedance/X-Portrait ``model_state-*.th``) as ``model=xportrait_official``.
 
 ``python -m lit_models.xportrait.import_official model_state-415001.th --out xportrait.ckpt`` writes a portraitlab
 checkpoint (``hyper_parameters.model`` = the composed ``model=xportrait_official`` config, ``state_dict``) that
 ``lit_models.registry.load_model`` (so ``evaluate``, ``animate``, ``eval.compare`` with ``ckpt=``) rebuilds.
 
 The official file is one LDM state dict (``ControlLDMReferenceOnly_Temporal_Pose_Local``). Names are mapped by
-diffusers' own converters, run on index-tagged stand-in tensors so every source key's destination is known:
+diffusers' own converters (``diffusers.loaders.single_file_utils``), run on index-tagged stand-in tensors so every
+source key's destination is known:
 
-==================================================  ======================================================  ==========
-official prefix                                     converter                                               ours
-==================================================  ======================================================  ==========
-``model.diffusion_model.`` (base)                   ``convert_ldm_unet_checkpoint``                          ``denoiser.``
-``model.diffusion_model.*_motion_module.``          ``convert_animatediff_checkpoint_to_diffusers`` + the    ``denoiser.``
-                                                    block index (i → down_blocks.i//L, j → up_blocks.j//(L+1))
-``appearance_control_model.``                       ``convert_ldm_unet_checkpoint``                          ``reference_net.``
-``pose_control_model.`` / ``local_pose_control_``   ``convert_controlnet_checkpoint``                        ``global_control.`` / ``local_control.``
-``first_stage_model.``                              ``convert_ldm_vae_checkpoint`` (1×1 conv → linear)       ``codec.vae.``
-``cond_stage_model.transformer.``                   ``convert_ldm_clip_checkpoint`` → ``CLIPTextModel``      ``null_context`` = CLIP-L("")
-DDPM buffers (``betas``, ``alphas_cumprod`` …)      checked against our scheduler's schedule                 —
-==================================================  ======================================================  ==========
+* ``model.diffusion_model.`` (base U-Net) → ``denoiser.`` via ``convert_ldm_unet_checkpoint``;
+* ``model.diffusion_model.{input,output}_blocks_motion_module.`` → ``denoiser.`` via
+  ``convert_animatediff_checkpoint_to_diffusers`` plus the block index (i → ``down_blocks.{i // L}``,
+  j → ``up_blocks.{j // (L + 1)}``);
+* ``appearance_control_model.`` → ``reference_net.`` via ``convert_ldm_unet_checkpoint``;
+* ``pose_control_model.`` / ``local_pose_control_model.`` → ``global_control.`` / ``local_control.`` via
+  ``convert_controlnet_checkpoint``;
+* ``first_stage_model.`` → ``codec.vae.`` via ``convert_ldm_vae_checkpoint`` (1×1 conv → linear);
+* ``cond_stage_model.transformer.`` → ``convert_ldm_clip_checkpoint`` → ``CLIPTextModel``, run once:
+  ``null_context`` = CLIP-L("") (the official text condition of both guidance branches);
+* DDPM buffers (``betas``, ``alphas_cumprod``, …) → checked against our scheduler's schedule.
 
 Every source key is either written, or checked and reported (``pos_encoder.pe``: the fixed sinusoid, one copy per
 diffusers block; DDPM buffers; ``position_ids``), or dropped with a reason (the appearance net's unused

@@ -193,3 +193,25 @@ def test_importer_round_trip_loads_through_load_model(tmp_path, golden):
         assert state[d].dtype == torch.float32 and torch.equal(state[d], sd[s].float()), s
     with pytest.raises(MissingWeightsError, match="import_official"):
         model.encode(torch.zeros(1, 3, 64, 64))
+
+
+def test_null_context_is_the_clip_text_of_the_empty_prompt():
+    """The importer's null context: the checkpoint's CLIP text tower (LDM names, ``cond_stage_model.transformer.``)
+    run on "" as FrozenCLIPEmbedder tokenises it (BOS, then EOS padding to 77), ``last_hidden_state``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=1, max_position_embeddings=77, hidden_act="quick_gelu")
+    clip = CLIPTextModel(cfg).eval()
+    sd = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in clip.state_dict().items()}
+    ctx = imp.clip_null_context({k: v.half() for k, v in sd.items()})             # fp16 source
+    ids = torch.tensor([[49406] + [49407] * 76])
+    with torch.no_grad():
+        ref = CLIPTextModel(cfg).eval()
+        ref.load_state_dict({k: v.half().float() for k, v in clip.state_dict().items()})
+        expected = ref(input_ids=ids).last_hidden_state
+        other = ref(input_ids=torch.tensor([[49406, 320] + [49407] * 75])).last_hidden_state    # "a"
+    assert ctx.shape == (1, 77, 64) and ctx.dtype == torch.float32
+    torch.testing.assert_close(ctx, expected)
+    assert (ctx - other).abs().max() > 1e-3
