@@ -36,8 +36,12 @@ def load_for_eval(cfg: DictConfig):
 
 def evaluate(cfg: DictConfig) -> dict:
     model = load_for_eval(cfg)
-    # the protocol pins the resolution: data is read at it, whatever the training resolution was
-    cfg.data.resolution = cfg.eval_protocol.resolution
+    # any checkpoint under any protocol: the evaluation reads frames at native size and applies the protocol's
+    # crop / resize; the model runs at its own resolution (eval.runner.animate_at_model_resolution). data.resolution
+    # (the training-time resize) plays no part in the scores: it follows the model so the config stays consistent.
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.resolution = cfg.model.resolution
+    OmegaConf.set_struct(cfg, True)
     runtime.validate(cfg)
     run_dir = runtime.resolve_run_dir(cfg)
     runtime.save_config(cfg, run_dir)
