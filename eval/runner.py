@@ -560,6 +560,7 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
         metrics[m.name] = m.compute()
         if m.name in ref_paths and not m.reference_loaded:
             m.save_reference(ref_paths[m.name])
+    dataset_facts = {m.name: m.facts for m in suite.dataset_metrics if hasattr(m, "facts")}
     model_stats = _model_stats(model)
     metrics.update(model_stats)
     grid = None
@@ -589,6 +590,8 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
         result["undefined_metrics"] = nonfinite_metrics
     if model_stats:
         result["model_stats"] = sorted(model_stats)
+    if dataset_facts:   # e.g. FVD: clips per side, videos too short for a clip
+        result["dataset_metric_facts"] = dataset_facts
     atomic_write_json(run_dir / METRICS, result, strict=True)
     _log_results(loggers, str(protocol.name), metrics, run_dir, grid)
     return result

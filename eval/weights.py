@@ -113,6 +113,13 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         env="PORTRAITLAB_INCEPTION", sha256_prefix="6726825d",
         note="torch-fidelity's port of TF's 2015-12-05 Inception (the FID reference network)", used_by="fid"),
     WeightFile(
+        name="i3d_torchscript", filename="i3d_torchscript.pt", cache="torch_hub",
+        url="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
+        env="PORTRAITLAB_I3D",
+        note="StyleGAN-V's Kinetics-400 I3D torchscript (the FVD feature network); no official sha256 is published: "
+             "the first fetch records it and every later load verifies it",
+        used_by="fvd"),
+    WeightFile(
         name="alexnet_imagenet", filename="alexnet-owt-7be5be79.pth", cache="torch_hub",
         url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
         env="PORTRAITLAB_ALEXNET", sha256_prefix="7be5be79",
