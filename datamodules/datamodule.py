@@ -128,8 +128,8 @@ class VideoClipDataModule(L.LightningDataModule):
         records = list(self.source.records)
         if isinstance(self.source, LocalClipSource):
             cache = default_cache_path(self.root) if c.use_scan_cache else None
-            # the probe always uses PyAV (demux-level truncation checks), whatever decoder reads the frames
-            self.scan_result = scan(records, decoder="pyav", min_frames=c.min_frames, cache_path=cache)
+            # PyAV demux-level truncation checks, then a decode with the decoder that will read the frames
+            self.scan_result = scan(records, decoder=c.decoder, min_frames=c.min_frames, cache_path=cache)
         else:  # shards were validated when written; still honour min_frames
             usable = [r for r in records if r.num_frames >= c.min_frames]
             skipped = Counter({"too_short": len(records) - len(usable)} if len(usable) < len(records) else {})

@@ -72,6 +72,10 @@ def train(cfg: DictConfig) -> dict:
 
     model = build_model(cfg.model)
     datamodule = build_datamodule(cfg.data)
+    if cfg.evaluate_after_train:   # weights, decodable evaluation set, protocols: fail now, not after training
+        from eval.preflight import preflight, protocols_of
+
+        preflight(protocols_of(cfg), datamodule)
     loggers = runtime.build_loggers(cfg, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = None
