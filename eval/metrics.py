@@ -3,14 +3,16 @@
 Per-frame metrics (values per generated frame x̂_t against the target x_t or the source S):
 
 * ``l1``   = mean |x̂_t − x_t|  (pixels in [0, 1])
-* ``psnr`` = 10 log10(1 / MSE(x̂_t, x_t))  (data range 1, float64)
+* ``psnr`` = 10 log10(1 / max(MSE(x̂_t, x_t), floor))  (data range 1, float64; ``floor`` = the protocol's
+  ``psnr_mse_floor``, 1e-10 → at most 100 dB)
+* ``tdiff_l1`` = mean |(x̂_t − x̂_{t−1}) − (x_t − x_{t−1})|  (temporal consistency, no weights)
 * ``ssim`` : gaussian window σ = 1.5 (11 taps), K1 = 0.01, K2 = 0.03, data range 1, mean over the valid region
   (equals ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``;
   separable convolutions, see ``ssim_frames``)
 * ``lpips_alex`` / ``lpips_vgg``: Zhang et al. 2018, the official ``lpips`` package (v0.1 linear heads).
 * ``id_*``, ``aed_*``, ``akd_*``, ``mkr_*``: see ``eval.faces``.
 
-Dataset-level: ``fid`` (see ``eval.fid``).
+Dataset-level: ``fid`` (see ``eval.fid``), ``fvd`` (see ``eval.fvd``).
 
 ``FrameBatch`` holds one video's frames at the protocol's resolution and caches every derived view (uint8 copies,
 face analyses, LPIPS inputs), so that several metrics that need the same view compute it once.

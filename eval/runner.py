@@ -11,14 +11,19 @@
   main ``metrics.json`` as ``<name>/<metric>`` (with each protocol's hash under ``extra_protocols``), so one table
   row carries, e.g., self-reenactment and cross-identity numbers of the same checkpoint;
 * ``eval_state.pt`` — the dataset-metric state + finished videos, saved after each video so an interrupted run
-  resumes without recomputing finished videos (same protocol hash required).
+  resumes without recomputing finished videos (same protocol hash, model identity and data fingerprint required;
+  tensors + plain types, read with ``weights_only=True``).
 
 Model statistics: when the model has ``latent_stats() -> dict[str, float]`` (e.g. InterAnimate's mean |cos| between
 learned latents), its values join ``metrics`` (so ``eval.table`` shows them as columns) and are listed under
 ``model_stats``. Samples' ``masks`` ({"hand", "face"}, the target's) reach the region metrics (``eval.regions``).
 
-Each video's frames are resized once to the protocol's resolution (when they are not already at it); every metric
-then reads the same tensors (and the shared views cached on ``FrameBatch``): one pass over the frames.
+Frames arrive at native size (``eval_dataset(native=True)``), are cropped / resized with the protocol's ``crop`` and
+``resize`` to its resolution once; the model runs at its own resolution (``animate_at_model_resolution``) and its
+output is resized back; every metric then reads the same tensors (and the shared views cached on ``FrameBatch``).
+The state file is keyed by protocol hash + model identity + data fingerprint (see ``ResultFiles``); non-finite
+outputs, undecodable clips and upscaled clips are counted and named in ``metrics.json``; ``run_dir`` is locked
+(``toolbox.locks.DirLock``) while it is written.
 """
 from __future__ import annotations
 
