@@ -12,7 +12,7 @@
   ``target`` from SynthFaces' ground-truth render when the pair has one).
 
 Frames are cropped (``crop``: none | center | meta) and resized to ``resolution``² (cv2.INTER_AREA when shrinking,
-bilinear when enlarging); keypoints and masks from ``root/meta/<stem>.npz`` get the same crop and scale. With
+bilinear when enlarging; ``resolution=None``: native size, the evaluation applies its protocol's resize itself); keypoints and masks from ``root/meta/<stem>.npz`` get the same crop and scale. With
 ``as_uint8`` images and masks stay uint8 and channels-last (¼ of the bytes between worker and GPU, no transpose on
 the CPU); ``batch_to_float`` converts them after the device transfer (the DataModule's ``on_after_batch_transfer``
 does, under a Trainer).

@@ -173,3 +173,18 @@ def test_copy_source_on_a_real_clip_matches_an_independent_computation(real_fixt
     for k in ("l1", "psnr", "ssim"):
         assert res["metrics"][k] == pytest.approx(ref[k], abs=1e-4), k
     assert res["num_frames"] == n - 1
+
+
+def test_compare_runs_each_model_at_its_own_resolution(tmp_path, fake_data):
+    """`eval.compare` of a 16² and a 32² model under a 32² protocol: both evaluated (it used to need one data
+    resolution for all), each at its own resolution, recorded in their metrics.json."""
+    from eval.compare import compare
+
+    proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=3", "metrics=[l1,psnr]"])
+    low, full = ResolutionSpy(16), ResolutionSpy(32)
+    res = compare(["low.ckpt", "full.ckpt"], proto, fake_data(n=3, T=3, size=48), tmp_path,
+                  models={"low": low, "full": full}, num_grid_videos=1, num_resamples=200)
+    assert res["results"]["low"]["model_resolution"] == 16 and res["results"]["full"]["model_resolution"] == 32
+    assert {s[1][-1] for s in low.seen} == {16} and {s[1][-1] for s in full.seen} == {32}
+    assert res["results"]["full"]["metrics"]["l1"] < res["results"]["low"]["metrics"]["l1"]
+    assert res["grid"] is not None and res["grid"].is_file()
