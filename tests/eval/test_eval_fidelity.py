@@ -148,8 +148,9 @@ def independent_copy_source(path: Path, n: int, size: int) -> dict[str, float]:
     return {"ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr)), "l1": float(np.mean(l1))}
 
 
-@pytest.mark.parametrize("clip,size", [("single_face.mp4", 256), ("talkinghead1kh_r0c0.mp4", 128)])
-def test_copy_source_on_a_real_clip_matches_an_independent_computation(real_fixtures, tmp_path, clip, size):
+@pytest.mark.parametrize("clip,size,decoder", [("single_face.mp4", 256, "pyav"),
+                                                ("talkinghead1kh_r0c0.mp4", 128, "decord")])
+def test_copy_source_on_a_real_clip_matches_an_independent_computation(real_fixtures, tmp_path, clip, size, decoder):
     from datamodules import VideoClipDataModule
 
     src = real_fixtures / "clips" / clip
@@ -162,7 +163,7 @@ def test_copy_source_on_a_real_clip_matches_an_independent_computation(real_fixt
     (root / "train" / f"id1#{src.stem}#0#1.mp4").symlink_to(src)
     n = 8
     # data.resolution 64 and INTER_AREA would be the training-time resize: the evaluation must not use it
-    dm = VideoClipDataModule(root=str(root), layout="fomm", resolution=64, crop="center", decoder="pyav",
+    dm = VideoClipDataModule(root=str(root), layout="fomm", resolution=64, crop="center", decoder=decoder,
                              num_workers=0, use_scan_cache=False)
     proto = load_protocol("vox_self", [f"resolution={size}", f"num_frames={n}", "metrics=[l1,psnr,ssim]"])
     res = run_evaluation(CopySource(CopySourceConfig()), dm, proto, tmp_path / "eval", progress=False)
