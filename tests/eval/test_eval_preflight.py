@@ -26,8 +26,6 @@ def test_train_fails_before_training_when_metric_weights_are_missing(compose_cfg
         train(cfg)
     assert not (run / "checkpoints").exists()          # not one training step
     # a stand-in LPIPS needs no weights: pre-flight passes
-    from omegaconf import OmegaConf
-
     ok = compose_cfg("train", _small(synth_root, run, "eval_protocol.metrics=[l1,lpips]",
                                      "eval_protocol.standin_metrics=[lpips]"))
     from datamodules import VideoClipDataModule
