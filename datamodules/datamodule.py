@@ -128,8 +128,8 @@ class VideoClipDataModule(L.LightningDataModule):
         records = list(self.source.records)
         if isinstance(self.source, LocalClipSource):
             cache = default_cache_path(self.root) if c.use_scan_cache else None
-            # the probe always uses PyAV (demux-level truncation checks), whatever decoder reads the frames
-            self.scan_result = scan(records, decoder="pyav", min_frames=c.min_frames, cache_path=cache)
+            # PyAV demux-level truncation checks, then a decode with the decoder that will read the frames
+            self.scan_result = scan(records, decoder=c.decoder, min_frames=c.min_frames, cache_path=cache)
         else:  # shards were validated when written; still honour min_frames
             usable = [r for r in records if r.num_frames >= c.min_frames]
             skipped = Counter({"too_short": len(records) - len(usable)} if len(usable) < len(records) else {})
@@ -223,7 +223,8 @@ class VideoClipDataModule(L.LightningDataModule):
 
     def eval_dataset(self, split: str = "test", mode: str = "self", num_frames: Optional[int] = None,
                      stride: Optional[int] = None, max_videos: Optional[int] = None,
-                     pairs_csv: Optional[str] = None, as_uint8: bool = False) -> EvalClipDataset:
+                     pairs_csv: Optional[str] = None, as_uint8: bool = False, native: bool = False,
+                     crop: Optional[str] = None) -> EvalClipDataset:
         """The evaluation set of a protocol, items in a fixed deterministic order.
 
         * ``split``: train | val | test (identity-disjoint).
@@ -238,6 +239,8 @@ class VideoClipDataModule(L.LightningDataModule):
         Each item is one video: ``source`` 3×H×W, ``driving``/``target`` T×3×H×W, ``meta`` (clip ids, paths,
         ``frame_indices``), float32 in [0, 1] (uint8 with ``as_uint8``; ``datamodules.dataset.batch_to_float``
         converts). Use ``eval_dataloader(ds)`` to batch it (batch size 1 when the videos' T differ).
+        * ``native``: frames keep their native (cropped) size instead of ``data.resolution``² — the evaluation
+          applies its protocol's ``resize`` itself; ``crop`` (none | center | meta) replaces ``data.crop``.
         """
         self.setup()
         c = self.cfg
@@ -253,7 +256,8 @@ class VideoClipDataModule(L.LightningDataModule):
         else:
             pairs = self.cross_pairs(split, mode, pairs_csv)
             items = build_cross_items(pairs, nf, st, mv, num_frames_of=lambda r: self.source.open(r).num_frames)
-        return EvalClipDataset(self.source, items, c.resolution, c.crop, as_uint8=as_uint8, use_meta=c.use_meta)
+        return EvalClipDataset(self.source, items, None if native else c.resolution, crop or c.crop,
+                               as_uint8=as_uint8, use_meta=c.use_meta)
 
     def eval_dataloader(self, dataset: EvalClipDataset, batch_size: Optional[int] = None,
                         num_workers: Optional[int] = None) -> DataLoader:

@@ -12,7 +12,7 @@
   ``target`` from SynthFaces' ground-truth render when the pair has one).
 
 Frames are cropped (``crop``: none | center | meta) and resized to ``resolution``² (cv2.INTER_AREA when shrinking,
-bilinear when enlarging); keypoints and masks from ``root/meta/<stem>.npz`` get the same crop and scale. With
+bilinear when enlarging; ``resolution=None``: native size, the evaluation applies its protocol's resize itself); keypoints and masks from ``root/meta/<stem>.npz`` get the same crop and scale. With
 ``as_uint8`` images and masks stay uint8 and channels-last (¼ of the bytes between worker and GPU, no transpose on
 the CPU); ``batch_to_float`` converts them after the device transfer (the DataModule's ``on_after_batch_transfer``
 does, under a Trainer).
@@ -74,10 +74,11 @@ def batch_to_float(batch: dict) -> dict:
 class FrameTransform:
     """Crop box then resize to ``resolution``², applied alike to frames, masks and keypoints (pixels)."""
 
-    def __init__(self, resolution: int, crop: str = "center", as_uint8: bool = False):
+    def __init__(self, resolution: Optional[int], crop: str = "center", as_uint8: bool = False):
         if crop not in CROPS:
             raise ValueError(f"crop={crop!r} is not one of {', '.join(CROPS)}")
-        self.resolution = int(resolution)
+        # None: frames stay at their native (cropped) size; the evaluation resizes them with its protocol's method
+        self.resolution = None if resolution is None else int(resolution)
         self.crop = crop
         self.as_uint8 = as_uint8  # ship uint8 (¼ the bytes); ``batch_to_float`` converts after the device transfer
 
@@ -114,7 +115,7 @@ class FrameTransform:
 
         n, h, w, c = arr.shape
         r = self.resolution
-        if (h, w) == (r, r):
+        if r is None or (h, w) == (r, r):
             return np.ascontiguousarray(arr)
         interp = cv2.INTER_AREA if (h > r or w > r) else cv2.INTER_LINEAR
         # channels per call: OpenCV 5 resizes at most 128 channels (CV_CN_MAX), and INTER_AREA at a non-integer
@@ -157,7 +158,8 @@ class FrameTransform:
         Pixel centres sit at integer coordinates (SynthFaces, dlib, cv2.resize all agree), so the map is
         ``(x + 0.5 - x0) * scale - 0.5``, not ``(x - x0) * scale`` (which would shift by 0.5·(scale - 1) px)."""
         x0, y0, x1, y1 = box
-        scale = np.array([self.resolution / (x1 - x0), self.resolution / (y1 - y0)], np.float32)
+        rx, ry = (x1 - x0, y1 - y0) if self.resolution is None else (self.resolution, self.resolution)
+        scale = np.array([rx / (x1 - x0), ry / (y1 - y0)], np.float32)
         origin = np.array([x0, y0], np.float32)
         return torch.from_numpy(((pts.astype(np.float32) + 0.5 - origin) * scale - 0.5).astype(np.float32))
 
@@ -230,11 +232,16 @@ def _split_source(loaded: dict, n_src: int = 1) -> tuple[dict, dict]:
     return src, drv
 
 
-def _assemble(src: dict, drv: dict, tgt: Optional[dict], meta: dict, identity: str) -> dict:
+def _assemble(src: dict, drv: dict, tgt: Optional[dict], meta: dict, identity: str, mode: str = "self") -> dict:
+    """The sample dict. ``target`` is what the output should be: the driving frames themselves (the same tensor) in
+    self-reenactment, the ground-truth render in synth_cross, and absent for real cross-identity pairs (no ground
+    truth exists: no key, so nothing can score against a stand-in)."""
     sample = {"source": src["frames"][0], "driving": drv["frames"], "identity": identity, "meta": meta}
-    sample["target"] = drv["frames"] if tgt is None else tgt["frames"]
-    sample["_target_is_driving"] = tgt is None
-    ref = drv if tgt is None else tgt  # annotations of what the output should show
+    if tgt is not None:
+        sample["target"] = tgt["frames"]
+    elif mode == "self":
+        sample["target"] = drv["frames"]
+    ref = drv if tgt is None else tgt  # annotations of what the output should show (real cross: the driver's)
     if "keypoints" in ref:
         sample["keypoints"] = ref["keypoints"]
     if "keypoints" in src:
@@ -246,7 +253,7 @@ def _assemble(src: dict, drv: dict, tgt: Optional[dict], meta: dict, identity: s
 
 def collate_clips(samples: list[dict]) -> dict:
     """default_collate, except that ``target`` *is* ``driving`` (one tensor) for self-reenactment batches."""
-    same = all(s.pop("_target_is_driving", False) for s in samples)
+    same = all(s.get("target") is s["driving"] for s in samples)
     if same:
         for s in samples:
             s.pop("target", None)
@@ -485,9 +492,12 @@ def build_cross_items(pairs: list, num_frames: int, stride: int, max_videos: int
 
 
 class EvalClipDataset(_ClipDataset):
-    """Fixed evaluation items, decoded sequentially (``get_frames`` on increasing indices decodes forward once)."""
+    """Fixed evaluation items, decoded sequentially (``get_frames`` on increasing indices decodes forward once).
 
-    def __init__(self, source: ClipSource, items: list[EvalItem], resolution: int, crop: str = "center",
+    ``resolution=None`` keeps the frames at their native (cropped) size: the evaluation then applies its protocol's
+    ``resize`` itself (``eval.runner``), so no other resize happens on the way to a score."""
+
+    def __init__(self, source: ClipSource, items: list[EvalItem], resolution: Optional[int], crop: str = "center",
                  as_uint8: bool = False, use_meta: bool = True):
         super().__init__(source, resolution, crop, as_uint8, use_meta)
         self.items = list(items)
@@ -499,6 +509,24 @@ class EvalClipDataset(_ClipDataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def fingerprint(self) -> str:
+        """sha256 of what the items read: every clip's path, size and modification time, the frame indices, the
+        crop and the resolution. Evaluation results are reused only under the same fingerprint."""
+        import hashlib
+        import os
+
+        def stat(path: str) -> list:
+            try:
+                st = os.stat(path)
+                return [path, st.st_size, st.st_mtime_ns]
+            except OSError:
+                return [path, None, None]
+
+        rows = [[stat(it.source.path), it.source_index, stat(it.driving.path), list(map(int, it.indices)),
+                 stat(it.target.path) if it.target is not None else None, it.mode] for it in self.items]
+        payload = {"items": rows, "crop": self.transform.crop, "resolution": self.transform.resolution}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     @property
     def lengths(self) -> list[int]:
@@ -519,4 +547,4 @@ class EvalClipDataset(_ClipDataset):
                 "source_path": it.source.path, "target_clip_id": it.target.clip_id if it.target else "",
                 "mode": it.mode, "index": int(index), "source_index": it.source_index,
                 "frame_indices": torch.tensor(it.indices)}
-        return _assemble(src, drv, tgt, meta, it.source.identity)
+        return _assemble(src, drv, tgt, meta, it.source.identity, mode=it.mode)

@@ -29,7 +29,7 @@ from datamodules.video import IMAGE_EXTS, open_video
 log = logging.getLogger("portraitlab.data")
 
 CACHE_NAME = ".portraitlab_scan.json"
-PROBE_VERSION = 1
+PROBE_VERSION = 2      # 2: the final decode uses the configured decoder after PyAV's demux checks
 # container signatures: (offset, bytes)
 _SIGNATURES = [(4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"), (0, b"\x1a\x45\xdf\xa3"),
                (0, b"RIFF"), (0, b"\x00\x00\x01\xba"), (0, b"FLV"), (0, b"OggS")]
@@ -104,7 +104,11 @@ def _mp4_boxes_complete(p: Path, size: int) -> Optional[str]:
 
 
 def probe_file(path: str | os.PathLike, decoder: str = "pyav") -> Probe:
-    """Probe one clip (video file or frame folder); ``too_short`` is decided later from ``num_frames``."""
+    """Probe one clip (video file or frame folder); ``too_short`` is decided later from ``num_frames``.
+
+    The container checks (truncation, packet count) always demux with PyAV; the first and last frames are then
+    decoded with ``decoder`` — the one that will read the clip (a clip PyAV decodes but decord cannot, e.g. a 32×32
+    H.264 file, is ``corrupt`` under decoder=decord)."""
     p = Path(path)
     if not p.exists():
         return Probe(False, "missing")
@@ -113,7 +117,7 @@ def probe_file(path: str | os.PathLike, decoder: str = "pyav") -> Probe:
         if not files:
             return Probe(False, "empty", detail="no frames in folder")
         try:
-            r = open_video(p)
+            r = open_video(p, decoder)
             r.get_frames([0, r.num_frames - 1])
         except Exception as e:  # noqa: BLE001 - any failure is a reason to skip
             return Probe(False, "corrupt", detail=str(e)[:200])
@@ -129,8 +133,6 @@ def probe_file(path: str | os.PathLike, decoder: str = "pyav") -> Probe:
         problem = _mp4_boxes_complete(p, size)
         if problem:
             return Probe(False, "truncated", detail=problem)
-    if decoder != "pyav":
-        return _probe_generic(p, decoder, head)
     import av
 
     try:
@@ -163,11 +165,11 @@ def probe_file(path: str | os.PathLike, decoder: str = "pyav") -> Probe:
     finally:
         container.close()
     try:
-        with open_video(p, "pyav") as r:
+        with open_video(p, decoder) as r:
             r.get_frames([0, r.num_frames - 1])
             return Probe(True, num_frames=r.num_frames, fps=r.fps)
     except Exception as e:  # noqa: BLE001
-        return Probe(False, "corrupt", num_frames=count, detail=f"decode failed: {e}"[:200])
+        return Probe(False, "corrupt", num_frames=count, detail=f"decode failed with {decoder}: {e}"[:200])
 
 
 def _probe_generic(p: Path, decoder: str, head: bytes) -> Probe:

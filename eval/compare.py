@@ -132,7 +132,7 @@ def side_by_side(models: dict[str, Any], datamodule, protocol, out: Path, num_vi
     import torch
     from PIL import Image
 
-    from eval.runner import eval_samples, resize_frames
+    from eval.runner import animate_at_model_resolution, eval_samples, model_resolution, resize_frames
     from lit_models.common.visual import write_video
 
     samples, _ = eval_samples(datamodule, protocol, skip=set())
@@ -140,13 +140,16 @@ def side_by_side(models: dict[str, Any], datamodule, protocol, out: Path, num_vi
     size, method = int(protocol.resolution), str(protocol.resize)
     with torch.no_grad():
         for _, (vid, s) in zip(range(num_videos), samples):
+            if "_error" in s:
+                continue
             drv = s["driving"]
             cols = [resize_frames(s["source"][None], size, method).expand(drv.shape[0], -1, -1, -1),
                     resize_frames(drv, size, method)]
             for model in models.values():
                 dev = next(iter(model.parameters()), torch.empty(0)).device
-                pred = model.animate(s["source"][None].to(dev), drv[None].to(dev))[0].cpu()
-                cols.append(resize_frames(pred, size, method))
+                pred = animate_at_model_resolution(model, s["source"][None].to(dev), drv[None].to(dev), size, method,
+                                                   model_resolution(model))[2][0].cpu()
+                cols.append(pred)
             tgt = s.get("target")
             cols.append(resize_frames(tgt, size, method) if tgt is not None else torch.zeros_like(cols[1]))
             rows.append(torch.cat(cols, dim=-1))
@@ -247,7 +250,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=overrides)
     OmegaConf.set_struct(cfg, False)
-    cfg.data.resolution = cfg.eval_protocol.resolution   # as experiments.evaluate: data read at the protocol's size
+    # as experiments.evaluate: frames are read at native size and resized with the protocol's method; every model
+    # runs at its own resolution (eval.runner.animate_at_model_resolution)
     from experiments.train import build_datamodule
 
     datamodule = build_datamodule(cfg.data)

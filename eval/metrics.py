@@ -3,14 +3,16 @@
 Per-frame metrics (values per generated frame x̂_t against the target x_t or the source S):
 
 * ``l1``   = mean |x̂_t − x_t|  (pixels in [0, 1])
-* ``psnr`` = 10 log10(1 / MSE(x̂_t, x_t))  (data range 1, float64)
+* ``psnr`` = 10 log10(1 / max(MSE(x̂_t, x_t), floor))  (data range 1, float64; ``floor`` = the protocol's
+  ``psnr_mse_floor``, 1e-10 → at most 100 dB)
+* ``tdiff_l1`` = mean |(x̂_t − x̂_{t−1}) − (x_t − x_{t−1})|  (temporal consistency, no weights)
 * ``ssim`` : gaussian window σ = 1.5 (11 taps), K1 = 0.01, K2 = 0.03, data range 1, mean over the valid region
   (equals ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``;
   separable convolutions, see ``ssim_frames``)
 * ``lpips_alex`` / ``lpips_vgg``: Zhang et al. 2018, the official ``lpips`` package (v0.1 linear heads).
 * ``id_*``, ``aed_*``, ``akd_*``, ``mkr_*``: see ``eval.faces``.
 
-Dataset-level: ``fid`` (see ``eval.fid``).
+Dataset-level: ``fid`` (see ``eval.fid``), ``fvd`` (see ``eval.fvd``).
 
 ``FrameBatch`` holds one video's frames at the protocol's resolution and caches every derived view (uint8 copies,
 face analyses, LPIPS inputs), so that several metrics that need the same view compute it once.
@@ -30,13 +32,15 @@ STANDIN_SUFFIX = "_STANDIN"
 # direction of each metric family (prefix before the first "_"): True = higher is better
 HIGHER_IS_BETTER = {"l1": False, "psnr": True, "ssim": True, "lpips": False, "fid": False, "id": True,
                     "akd": False, "aed": False, "mkr": False, "csim": True, "motion": False,
-                    "phase": True, "clip": True, "dino": True}
+                    "phase": True, "clip": True, "dino": True, "fvd": False, "tdiff": False}
 
 
 # several-word prefixes checked first (identity leakage: the output looking like the driver is bad)
 _PREFIX_DIRECTION = (("id_leakage", False), ("id_to_driver", False), ("id_to_source", True), ("contact_rate", None),
                      ("motion_err_zero", None), ("refine_shift", None),   # properties of the data / the model
                      ("phase_score_source", None),
+                     # evaluation coverage counts (eval.runner): facts about the run, not quality
+                     ("nonfinite_", None), ("upscaled_", None), ("skipped_", None),
                      # X-NeMo's motion reliance: ideal 1 (the output changes as much as the ground truth), not "more"
                      ("motion_gain", None), ("source_gain", None), ("motion_ratio", None),
                      ("motion_alignment", True))
@@ -56,7 +60,7 @@ class FrameBatch:
     def __init__(self, pred: torch.Tensor, target: Optional[torch.Tensor], source: torch.Tensor,
                  driving: Optional[torch.Tensor] = None, keypoints: Optional[torch.Tensor] = None,
                  video_id: str = "", pred_keypoints: Optional[torch.Tensor] = None,
-                 masks: Optional[dict[str, torch.Tensor]] = None):
+                 masks: Optional[dict[str, torch.Tensor]] = None, frame_index: Optional[list[int]] = None):
         self.pred = pred.float().clamp(0, 1)
         self.target = None if target is None else target.float().clamp(0, 1)
         self.source = source.float().clamp(0, 1)
@@ -65,6 +69,7 @@ class FrameBatch:
         self.pred_keypoints = pred_keypoints
         self.masks = masks          # {"hand", "face"} N×1×H×W of the target frames (SynthFaces), or None
         self.video_id = video_id
+        self.frame_index = frame_index    # positions of these frames in the video's scored sequence (gaps: dropped)
         self.cache: dict[Any, Any] = {}
 
     def __len__(self) -> int:
@@ -136,13 +141,45 @@ class L1(Metric):
 
 
 class PSNR(Metric):
+    """PSNR = 10 log10(1 / max(MSE, ``mse_floor``)) (data range 1): the floor is the protocol's declared cap
+    (``psnr_mse_floor``, default 1e-10 → 100 dB), so identical frames (e.g. black on black) give a finite value."""
+
     name = "psnr"
+
+    def __init__(self, mse_floor: float = 1e-10):
+        if not mse_floor > 0:
+            raise ValueError(f"eval_protocol.psnr_mse_floor={mse_floor} must be > 0 (PSNR of identical frames is "
+                             "infinite without it)")
+        self.mse_floor = float(mse_floor)
 
     def frames(self, fb):
         # float64 throughout (torchmetrics' PSNR rounds its 10/ln 10 factor through float32: ~1e-7 relative off)
         t = _require_target(fb, self.name)
-        mse = (fb.pred.double() - t.double()).pow(2).flatten(1).mean(1)
+        mse = (fb.pred.double() - t.double()).pow(2).flatten(1).mean(1).clamp_min(self.mse_floor)
         return (10 * torch.log10(1.0 / mse)).cpu().numpy()
+
+
+class TemporalDiffL1(Metric):
+    """``tdiff_l1`` (weight-free temporal consistency against ground truth): per frame t,
+    mean |(x̂_t − x̂_{t−1}) − (x_t − x_{t−1})| — flicker or frozen motion the target does not have. Consecutive
+    scored frames only: the first scored frame of a video (and a frame after a gap) is NaN."""
+
+    name = "tdiff_l1"
+
+    def frames(self, fb):
+        t = _require_target(fb, self.name)
+        out = np.full(len(fb), np.nan)
+        if len(fb) < 2:
+            return out
+        dp = fb.pred[1:].double() - fb.pred[:-1].double()
+        dt = t[1:].double() - t[:-1].double()
+        vals = (dp - dt).abs().flatten(1).mean(1).cpu().numpy()
+        consecutive = np.ones(len(fb) - 1, bool)
+        if fb.frame_index is not None:
+            idx = np.asarray(fb.frame_index)
+            consecutive = (idx[1:] - idx[:-1]) == 1
+        out[1:] = np.where(consecutive, vals, np.nan)
+        return out
 
 
 def ssim_frames(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5, data_range: float = 1.0, k1: float = 0.01,

@@ -17,11 +17,15 @@ class EvalProtocolConfig:
     num_frames: int = 16                # frames per video (0 = all)
     stride: int = 1
     max_videos: int = 0                 # 0 = all
-    resolution: int = 64
-    resize: str = "bilinear_antialias"
+    resolution: int = 64                # every metric is computed at resolution² (frames read at native size)
+    resize: str = "bilinear_antialias"  # how native frames reach resolution² (and the model's resolution, and back)
+    crop: Optional[str] = None          # none | center | meta applied to native frames; null = the data config's crop
+    psnr_mse_floor: float = 1e-10       # PSNR = 10 log10(1 / max(MSE, floor)): capped at 100 dB (identical frames)
     metrics: list[str] = field(default_factory=lambda: ["l1", "psnr", "ssim"])
     fid_num_samples: int = 0            # 0 = every generated frame
     fid_backend: str = "inception_v3_2015_12_05"
+    fvd_backend: str = "i3d_torchscript"  # FVD: StyleGAN-V's I3D (Kinetics-400) torchscript, 400-d logits features
+    fvd_clip_len: int = 16              # FVD: non-overlapping clips of this many scored frames per video
     id_backend: str = "auto"            # arcface | dlib | auto (arcface when its weights are present, else dlib)
     landmark_backend: str = "auto"
     batch_size: int = 4
@@ -36,11 +40,18 @@ class EvalProtocolConfig:
     contact_crop: int = 64              # lpips_<net>_contact: the region's bounding box resized to this size²
 
 
+# fields that cannot change a score: how many videos go through `animate` at once, how many videos the logged grid
+# shows, whether the FID reference statistics come from the cache (the same statistics, only not recomputed)
+HASH_EXCLUDED = ("batch_size", "num_grid_videos", "use_fid_reference_cache")
+
+
 def protocol_hash(cfg: Any) -> str:
-    """sha256 over the protocol's resolved content (key order independent); every result records it."""
+    """sha256 over the protocol's resolved content (key order independent) without ``HASH_EXCLUDED`` (fields that
+    cannot change a number); every result records it and tables group by it."""
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    data = {k: v for k, v in data.items() if k not in HASH_EXCLUDED}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 

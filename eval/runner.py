@@ -11,14 +11,19 @@
   main ``metrics.json`` as ``<name>/<metric>`` (with each protocol's hash under ``extra_protocols``), so one table
   row carries, e.g., self-reenactment and cross-identity numbers of the same checkpoint;
 * ``eval_state.pt`` — the dataset-metric state + finished videos, saved after each video so an interrupted run
-  resumes without recomputing finished videos (same protocol hash required).
+  resumes without recomputing finished videos (same protocol hash, model identity and data fingerprint required;
+  tensors + plain types, read with ``weights_only=True``).
 
 Model statistics: when the model has ``latent_stats() -> dict[str, float]`` (e.g. InterAnimate's mean |cos| between
 learned latents), its values join ``metrics`` (so ``eval.table`` shows them as columns) and are listed under
 ``model_stats``. Samples' ``masks`` ({"hand", "face"}, the target's) reach the region metrics (``eval.regions``).
 
-Each video's frames are resized once to the protocol's resolution (when they are not already at it); every metric
-then reads the same tensors (and the shared views cached on ``FrameBatch``): one pass over the frames.
+Frames arrive at native size (``eval_dataset(native=True)``), are cropped / resized with the protocol's ``crop`` and
+``resize`` to its resolution once; the model runs at its own resolution (``animate_at_model_resolution``) and its
+output is resized back; every metric then reads the same tensors (and the shared views cached on ``FrameBatch``).
+The state file is keyed by protocol hash + model identity + data fingerprint (see ``ResultFiles``); non-finite
+outputs, undecodable clips and upscaled clips are counted and named in ``metrics.json``; ``run_dir`` is locked
+(``toolbox.locks.DirLock``) while it is written.
 """
 from __future__ import annotations
 
@@ -77,16 +82,41 @@ def _dedup(ids: list[str]) -> list[str]:
     return out
 
 
-def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
-    """(video id, sample) pairs of the protocol's test set not in ``skip``, and the set's size when known.
+def _eval_dataset(datamodule: Any, protocol):
+    """The protocol's test set: native-size frames (cropped with the protocol's ``crop``) when the datamodule can
+    deliver them, so that the protocol's ``resize`` is the only resize between the file and a score."""
+    if not hasattr(datamodule, "eval_dataset"):
+        return datamodule
+    kw = dict(split=protocol.split, mode=protocol.mode, num_frames=protocol.num_frames, stride=protocol.stride,
+              max_videos=protocol.max_videos, pairs_csv=protocol.get("pairs_csv"))
+    import inspect
 
-    ``datamodule``: a ``VideoClipDataModule`` (its ``eval_dataset``; decoded by a DataLoader with the data config's
-    workers), anything else with ``eval_dataset``, or an iterable of samples."""
-    ds = datamodule
-    if hasattr(datamodule, "eval_dataset"):
-        ds = datamodule.eval_dataset(split=protocol.split, mode=protocol.mode, num_frames=protocol.num_frames,
-                                     stride=protocol.stride, max_videos=protocol.max_videos,
-                                     pairs_csv=protocol.get("pairs_csv"))
+    params = inspect.signature(datamodule.eval_dataset).parameters
+    if "native" in params:
+        kw["native"] = True
+        if protocol.get("crop") is not None:
+            kw["crop"] = str(protocol.crop)
+    return datamodule.eval_dataset(**kw)
+
+
+class _Guarded:
+    """Wraps an indexable dataset: a sample that fails to decode becomes ``{"_error": message}`` instead of ending
+    the evaluation (the runner skips it, counts it and names it in metrics.json)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        try:
+            return self.ds[i]
+        except Exception as err:  # noqa: BLE001 - a bad clip is reported, not fatal
+            return {"_error": f"{type(err).__name__}: {err}"[:500]}
+
+
+def _samples_of(ds, datamodule, skip: set[str]) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
     ids = _item_ids(ds)
     if ids is not None:
         ids = _dedup(ids)
@@ -94,7 +124,8 @@ def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tu
         from torch.utils.data import DataLoader, Subset
 
         workers = int(getattr(getattr(datamodule, "cfg", None), "num_workers", 0) or 0)
-        loader = DataLoader(Subset(ds, todo), batch_size=None, shuffle=False, num_workers=min(workers, len(todo)))
+        loader = DataLoader(Subset(_Guarded(ds), todo), batch_size=None, shuffle=False,
+                            num_workers=min(workers, len(todo)))
         return ((ids[i], sample) for i, sample in zip(todo, loader)), len(ids)
 
     def stream():
@@ -113,27 +144,117 @@ def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tu
     return stream(), total
 
 
+def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
+    """(video id, sample) pairs of the protocol's test set not in ``skip``, and the set's size when known.
+
+    ``datamodule``: a ``VideoClipDataModule`` (its ``eval_dataset`` at native size; decoded by a DataLoader with
+    the data config's workers), anything else with ``eval_dataset``, or an iterable of samples. A sample that failed
+    to decode is ``{"_error": message}``."""
+    return _samples_of(_eval_dataset(datamodule, protocol), datamodule, skip)
+
+
+RESIZE_METHODS = {"bilinear_antialias": ("bilinear", True), "bilinear": ("bilinear", False),
+                  "bicubic_antialias": ("bicubic", True), "bicubic": ("bicubic", False),
+                  "area": ("area", False), "nearest": ("nearest", False)}
+
+
 def resize_frames(x: torch.Tensor, size: int, method: str) -> torch.Tensor:
     """N×3×h×w → N×3×size×size with the protocol's resize method (no-op when already that size)."""
     if x.shape[-2:] == (size, size):
         return x
-    mode, antialias = {"bilinear_antialias": ("bilinear", True), "bilinear": ("bilinear", False),
-                       "bicubic_antialias": ("bicubic", True), "bicubic": ("bicubic", False),
-                       "area": ("area", False), "nearest": ("nearest", False)}[method]
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"eval_protocol.resize={method!r} is not one of {', '.join(RESIZE_METHODS)}")
+    mode, antialias = RESIZE_METHODS[method]
     kw = {"align_corners": False, "antialias": antialias} if mode in ("bilinear", "bicubic") else {}
     return F.interpolate(x.float(), size=(size, size), mode=mode, **kw).clamp(0, 1)
 
 
+def _resize_video(x: torch.Tensor, size: int, method: str) -> torch.Tensor:
+    """…×T×3×h×w (any leading dims) → …×T×3×size×size."""
+    lead = x.shape[:-3]
+    return resize_frames(x.reshape(-1, *x.shape[-3:]), size, method).reshape(*lead, 3, size, size)
+
+
+def model_resolution(model) -> Optional[int]:
+    """The resolution the model was built / trained at (``model.cfg.resolution``), or None when it has none: a
+    parameter-free model (``trainable`` False, e.g. copy-source) learned nothing at any resolution and runs at the
+    protocol's."""
+    if getattr(model, "trainable", True) is False:
+        return None
+    res = getattr(getattr(model, "cfg", None), "resolution", None)
+    if res is None:
+        hp = getattr(model, "hparams", None) or {}
+        res = (hp.get("model") or {}).get("resolution") if isinstance(hp, dict) or hasattr(hp, "get") else None
+    return None if res is None else int(res)
+
+
+def animate_at_model_resolution(model, source: torch.Tensor, driving: torch.Tensor, size: int, method: str,
+                                model_res: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Any checkpoint under any protocol: ``source`` B×3×h×w and ``driving`` B×T×3×h×w (native size) are resized
+    to the protocol's ``size``² with its ``method``; those protocol frames are resized to the model's resolution
+    (same method), animated, and the output resized back to ``size``², where every metric is computed.
+    Returns (source, driving, prediction) at the protocol's resolution."""
+    src_p, drv_p = resize_frames(source, size, method), _resize_video(driving, size, method)
+    r = model_res or size
+    src_m, drv_m = resize_frames(src_p, r, method), _resize_video(drv_p, r, method)
+    pred = model.animate(src_m, drv_m)
+    if pred.shape != drv_m.shape:
+        raise RuntimeError(f"animate returned {tuple(pred.shape)} for driving {tuple(drv_m.shape)}")
+    return src_p, drv_p, _resize_video(pred, size, method)
+
+
+def model_identity(model) -> str:
+    """sha256 of what produces the outputs: the model class, its hyper-parameters (knobs such as ``refine_iters``
+    that need no parameter) and every tensor of its state dict (names, dtypes, shapes, bytes)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    hp = getattr(model, "hparams", None)
+    try:
+        from omegaconf import OmegaConf
+
+        hp = OmegaConf.to_container(OmegaConf.create(dict(hp)), resolve=True) if hp else {}
+    except Exception:  # noqa: BLE001 - unusual hparams: their text still identifies them
+        hp = str(hp)
+    h.update(json.dumps(hp, sort_keys=True, default=str).encode())
+    state = model.state_dict() if hasattr(model, "state_dict") else {}
+    for k, v in sorted(state.items()):
+        if torch.is_tensor(v):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def data_fingerprint(ds, dataset_key: Optional[str] = None) -> str:
+    """What the evaluation set is: the dataset's own ``fingerprint()`` (clips, sizes, mtimes, frame indices, crop),
+    else the caller's ``dataset_key``, else the dataset's type (an in-memory iterable)."""
+    fn = getattr(ds, "fingerprint", None)
+    if callable(fn):
+        return str(fn())
+    return str(dataset_key or type(ds).__name__)
+
+
 # ---- resumable result files -------------------------------------------------------------------------------------
 class ResultFiles:
-    """Per-frame / per-video CSVs appended (flushed, fsynced) as videos finish; the state file marks them done."""
+    """Per-frame / per-video CSVs appended (flushed, fsynced) as videos finish; the state file marks them done.
 
-    def __init__(self, run_dir: Path, phash: str, metric_names: list[str]):
+    The state is keyed by what produced it: protocol hash, model identity (``model_identity``) and data fingerprint
+    (``data_fingerprint``). Another protocol is refused (evaluate into another run_dir); another model or data set
+    — a run resumed to train longer, another checkpoint evaluated into a used run_dir — discards the old rows and
+    recomputes everything: finished rows are reused only for exactly the same model, protocol and data."""
+
+    def __init__(self, run_dir: Path, phash: str, metric_names: list[str], model_id: str = "", data_id: str = ""):
         self.run_dir = run_dir
         self.phash = phash
+        self.model_id, self.data_id = model_id, data_id
         self.names = metric_names
         self.frame_cols = ["video_id", "frame"] + metric_names
-        self.video_cols = ["video_id", "num_frames"] + [n for n in metric_names]
+        self.video_cols = ["video_id", "num_frames", "nonfinite_frames"] + [n for n in metric_names]
+        self.skipped: dict[str, str] = {}          # video id -> why it could not be evaluated (decode error)
+        self.nonfinite: dict[str, int] = {}        # video id -> generated frames with a non-finite value
+        self.upscaled: list[str] = []              # videos whose frames are smaller than the protocol's resolution
 
     def _read(self, name: str) -> list[dict]:
         path = self.run_dir / name
@@ -142,20 +263,40 @@ class ResultFiles:
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
 
-    def load_done(self, dataset_state_ok) -> tuple[list[str], dict | None]:
-        """Finished videos (in order) and the saved dataset-metric state; files rewritten to the finished set."""
+    def _load_state(self) -> Optional[dict]:
         state_path = self.run_dir / STATE
-        state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
+        if not state_path.is_file():
+            return None
+        # tensors + plain types only: loads without unpickling code (weights_only=True)
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+
+    def load_done(self, dataset_state_ok=True) -> tuple[list[str], dict | None]:
+        """Finished videos (in order) and the saved dataset-metric state; files rewritten to the finished set."""
+        state = self._load_state()
         if state is not None and state.get("protocol_hash") != self.phash:
             raise RuntimeError(f"{self.run_dir} holds an evaluation under protocol hash {state.get('protocol_hash')}, "
                                f"not {self.phash}; evaluate into a new run_dir (results of two protocols never mix)")
-        if state is not None and state.get("metrics") != self.names:
-            raise RuntimeError(f"{self.run_dir}: saved evaluation has metrics {state.get('metrics')}, now {self.names}")
+        if state is not None:
+            changed = [what for what, key, now in (("the model (weights or hyper-parameters)", "model_id", self.model_id),
+                                                   ("the evaluation data", "data_id", self.data_id),
+                                                   ("the metric list", "metrics", self.names))
+                       if state.get(key) != now]
+            if changed:
+                log.warning("%s: the saved evaluation was made with different %s: recomputing every video",
+                            self.run_dir, " and ".join(changed))
+                state = None
+        if state is None:   # nothing reusable: start from empty files (never relabel another model's rows)
+            self._rewrite(PER_FRAME, self.frame_cols, [])
+            self._rewrite(PER_VIDEO, self.video_cols, [])
+            (self.run_dir / STATE).unlink(missing_ok=True)
+            return [], None
+        self.skipped = dict(state.get("skipped", {}))
+        self.nonfinite = {k: int(v) for k, v in state.get("nonfinite", {}).items()}
+        self.upscaled = list(state.get("upscaled", []))
         videos = self._read(PER_VIDEO)
-        done_state = list(state["done"]) if state is not None else []
+        done_state = set(state["done"])
         # a video counts as done when its per-video row is written and the state saved after it
-        done = [r["video_id"] for r in videos if r["video_id"] in set(done_state)] if dataset_state_ok else \
-            [r["video_id"] for r in videos]
+        done = [r["video_id"] for r in videos if r["video_id"] in done_state]
         keep = set(done)
         frames = [r for r in self._read(PER_FRAME) if r["video_id"] in keep]
         videos = [r for r in videos if r["video_id"] in keep]
@@ -164,7 +305,7 @@ class ResultFiles:
         return done, state
 
     def _rewrite(self, name, cols, rows) -> None:
-        from datamodules.utils import atomic_write_text
+        from toolbox.io import atomic_write_text
         import io
 
         buf = io.StringIO()
@@ -173,8 +314,9 @@ class ResultFiles:
         w.writerows(rows)
         atomic_write_text(self.run_dir / name, buf.getvalue())
 
-    def append(self, video_id: str, per_frame: dict[str, np.ndarray], frame_idx: list[int]) -> dict:
-        row_v = {"video_id": video_id, "num_frames": len(frame_idx)}
+    def append(self, video_id: str, per_frame: dict[str, np.ndarray], frame_idx: list[int],
+               nonfinite_frames: int = 0) -> dict:
+        row_v = {"video_id": video_id, "num_frames": len(frame_idx), "nonfinite_frames": int(nonfinite_frames)}
         row_v.update({n: nanmean(per_frame[n]) for n in per_frame})
         with open(self.run_dir / PER_FRAME, "a", newline="") as f:
             w = csv.writer(f)
@@ -192,7 +334,9 @@ class ResultFiles:
     def save_state(self, done: list[str], suite: Suite) -> None:
         path = self.run_dir / STATE
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"protocol_hash": self.phash, "metrics": self.names, "done": list(done),
+        torch.save({"protocol_hash": self.phash, "model_id": self.model_id, "data_id": self.data_id,
+                    "metrics": self.names, "done": list(done), "skipped": dict(self.skipped),
+                    "nonfinite": dict(self.nonfinite), "upscaled": list(self.upscaled),
                     "dataset_metrics": {m.name: m.state_dict() for m in suite.dataset_metrics}}, tmp)
         os.replace(tmp, path)
 
@@ -261,23 +405,41 @@ def _model_stats(model) -> dict[str, float]:
     return {str(k): float(v.detach().cpu().item() if torch.is_tensor(v) else v) for k, v in stats.items()}
 
 
+def _scale_points(kp: torch.Tensor, h: int, w: int, size: int) -> torch.Tensor:
+    """Pixel (x, y) at h×w → pixels at size×size; pixel centres at integers: (x + 0.5)·s − 0.5."""
+    scale = torch.tensor([size / w, size / h], dtype=torch.float32)
+    return (kp.float() + 0.5) * scale - 0.5
+
+
 def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt: Optional[str] = None,
                    overrides: Optional[list[str]] = None, device=None, dataset_key: Optional[str] = None,
                    keypoint_locator=None, progress: bool = True, suite: Optional[Suite] = None) -> dict:
     """Evaluate ``model`` under ``protocol_cfg``; returns the ``metrics.json`` content (also written to run_dir).
 
+    Frames are read at native size, cropped and resized with the protocol's ``crop`` / ``resize`` to its
+    ``resolution``; the model runs at its own resolution (``animate_at_model_resolution``) and every metric is
+    computed at the protocol's. One writer: ``run_dir`` is locked (``toolbox.locks.DirLock``) while it is written.
     ``keypoint_locator(frames N×3×H×W) -> N×K×2`` gives the generated frames' keypoints for ``akd_gt``.
     ``dataset_key`` names the data for the FID reference-statistics cache (default: the datamodule's root).
     """
-    from datamodules.utils import atomic_write_json
+    from toolbox.locks import DirLock
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with DirLock(run_dir, purpose=f"evaluation"):
+        return _run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers, ckpt, overrides, device,
+                               dataset_key, keypoint_locator, progress, suite)
+
+
+def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckpt, overrides, device, dataset_key,
+                    keypoint_locator, progress, suite) -> dict:
+    from toolbox.io import atomic_write_json
 
     from omegaconf import OmegaConf
 
     protocol = protocol_cfg if OmegaConf.is_config(protocol_cfg) else OmegaConf.create(protocol_cfg)
     facts = verify_protocol(protocol)
     phash = protocol_hash(protocol)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if device is None:
         try:
             device = next(model.parameters()).device
@@ -290,8 +452,10 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
             raise ValueError(f"protocol {protocol.name}: mode=cross has no ground truth, so {full_ref} are undefined; "
                              "use no-reference metrics (fid, id, akd, mkr) or mode=synth_cross")
     names = [m.name for m in suite.frame_metrics]
-    files = ResultFiles(run_dir, phash, names)
-    done, state = files.load_done(dataset_state_ok=True)
+    ds = _eval_dataset(datamodule, protocol)
+    model_id, data_id = model_identity(model), data_fingerprint(ds, dataset_key)
+    files = ResultFiles(run_dir, phash, names, model_id=model_id, data_id=data_id)
+    done, state = files.load_done()
     if state is not None:
         for m in suite.dataset_metrics:
             if m.name in state.get("dataset_metrics", {}):
@@ -302,9 +466,10 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     if protocol.get("use_fid_reference_cache", True) and suite.dataset_metrics:
         from eval.fid import reference_cache_path
 
-        key = dataset_key or str(getattr(getattr(datamodule, "cfg", None), "root", None) or
-                                 getattr(datamodule, "root", "") or type(datamodule).__name__)
+        key = dataset_key or data_id
         for m in suite.dataset_metrics:
+            if not hasattr(m, "load_reference"):
+                continue
             ref_paths[m.name] = reference_cache_path(phash, key, m.name + "_" + m.backend)
             if not done and not m.reference_loaded and m.load_reference(ref_paths[m.name]):
                 log.info("%s: reference statistics from %s", m.name, ref_paths[m.name])
@@ -313,52 +478,73 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     if hasattr(model, "eval"):
         model.eval()
     size, method = int(protocol.resolution), str(protocol.resize)
+    model_res = model_resolution(model)
     grid_rows: list[np.ndarray] = []
     n_grid = int(protocol.get("num_grid_videos", 4))
-    samples, total = eval_samples(datamodule, protocol, skip=set(done))
+    samples, total = _samples_of(ds, datamodule, skip=set(done) | set(files.skipped))
+
+    def good(stream):
+        for vid, sample in stream:
+            if "_error" in sample:    # could not be decoded: skipped, counted and named in metrics.json
+                log.warning("eval %s: skipping video %s (%s)", protocol.name, vid, sample["_error"])
+                files.skipped[vid] = str(sample["_error"])
+                files.save_state(done, suite)
+                continue
+            yield vid, sample
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(f"eval {protocol.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=not progress, transient=True) as bar:
-        task = bar.add_task("videos", total=total, completed=len(done))
+        task = bar.add_task("videos", total=total, completed=len(done) + len(files.skipped))
         with torch.no_grad():
-            for batch in _batches(samples, max(1, int(protocol.batch_size))):
+            for batch in _batches(good(samples), max(1, int(protocol.batch_size))):
                 source = torch.stack([s["source"] for _, s in batch]).to(device)
                 driving = torch.stack([s["driving"] for _, s in batch]).to(device)
-                pred = model.animate(source, driving)
-                if pred.shape != driving.shape:
-                    raise RuntimeError(f"animate returned {tuple(pred.shape)} for driving {tuple(driving.shape)}")
+                src_p, drv_p, pred = animate_at_model_resolution(model, source, driving, size, method, model_res)
                 for b, (vid, sample) in enumerate(batch):
                     T = pred.shape[1]
-                    target = sample.get("target")
-                    if protocol.mode == "cross" and sample.get("_target_is_driving", False):
-                        target = None   # real cross-identity pairs have no ground truth
-                    if target is None and protocol.mode == "self":
-                        target = sample["driving"]
+                    target = sample.get("target")   # absent for real cross-identity pairs (no ground truth)
+                    h, w = sample["driving"].shape[-2:]
+                    if min(h, w) < size or min(sample["source"].shape[-2:]) < size:
+                        if vid not in files.upscaled:
+                            files.upscaled.append(vid)
                     kp = sample.get("keypoints")
                     # self-reenactment: frame 0 is the source, so it is not scored unless the protocol says so
                     t0 = 1 if protocol.mode == "self" and not protocol.get("include_source_frame", False) and T > 1 else 0
-                    p = resize_frames(pred[b, t0:], size, method)
+                    frame_idx = _frame_indices(sample, T)[t0:]
+                    p = pred[b, t0:]
+                    finite = torch.isfinite(p).flatten(1).all(1).cpu()
+                    n_bad = int((~finite).sum())
+                    if n_bad:
+                        files.nonfinite[vid] = n_bad
+                        log.warning("eval %s: video %s: %d of %d generated frames have non-finite values (not "
+                                    "scored; counted in nonfinite_frames)", protocol.name, vid, n_bad, len(finite))
+                    keep = finite.nonzero().flatten()
                     masks = sample.get("masks")
                     if isinstance(masks, dict):
                         masks = {k: resize_frames((v[:, None] if v.dim() == 3 else v)[t0:].float().to(device), size,
-                                                  "bilinear") for k, v in masks.items() if k in ("hand", "face")}
+                                                  "bilinear")[keep.to(device)] for k, v in masks.items()
+                                 if k in ("hand", "face")}
                     else:
                         masks = None
+                    tgt = None if target is None else _resize_video(target[t0:].to(device), size, method)
                     fb = FrameBatch(
-                        pred=p,
-                        target=None if target is None else resize_frames(target[t0:].to(device), size, method),
-                        source=resize_frames(sample["source"][None].to(device), size, method)[0],
-                        driving=resize_frames(sample["driving"][t0:].to(device), size, method),
-                        keypoints=None if kp is None else kp[t0:] * (size / sample["driving"].shape[-1]),
-                        pred_keypoints=None if keypoint_locator is None else keypoint_locator(p),
-                        video_id=vid, masks=masks)
-                    per_frame = suite.evaluate(fb)
-                    files.append(vid, per_frame, _frame_indices(sample, T)[t0:])
+                        pred=p[keep.to(p.device)], target=None if tgt is None else tgt[keep.to(tgt.device)],
+                        source=src_p[b], driving=drv_p[b, t0:][keep.to(drv_p.device)],
+                        keypoints=None if kp is None else _scale_points(kp[t0:], h, w, size)[keep],
+                        pred_keypoints=None, video_id=vid, masks=masks,
+                        frame_index=keep.tolist())
+                    if keypoint_locator is not None:
+                        fb.pred_keypoints = keypoint_locator(fb.pred)
+                    per_frame = {n: np.full(len(finite), np.nan) for n in names}
+                    if len(keep):
+                        for n, vals in suite.evaluate(fb).items():
+                            per_frame[n][keep.numpy()] = vals
+                    files.append(vid, per_frame, frame_idx, nonfinite_frames=n_bad)
                     done.append(vid)
                     files.save_state(done, suite)
-                    if len(grid_rows) < n_grid:
+                    if len(grid_rows) < n_grid and len(keep):
                         from lit_models.common.visual import grid_frames
 
                         grid_rows.append(grid_frames(fb.source[None], fb.driving[None], fb.pred[None],
@@ -367,7 +553,8 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     if was_training and hasattr(model, "train"):
         model.train()
     if not done:
-        raise RuntimeError(f"protocol {protocol.name}: the test set yielded no videos")
+        raise RuntimeError(f"protocol {protocol.name}: the test set yielded no videos"
+                           + (f" ({len(files.skipped)} could not be decoded: {files.skipped})" if files.skipped else ""))
 
     # aggregate: per-frame metrics as the mean over all frames (NaN = undefined frames skipped), dataset metrics
     import pandas as pd
@@ -378,6 +565,7 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
         metrics[m.name] = m.compute()
         if m.name in ref_paths and not m.reference_loaded:
             m.save_reference(ref_paths[m.name])
+    dataset_facts = {m.name: m.facts for m in suite.dataset_metrics if hasattr(m, "facts")}
     model_stats = _model_stats(model)
     metrics.update(model_stats)
     grid = None
@@ -392,15 +580,24 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
             write_video(strip, grid)
         except Exception as err:  # encoding is a convenience; the numbers are what matter
             log.warning("could not write %s: %s", run_dir / GRID, err)
+    nonfinite_metrics = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     result = {
         "protocol": str(protocol.name), "protocol_hash": phash, "metrics": metrics,
         "overrides": list(overrides or []), "ckpt": ckpt, "model": _model_name(model),
+        "model_resolution": model_res, "resolution": size, "model_id": model_id, "data_fingerprint": data_id,
         "standin": suite.standin, "num_videos": len(done), "num_frames": int(len(frames)),
+        "nonfinite_frames": int(sum(files.nonfinite.values())), "nonfinite_videos": len(files.nonfinite),
+        "upscaled_videos": len(files.upscaled), "skipped_videos": len(files.skipped),
+        "skipped": dict(files.skipped), "upscaled": list(files.upscaled),
         "protocol_config": OmegaConf.to_container(protocol, resolve=True), **facts, **suite.facts,
     }
+    if nonfinite_metrics:   # JSON has no NaN / Infinity: written as null, named here
+        result["undefined_metrics"] = nonfinite_metrics
     if model_stats:
         result["model_stats"] = sorted(model_stats)
-    atomic_write_json(run_dir / METRICS, result)
+    if dataset_facts:   # e.g. FVD: clips per side, videos too short for a clip
+        result["dataset_metric_facts"] = dataset_facts
+    atomic_write_json(run_dir / METRICS, result, strict=True)
     _log_results(loggers, str(protocol.name), metrics, run_dir, grid)
     return result
 
@@ -413,7 +610,7 @@ def merge_extra_protocols(run_dir, extra: dict[str, dict]) -> dict:
     only group runs whose main and extra protocol hashes all agree (``eval.table``)."""
     import json
 
-    from datamodules.utils import atomic_write_json
+    from toolbox.io import atomic_write_json
 
     run_dir = Path(run_dir)
     main = json.loads((run_dir / METRICS).read_text())
@@ -428,7 +625,7 @@ def merge_extra_protocols(run_dir, extra: dict[str, dict]) -> dict:
             "num_videos": res.get("num_videos"), "num_frames": res.get("num_frames"),
             "standin": bool(res.get("standin", False))}
         main["standin"] = bool(main.get("standin", False)) or bool(res.get("standin", False))
-    atomic_write_json(run_dir / METRICS, main)
+    atomic_write_json(run_dir / METRICS, main, strict=True)
     return main
 
 
@@ -437,7 +634,7 @@ def merge_model_diagnostics(run_dir, diagnostics: dict[str, float], source: str)
     they join ``metrics`` (table columns) and are listed under ``model_diagnostics`` with where they come from."""
     import json
 
-    from datamodules.utils import atomic_write_json
+    from toolbox.io import atomic_write_json
 
     run_dir = Path(run_dir)
     main = json.loads((run_dir / METRICS).read_text())
@@ -446,5 +643,5 @@ def merge_model_diagnostics(run_dir, diagnostics: dict[str, float], source: str)
         raise ValueError(f"model diagnostics {clash} would overwrite protocol metrics of the same name")
     main["metrics"].update({k: float(v) for k, v in diagnostics.items()})
     main["model_diagnostics"] = {"names": sorted(diagnostics), "source": source}
-    atomic_write_json(run_dir / METRICS, main)
+    atomic_write_json(run_dir / METRICS, main, strict=True)
     return main

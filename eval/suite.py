@@ -1,6 +1,6 @@
 """Build a protocol's metric suite: resolve metric names to implementations and backends, once.
 
-Names a protocol may list: ``l1 psnr ssim lpips fid id aed akd mkr akd_gt akd_synthlm`` (backends resolved from
+Names a protocol may list: ``l1 psnr ssim tdiff_l1 lpips fid fvd id aed akd mkr akd_gt akd_synthlm`` (backends resolved from
 the protocol: ``lpips`` → ``lpips_alex``/``lpips_vgg``; ``id``/``aed`` → ``*_arcface``/``*_dlib``; ``akd``/``mkr`` →
 ``*_insightface``/``*_dlib``; ``id_backend: synthid`` → the learned SynthFaces identity embedding, SynthFaces
 protocols only, its held-out statistics recorded under ``synth_identity`` in metrics.json), or an explicit backend
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from eval.faces import LEAK_FAMILIES, split_face_name
-from eval.metrics import L1, PSNR, SSIM, LPIPS, AKDGroundTruth, FrameBatch, Metric
+from eval.metrics import L1, PSNR, SSIM, LPIPS, AKDGroundTruth, FrameBatch, Metric, TemporalDiffL1
 
 FACE_FAMILIES = ("id", "aed", "akd", "mkr", *LEAK_FAMILIES)
 
@@ -84,7 +84,9 @@ def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder
         if name == "l1":
             suite.frame_metrics.append(L1())
         elif name == "psnr":
-            suite.frame_metrics.append(PSNR())
+            suite.frame_metrics.append(PSNR(float(protocol.get("psnr_mse_floor", 1e-10))))
+        elif name == "tdiff_l1":
+            suite.frame_metrics.append(TemporalDiffL1())
         elif name == "ssim":
             suite.frame_metrics.append(SSIM())
         elif name in ("l1_contact", "ssim_contact", "contact_rate"):
@@ -100,6 +102,12 @@ def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder
 
             suite.dataset_metrics.append(FID(protocol.fid_backend, protocol.fid_num_samples, standin="fid" in standins,
                                              device=device, weights_sha256=pins.get(protocol.fid_backend)))
+        elif name == "fvd":
+            from eval.fvd import FVD
+
+            suite.dataset_metrics.append(FVD(protocol.get("fvd_backend", "i3d_torchscript"),
+                                             int(protocol.get("fvd_clip_len", 16)), standin="fvd" in standins,
+                                             device=device, weights_sha256=pins.get(protocol.get("fvd_backend"))))
         elif name == "akd_gt":
             suite.frame_metrics.append(AKDGroundTruth())
         elif name == "akd_synthlm":

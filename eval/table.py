@@ -76,9 +76,16 @@ def _metric_order(metrics: dict) -> list[str]:
     return sorted(metrics.get("metrics", {}), key=rank)
 
 
+# evaluation coverage counts of metrics.json (eval.runner): columns of a table when any of its runs has one > 0
+COVERAGE_COUNTS = ("nonfinite_videos", "nonfinite_frames", "skipped_videos", "upscaled_videos")
+
+
 def load_run(run_dir: Path, axes: Optional[list[str]] = None) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["metrics"] = {k: metrics.get("metrics", {})[k] for k in _metric_order(metrics)}
+    for k in COVERAGE_COUNTS:
+        if k in metrics and k not in metrics["metrics"]:
+            metrics["metrics"][k] = metrics[k]
     cfg: dict = {}
     if (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
@@ -113,6 +120,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
         t["groups"].setdefault(tuple(r["values"][a] for a in r["axes"]), []).append(r)
     out = []
     for t in tables.values():
+        members_all = [r for g in t["groups"].values() for r in g]
+        t["metrics"] = [m for m in t["metrics"] if m not in COVERAGE_COUNTS
+                        or any((r["metrics"].get(m) or 0) > 0 for r in members_all)]
         rows = []
         for values in sorted(t["groups"], key=lambda vs: tuple(_sort_key(v) for v in vs)):
             members = t["groups"][values]

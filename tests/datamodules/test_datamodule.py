@@ -184,7 +184,13 @@ def test_eval_cross_and_synth_cross(dm, synth_root, tmp_path):
     assert out.exists() and len(ds) == dm.cfg.num_cross_pairs
     assert all(it.source.identity != it.driving.identity for it in ds.items)
     b = ds[0]
-    assert "target" not in b or b["_target_is_driving"]
+    # a real cross-identity pair has no ground truth: no `target` key at all (no stand-in, no private flag)
+    assert "target" not in b and not any(k.startswith("_") for k in b)
+    assert "target" not in next(iter(dm.eval_dataloader(ds, batch_size=2)))
+    # native-size evaluation frames: no resize, the data's own pixels (the protocol resizes them)
+    native = dm.eval_dataset("test", "self", num_frames=3, native=True)
+    stored = native.readers.get(native.items[0].driving).get_frames([0])
+    assert native[0]["driving"].shape[-2:] == stored.shape[1:3]
     assert dm.eval_dataset("test", "cross", num_frames=3, pairs_csv=str(out)).items[0].driving.path == ds.items[0].driving.path
     gt = dm.eval_dataset("test", "synth_cross", num_frames=3)
     s = next(iter(dm.eval_dataloader(gt, batch_size=1)))

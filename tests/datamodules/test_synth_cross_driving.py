@@ -14,8 +14,9 @@ from media import write_video
 
 
 def make_dm(root, **kw):
+    # decoder=pyav: decord cannot decode the 32² clips written below, and the scan now decodes with data.decoder
     cfg = dict(root=str(root), layout="fomm", resolution=48, num_frames=3, batch_size=4, num_workers=0,
-               steps_per_epoch=2, use_scan_cache=False, use_synth_cross_driving=True)
+               steps_per_epoch=2, use_scan_cache=False, use_synth_cross_driving=True, decoder="pyav")
     cfg.update(kw)
     dm = VideoClipDataModule(cfg)
     dm.setup()
