@@ -39,7 +39,8 @@ def make_sampler(cfg: DiffusionConfig, kind: Optional[str] = None):
     if spacing not in ("leading", "trailing", "linspace"):
         raise ValueError(f"timestep_spacing must be leading | trailing | linspace, got {spacing!r}")
     if kind == "ddim":
-        return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False, set_alpha_to_one=False,
+        return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False,
+                             set_alpha_to_one=bool(getattr(cfg, "set_alpha_to_one", False)),
                              steps_offset=1 if spacing == "leading" else 0, timestep_spacing=spacing)
     if kind == "dpmpp":
         return DPMSolverMultistepScheduler(**_schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2,

@@ -146,23 +146,24 @@ class FANSA(nn.Module):
 
 class FANMotionEncoder(nn.Module):
     """``E_m`` = official ``MotEncoder_withExtra``: ``x`` B×3×F×224×224 (or B×3×224×224) in [-1, 1] and the head box
-    ``emb`` B×F×3 (B×3) → motion tokens B×F×L×d (B×L×d), ``L = 512 / token_dim`` (official 32 × 16)."""
+    ``emb`` B×F×3 (B×3) → motion tokens B×F×L×d (B×L×d), ``L·d = motion_dim`` (official 512 = 32 tokens × 16).
+    ``motion_dim`` sets ``final_proj``'s output (the FAN feature stays 512-d) and the sin-cos table's length."""
 
     feature_dim = 512
 
-    def __init__(self, extra_feat_dim: int = 3, token_dim: int = 16):
+    def __init__(self, extra_feat_dim: int = 3, token_dim: int = 16, motion_dim: int = 512):
         super().__init__()
-        if self.feature_dim % token_dim:
-            raise ValueError(f"motion_token_dim={token_dim} must divide the FAN feature width {self.feature_dim}")
-        self.token_dim = token_dim
+        if motion_dim % token_dim:
+            raise ValueError(f"motion_dim={motion_dim} must be a multiple of motion_token_dim={token_dim}")
+        self.token_dim, self.motion_dim = token_dim, motion_dim
         self.model = FANSA()
-        self.register_buffer("pe", sincos_1d(token_dim, torch.arange(self.feature_dim // token_dim)).float()[None])
+        self.register_buffer("pe", sincos_1d(token_dim, torch.arange(motion_dim // token_dim)).float()[None])
         self.bbox_proj = nn.Sequential(nn.Linear(extra_feat_dim, 64), nn.ReLU(), nn.Identity(), nn.Linear(64, 64))
-        self.final_proj = nn.Linear(self.feature_dim + 64, self.feature_dim)
+        self.final_proj = nn.Linear(self.feature_dim + 64, motion_dim)
 
     @property
     def num_tokens(self) -> int:
-        return self.feature_dim // self.token_dim
+        return self.motion_dim // self.token_dim
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         video = x.ndim == 5
