@@ -62,6 +62,10 @@ EXTERNAL = {
     "codec.": "VAE: from `vae_path` (official: stable-video-diffusion-img2vid-xt/vae)",
     "image_encoder.": "CLIP image encoder: from `image_encoder_path` (official: sd-image-variations-diffusers/image_encoder)",
     "null_context": "ours (learned null prompt; unused when the context is the CLIP image embedding)",
+    "null_motion": "ours (learned null motion tokens, guidance_negative_motion=null only)",
+    # the official loads both denoiser files with strict=False over the sd-image-variations U-Net: a base key in
+    # neither file keeps that init (ours: `pretrained_model_name_or_path`, loaded by the model build)
+    "denoiser.": "denoising U-Net key in neither file: keeps the pretrained_model_name_or_path init (official strict=False)",
 }
 
 
@@ -88,6 +92,40 @@ def official_to_ours(source: str, key: str) -> tuple[str, str]:
             return f"denoiser.{m[1]}.motion_modules.{m[2]}.temporal.{rename_block(m[3])}", "temporal_modules"
         return "denoiser." + key, "base"
     raise ValueError(f"unknown official file kind {source!r}; expected one of {sorted(FILES)}")
+
+
+def write_fake_official(manifest: dict, out_dir: Path, target: Optional[dict[str, torch.Tensor]] = None,
+                        dtype: torch.dtype = torch.float16, seed: int = 0) -> dict[str, Path]:
+    """Fake official files from the key manifest (``fixtures/official/xnemo/checkpoint_keys.json``), for round-trip
+    tests: every official key, split as the README infers (``xnemo_denoising_unet.pth`` = base + motion modules,
+    ``xnemo_temporal_module.pth`` = temporal modules). Without ``target``, tensors are meta (manifest shapes, no
+    data); with ``target`` (our model's state dict, may be on meta), small random values of our shapes — the
+    official names at another width — so the whole CLI and ``load_model`` can run on a small model."""
+    g = torch.Generator().manual_seed(seed)
+    groups = {"reference_unet": manifest["files"]["pretrained_weights/xnemo_reference_unet.pth"]["keys"],
+              "motion_encoder": manifest["files"]["pretrained_weights/xnemo_motion_encoder.pth"]["keys"]}
+    den = manifest["denoising_unet_module_keys"]
+    groups["denoising_unet"] = {k: v for k, v in den.items() if not v["group"].startswith("temporal_modules")}
+    groups["temporal_module"] = {k: v for k, v in den.items() if v["group"].startswith("temporal_modules")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind, keys in groups.items():
+        sd = {}
+        for key, meta in keys.items():
+            want = getattr(torch, meta["dtype"])
+            if target is None:
+                sd[key] = torch.empty(meta["shape"], dtype=dtype if want.is_floating_point else want, device="meta")
+                continue
+            shape = target[official_to_ours(kind, key)[0]].shape       # shapes only: target may be on meta
+            if not want.is_floating_point:
+                sd[key] = torch.zeros(shape, dtype=want)
+            elif key.endswith("running_var"):
+                sd[key] = (1 + torch.rand(shape, generator=g)).to(dtype)
+            else:
+                sd[key] = (torch.randn(shape, generator=g) * 0.02).to(dtype)
+        paths[kind] = out_dir / FILES[kind]
+        torch.save(sd, paths[kind])
+    return paths
 
 
 def sha256(path: Path) -> str:
@@ -184,35 +222,56 @@ def check_report(report: dict) -> None:
         raise ValueError("X-NeMo import: " + "; ".join(problems))
 
 
-def build_target(overrides: list[str], device: str = "meta"):
-    """Our ``model=xnemo`` built (by default on the meta device: names and shapes only) and its config."""
-    from experiments.compose import compose  # noqa: F401  (entry-point helper; lazy so lit_models stays import-clean)
-    raise NotImplementedError
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_YAML = REPO / "experiments" / "configs" / "model" / "xnemo.yaml"
+
+
+def model_config(overrides: Optional[list[str]] = None, model_yaml: Optional[str] = None):
+    """``model=xnemo`` without Hydra (``lit_models`` does not import ``experiments``): the schema, the model YAML
+    (read as a file; ``${seed}`` → 0) and ``key=value`` overrides (a leading ``model.`` is accepted)."""
+    from omegaconf import OmegaConf
+
+    from lit_models.xnemo.config import XNeMoConfig
+
+    path = Path(model_yaml) if model_yaml else DEFAULT_MODEL_YAML
+    y = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
+    if "defaults" in y:
+        y.pop("defaults")
+    dot = OmegaConf.from_dotlist([o.removeprefix("model.") for o in (overrides or [])])
+    root = OmegaConf.create({"seed": 0, "model": OmegaConf.merge(y, dot)})
+    resolved = OmegaConf.to_container(root, resolve=True)["model"]
+    return OmegaConf.merge(OmegaConf.structured(XNeMoConfig), resolved)
 
 
 def import_official(root: str, out: str, dtype: str = "fp32", model_overrides: Optional[list[str]] = None,
-                    report_path: Optional[str] = None) -> dict:
-    """The CLI's work: read, rename, check, write ``out`` (+ ``report_path``). Returns the report."""
+                    report_path: Optional[str] = None, model_yaml: Optional[str] = None) -> dict:
+    """The CLI's work: read the four files, build our model from its config (its VAE / CLIP / SD-init weights load
+    from the config's folders, or the build fails naming them), rename and check, fill our state dict, write
+    ``out`` (+ the JSON report). Returns the report."""
     from omegaconf import OmegaConf
 
-    from lit_models.registry import build_model, compose_model_config
+    from lit_models.registry import build_model
 
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     files = find_files(Path(root))
-    cfg = compose_model_config(["model=xnemo", *(model_overrides or [])])
-    with torch.device("meta"):
-        model = build_model(cfg)
-    target = model.state_dict()
+    digests = {kind: sha256(path) for kind, path in files.items()}
     sources = {kind: load_state(path) for kind, path in files.items()}
+    cfg = model_config(model_overrides, model_yaml)
+    model = build_model(cfg)
+    target = model.state_dict()
     state, report = convert(sources, target, torch_dtype)
     check_report(report)
-    report["sha256"] = {str(p): sha256(p) for p in files.values()}
+    full = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in target.items()}
+    full.update(state)
+    report["sha256"] = {str(files[k]): d for k, d in digests.items()}
     report["dtype_in"] = {kind: sorted({str(v.dtype) for v in sd.values() if v.is_floating_point()})
                           for kind, sd in sources.items()}
     report["dtype_out"] = str(torch_dtype)
-    ckpt = {"state_dict": state, "hyper_parameters": {"model": OmegaConf.to_container(cfg, resolve=True)},
-            "xnemo_import": {k: report[k] for k in ("sha256", "dtype_in", "dtype_out", "consumed", "missing")},
-            "partial_state_dict": True}
+    report["num_keys"] = {"ours": len(target), "filled_from_official": len(state),
+                          "from_model_build": len(target) - len(state)}
+    ckpt = {"state_dict": full, "hyper_parameters": {"model": OmegaConf.to_container(cfg, resolve=True)},
+            "xnemo_import": {k: report[k] for k in ("sha256", "dtype_in", "dtype_out", "consumed", "missing",
+                                                    "num_keys")}}
     torch.save(ckpt, out)
     if report_path:
         Path(report_path).write_text(json.dumps(report, indent=1, default=str))
@@ -225,11 +284,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="output checkpoint (.ckpt)")
     ap.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
     ap.add_argument("--report", default=None, help="also write the key report as JSON")
+    ap.add_argument("--model-config", default=None,
+                    help=f"model YAML (default {DEFAULT_MODEL_YAML.relative_to(REPO)}), then the overrides")
     ap.add_argument("overrides", nargs="*", help="model config overrides, e.g. model.image_encoder_path=...")
-    args = ap.parse_args(argv)
-    report = import_official(args.dir, args.out, args.dtype, args.overrides, args.report)
-    print(json.dumps({"out": args.out, "consumed": report["consumed"], "missing": report["missing"],
-                      "sha256": report["sha256"]}, indent=1))
+    args = ap.parse_intermixed_args(argv)
+    report = import_official(args.dir, args.out, args.dtype, args.overrides, args.report, args.model_config)
+    print(json.dumps({"out": args.out, "num_keys": report["num_keys"], "consumed": report["consumed"],
+                      "missing": report["missing"], "overridden": len(report["overridden"]),
+                      "sha256": report["sha256"], "dtype_in": report["dtype_in"]}, indent=1))
     return 0
 
 

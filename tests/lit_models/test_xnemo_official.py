@@ -145,3 +145,100 @@ def test_motion_cross_attention_module_reproduces_official_golden_tensor(officia
         moved = mm.forward_video(hs, ehs.flip(1))             # frame 0 gets frame 1's tokens and vice versa
     torch.testing.assert_close(out, io["outputs"]["hidden_states"], atol=ATOL, rtol=RTOL)
     assert (moved - out).abs().max() > 1e-2
+
+
+# ---- the full-size model against the manifest; the importer ---------------------------------------------------
+class _NoVAE(torch.nn.Module):
+    """The VAE is not part of the released X-NeMo files (SVD-xt's, from its own folder): a shape-only codec."""
+
+    channels, factor = 4, 8
+
+    def __init__(self, cfg):
+        super().__init__()
+
+
+FULL_META = ["model=xnemo", "model.pretrained_model_name_or_path=null", "model.image_encoder=clip_standin"]
+# the released files' families → (keys in the files, keys of ours they fill)
+EXPECTED = {"reference_unet/reference_unet": 682, "motion_encoder/motion_encoder": 407,
+            "denoising_unet/base": 686, "denoising_unet/motion_modules": 546,
+            "temporal_module/temporal_modules": 588}
+
+
+def test_full_size_model_on_meta_matches_the_official_manifest(manifest, tmp_path, compose_cfg):
+    """``model=xnemo`` built full-size on the meta device; fake official files from the manifest (meta tensors,
+    official shapes, fp16) through the importer's rename: every official key lands on a key of ours with the same
+    shape (both directions: no official key unused, no key of ours unfilled except the named external ones)."""
+    from unittest import mock
+
+    from lit_models.registry import build_model
+    from lit_models.xnemo.import_official import check_report, convert, find_files, load_state, write_fake_official
+
+    with mock.patch("lit_models.diffusion.module.LatentCodec", _NoVAE), torch.device("meta"):
+        model = build_model(compose_cfg("train", FULL_META).model)
+    target = model.state_dict()
+    files = find_files(write_fake_official(manifest, tmp_path)["reference_unet"].parent)
+    state, report = convert({k: load_state(p) for k, p in files.items()}, target, torch.float32)
+    check_report(report)
+    print({"consumed": report["consumed"], "missing": report["missing"]})
+    assert report["consumed"] == EXPECTED and not report["unused"] and not report["shape_mismatch"]
+    assert not report["missing_unexplained"]
+    # ours not filled: CLIP (392, its own folder), the reference U-Net's unused conv_norm_out/conv_out (4), null prompt
+    assert sum(report["missing"].values()) == 392 + 4 + 1
+    assert not any(k.startswith(("denoiser.", "motion_encoder.")) for k in target if k not in state)
+    n = lambda mod: sum(p.numel() for p in mod.parameters())   # noqa: E731
+    assert n(model.denoiser) == 1_684_818_244                   # base 859,520,964 + motion 372,088,000 + temporal 453,209,280
+    assert n(model.motion_encoder) == 61_665_393
+    motion = sum(n(m.motion) for m in model.denoiser.modules() if hasattr(m, "motion") and hasattr(m, "temporal"))
+    assert motion == 372_088_000 and model.motion_context.num_modules == 21
+
+
+SMALL = ["pretrained_model_name_or_path=null", "latent=pixel", "image_encoder=learned_cnn", "resolution=16",
+         "unet.block_out_channels=[32,64,128,128]", "unet.in_channels=3", "unet.out_channels=3", "unet.sample_size=16",
+         "gradient_checkpointing=false"]
+
+
+def test_importer_round_trips_a_fake_official_checkpoint(manifest, tmp_path):
+    """Fake official files (every manifest key, official names, small random fp16 values at a 32/64/128-channel width
+    of the SD layout) → ``python -m lit_models.xnemo.import_official DIR --out …`` → ``load_model``: every value
+    arrives (cast to fp32) at its renamed key, the sha256 of each source is recorded, and a stray or absent key
+    fails with a message naming it."""
+    import hashlib
+
+    from lit_models.registry import build_model, load_model
+    from lit_models.xnemo.import_official import (check_report, convert, find_files, load_state, main, model_config,
+                                                  write_fake_official)
+
+    with torch.device("meta"):
+        target = build_model(model_config(SMALL)).state_dict()
+    src = tmp_path / "pretrained_weights"
+    paths = write_fake_official(manifest, src, target, dtype=torch.float16)
+    out, rep = tmp_path / "xnemo.ckpt", tmp_path / "report.json"
+    assert main([str(tmp_path), "--out", str(out), "--report", str(rep), *SMALL]) == 0
+    report = json.loads(rep.read_text())
+    assert report["consumed"] == EXPECTED and not report["unused"] and not report["missing_unexplained"]
+    assert report["dtype_in"]["denoising_unet"] == ["torch.float16"] and report["dtype_out"] == "torch.float32"
+    ckpt = torch.load(out, weights_only=False)
+    for kind, p in paths.items():
+        assert ckpt["xnemo_import"]["sha256"][str(p)] == hashlib.sha256(p.read_bytes()).hexdigest()
+    model = load_model(str(out))
+    ours = model.state_dict()
+    for kind in ("reference_unet", "motion_encoder", "denoising_unet", "temporal_module"):
+        sd = torch.load(paths[kind], weights_only=True)
+        for key in list(sd)[:: max(1, len(sd) // 25)]:
+            if key.endswith("pe"):
+                continue
+            mine = ours[official_to_ours(kind, key)[0]]
+            assert mine.dtype == torch.float32 or not mine.is_floating_point()
+            torch.testing.assert_close(mine, sd[key].to(mine.dtype), rtol=0, atol=0)
+    # a stray key and a missing file are errors that name themselves
+    sources = {k: load_state(p) for k, p in find_files(tmp_path).items()}
+    sources["temporal_module"]["down_blocks.0.temporal_modules.9.temporal_transformer.norm.weight"] = torch.ones(32)
+    with pytest.raises(ValueError, match="temporal_modules.9"):
+        check_report(convert(sources, target)[1])
+    sources["temporal_module"].pop("down_blocks.0.temporal_modules.9.temporal_transformer.norm.weight")
+    sources["motion_encoder"]["final_proj.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="shape mismatch.*final_proj"):
+        check_report(convert(sources, target)[1])
+    paths["motion_encoder"].unlink()
+    with pytest.raises(FileNotFoundError, match="xnemo_motion_encoder.pth.*github.com/bytedance/x-nemo-inference"):
+        main([str(tmp_path), "--out", str(out), *SMALL])
