@@ -159,6 +159,10 @@ class ReferenceVideoDiffusion(AnimationModule):
     def reference_mask_ratio(self) -> float:
         return 0.0
 
+    def initial_latents(self, z_src: torch.Tensor, num_frames: int) -> Optional[torch.Tensor]:
+        """Sampling start (B×T×C×h×w, noised to the first timestep by the sampler), or None: pure noise."""
+        return None
+
     # ---- training -------------------------------------------------------------------------------------------
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         source = self.to_model(batch["source"])
@@ -230,8 +234,9 @@ class ReferenceVideoDiffusion(AnimationModule):
                 state = {k: torch.cat([uncond[k], state[k]]) for k in state}
                 ref_index = ref_index.repeat(2)
                 keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
-            self.write_reference(self.encode(src))
-            z_ref_shape = self.encode(src[:1]).shape[1:]
+            z_src = self.encode(src)
+            self.write_reference(z_src)
+            z_ref_shape = z_src.shape[1:]
             gen = torch.Generator().manual_seed(int(self.cfg.sample_seed))
             noise = torch.randn((B, T, *z_ref_shape), generator=gen).to(dev, src.dtype)
 
@@ -246,7 +251,8 @@ class ReferenceVideoDiffusion(AnimationModule):
 
             steps = num_inference_steps or self.cfg.num_inference_steps
             latents = sample_clip(denoise, noise, make_sampler(self.cfg, sampler), steps, self.cfg.window_size,
-                                  self.cfg.window_overlap, show_progress=show_progress)
+                                  self.cfg.window_overlap, show_progress=show_progress,
+                                  init_latents=self.initial_latents(z_src, T))
             frames = self.decode(latents.flatten(0, 1))
             if frames.shape[-2:] != (H, W):
                 frames = F.interpolate(frames, size=(H, W), mode="bilinear", align_corners=False).clamp(0, 1)

@@ -118,13 +118,17 @@ def blend_windows(predict: Callable[[int, int], torch.Tensor], num_frames: int, 
 
 def sample_clip(denoise: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor], noise: torch.Tensor,
                 scheduler, num_inference_steps: int, window_size: int, window_overlap: int,
-                show_progress: bool = False) -> torch.Tensor:
+                show_progress: bool = False, init_latents: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run the reverse process on a B×T×C×h×w clip. ``denoise(z_window, t, start, end)`` returns the (guided) model
-    output for frames ``[start, end)``; windows are blended on it before each scheduler step."""
+    output for frames ``[start, end)``; windows are blended on it before each scheduler step. ``init_latents``
+    (optional, B×T×C×h×w): start from them noised to the first timestep instead of from pure noise."""
     from tqdm.auto import tqdm
 
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
-    latents = noise * scheduler.init_noise_sigma
+    if init_latents is None:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(init_latents, noise, scheduler.timesteps[:1])
     T = latents.shape[1]
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not show_progress, leave=False):
         model_in = scheduler.scale_model_input(latents, t)

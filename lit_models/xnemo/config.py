@@ -20,6 +20,7 @@ MOTION_INJECTIONS = ("motion_xattn", "text_xattn")
 MOTION_ENCODERS = ("fan", "conv")
 IMAGE_ENCODERS = ("clip", "clip_standin", "learned_cnn")
 NEGATIVE_MOTIONS = ("reference", "null")
+INIT_LATENTS = ("noise", "blurred_reference")
 
 
 @model_schema("xnemo")
@@ -54,6 +55,11 @@ class XNeMoConfig(DiffusionConfig):
     guidance_negative_motion: str = "reference"
     # DDIM's final step: True (official X-NeMo DDIM) uses ᾱ_prev = 1; False: ᾱ_0 (portraitlab default)
     set_alpha_to_one: bool = False
+    # sampling start: noise (pure noise) | blurred_reference (official: the reference latent on every frame,
+    # Gaussian-blurred (kernel init_blur_kernel, σ init_blur_sigma, in latent pixels), noised to the first timestep)
+    init_latents: str = "noise"
+    init_blur_kernel: int = 9
+    init_blur_sigma: float = 18.0
     # ---- identity-leakage guards (each a switch) -------------------------------------------------------------
     use_driving_augmentation: bool = True    # appearance-only augmentation of the driving face at training
     augmentation_strength: float = 1.0

@@ -1,6 +1,7 @@
 """Import the released X-NeMo weights (github.com/bytedance/x-nemo-inference) into a ``model=xnemo`` checkpoint.
 
     python -m lit_models.xnemo.import_official DIR --out xnemo.ckpt [--dtype fp32|fp16] [--report report.json]
+        [--sampling official|none] [--model-config model.yaml] [key=value ...]
 
 ``DIR`` holds the official ``pretrained_weights/`` files (or is that folder):
 ``xnemo_reference_unet.pth``, ``xnemo_denoising_unet.pth``, ``xnemo_temporal_module.pth``,
@@ -226,9 +227,14 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_YAML = REPO / "experiments" / "configs" / "model" / "xnemo.yaml"
 
 
-def model_config(overrides: Optional[list[str]] = None, model_yaml: Optional[str] = None):
+SAMPLING_YAML = REPO / "experiments" / "configs" / "sampling" / "xnemo_{}.yaml"
+
+
+def model_config(overrides: Optional[list[str]] = None, model_yaml: Optional[str] = None,
+                 sampling: Optional[str] = None):
     """``model=xnemo`` without Hydra (``lit_models`` does not import ``experiments``): the schema, the model YAML
-    (read as a file; ``${seed}`` → 0) and ``key=value`` overrides (a leading ``model.`` is accepted)."""
+    (read as a file; ``${seed}`` → 0), the sampling preset ``experiments/configs/sampling/xnemo_<sampling>.yaml``
+    if named, and ``key=value`` overrides (a leading ``model.`` is accepted)."""
     from omegaconf import OmegaConf
 
     from lit_models.xnemo.config import XNeMoConfig
@@ -237,6 +243,11 @@ def model_config(overrides: Optional[list[str]] = None, model_yaml: Optional[str
     y = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
     if "defaults" in y:
         y.pop("defaults")
+    if sampling:
+        preset = Path(str(SAMPLING_YAML).format(sampling))
+        if not preset.is_file():
+            raise FileNotFoundError(f"--sampling {sampling}: no preset {preset}")
+        y = OmegaConf.merge(y, OmegaConf.load(preset))
     dot = OmegaConf.from_dotlist([o.removeprefix("model.") for o in (overrides or [])])
     root = OmegaConf.create({"seed": 0, "model": OmegaConf.merge(y, dot)})
     resolved = OmegaConf.to_container(root, resolve=True)["model"]
@@ -244,7 +255,8 @@ def model_config(overrides: Optional[list[str]] = None, model_yaml: Optional[str
 
 
 def import_official(root: str, out: str, dtype: str = "fp32", model_overrides: Optional[list[str]] = None,
-                    report_path: Optional[str] = None, model_yaml: Optional[str] = None) -> dict:
+                    report_path: Optional[str] = None, model_yaml: Optional[str] = None,
+                    sampling: Optional[str] = "official") -> dict:
     """The CLI's work: read the four files, build our model from its config (its VAE / CLIP / SD-init weights load
     from the config's folders, or the build fails naming them), rename and check, fill our state dict, write
     ``out`` (+ the JSON report). Returns the report."""
@@ -256,7 +268,7 @@ def import_official(root: str, out: str, dtype: str = "fp32", model_overrides: O
     files = find_files(Path(root))
     digests = {kind: sha256(path) for kind, path in files.items()}
     sources = {kind: load_state(path) for kind, path in files.items()}
-    cfg = model_config(model_overrides, model_yaml)
+    cfg = model_config(model_overrides, model_yaml, sampling)
     model = build_model(cfg)
     target = model.state_dict()
     state, report = convert(sources, target, torch_dtype)
@@ -287,8 +299,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--model-config", default=None,
                     help=f"model YAML (default {DEFAULT_MODEL_YAML.relative_to(REPO)}), then the overrides")
     ap.add_argument("overrides", nargs="*", help="model config overrides, e.g. model.image_encoder_path=...")
+    ap.add_argument("--sampling", default="official",
+                    help="sampling preset baked into the checkpoint config (experiments/configs/sampling/xnemo_NAME.yaml; "
+                         "default official — the official script's scheduler, steps, guidance, windows); 'none' for none")
     args = ap.parse_intermixed_args(argv)
-    report = import_official(args.dir, args.out, args.dtype, args.overrides, args.report, args.model_config)
+    report = import_official(args.dir, args.out, args.dtype, args.overrides, args.report, args.model_config,
+                             None if args.sampling == "none" else args.sampling)
     print(json.dumps({"out": args.out, "num_keys": report["num_keys"], "consumed": report["consumed"],
                       "missing": report["missing"], "overridden": len(report["overridden"]),
                       "sha256": report["sha256"], "dtype_in": report["dtype_in"]}, indent=1))

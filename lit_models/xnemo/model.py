@@ -27,7 +27,8 @@ from torch import nn
 from lit_models.diffusion.augment import appearance_augment
 from lit_models.diffusion.module import MotionState, ReferenceVideoDiffusion
 from lit_models.diffusion.networks import MissingWeightsError
-from lit_models.xnemo.config import IMAGE_ENCODERS, MOTION_ENCODERS, MOTION_INJECTIONS, NEGATIVE_MOTIONS
+from lit_models.xnemo.config import (IMAGE_ENCODERS, INIT_LATENTS, MOTION_ENCODERS, MOTION_INJECTIONS,
+                                     NEGATIVE_MOTIONS)
 from lit_models.xnemo.fan import sincos_1d
 from lit_models.xnemo.motion_encoder import MotionEncoder, MotionTokenizer, temporal_lowpass
 
@@ -87,6 +88,7 @@ class XNeMo(ReferenceVideoDiffusion):
         _check("motion_injection", cfg.motion_injection, MOTION_INJECTIONS)
         _check("motion_encoder", cfg.motion_encoder, MOTION_ENCODERS)
         _check("guidance_negative_motion", cfg.guidance_negative_motion, NEGATIVE_MOTIONS)
+        _check("init_latents", cfg.init_latents, INIT_LATENTS)
         d, D = int(cfg.motion_token_dim), int(unet2d.config.cross_attention_dim)
         if cfg.motion_dim % d:
             raise ValueError(f"model.motion_dim={cfg.motion_dim} must be a multiple of model.motion_token_dim={d}")
@@ -193,6 +195,17 @@ class XNeMo(ReferenceVideoDiffusion):
 
     def reference_mask_ratio(self) -> float:
         return float(self.cfg.reference_mask_ratio) if self.cfg.use_reference_masking else 0.0
+
+    def initial_latents(self, z_src: torch.Tensor, num_frames: int) -> Optional[torch.Tensor]:
+        """``init_latents=blurred_reference`` (official): ``GaussianBlur(z_ref)`` on every frame, which the sampler
+        noises to its first timestep; None (pure noise) otherwise."""
+        if self.cfg.init_latents == "noise":
+            return None
+        import torchvision.transforms.v2.functional as TF
+
+        k, sigma = int(self.cfg.init_blur_kernel), float(self.cfg.init_blur_sigma)
+        blurred = TF.gaussian_blur(z_src, [k, k], [sigma, sigma])
+        return blurred[:, None].expand(-1, num_frames, *blurred.shape[1:]).contiguous()
 
     def eval_diagnostics(self, datamodule, protocol) -> dict[str, float]:
         """Does the output follow the motion descriptor? ``motion_gain`` / ``source_gain`` / ``motion_ratio`` on

@@ -298,3 +298,40 @@ def test_animate_entry_point_on_real_fixtures(xnemo, compose_cfg, real_fixtures,
         xnemo.cfg.sample_seed = saved
     err = (luma_blocks(written) - luma_blocks(direct)).abs().mean()
     assert err < 0.5 * (luma_blocks(written) - luma_blocks(other)).abs().mean(), err
+
+
+def test_official_sampling_preset(compose_cfg):
+    """``sampling=xnemo_official``: the official DDIM (β_end 0.02, 35 leading steps 953 … 1, ᾱ_prev = 1 at the last
+    step), guidance 2.5 with the reference's own motion as negative, 24-frame windows with overlap 4, and the start
+    = the blurred reference latent noised to t = 953 — what the sampler is actually given."""
+    import torchvision.transforms.v2.functional as TF
+
+    from lit_models.diffusion.sampling import make_sampler, sample_clip
+
+    shrink = [o for o in SHRINK if "num_inference_steps" not in o]
+    cfg = compose_cfg("train", ["model=xnemo_tiny", *shrink, "sampling=xnemo_official"]).model
+    assert cfg.num_inference_steps == 35 and cfg.set_alpha_to_one and cfg.init_latents == "blurred_reference"
+    assert (cfg.guidance_scale, cfg.window_size, cfg.window_overlap, cfg.guidance_negative_motion) == (2.5, 24, 4, "reference")
+    s = make_sampler(cfg)
+    s.set_timesteps(cfg.num_inference_steps)
+    assert s.timesteps[0] == 953 and s.timesteps[-1] == 1 and len(s.timesteps) == 35
+    assert s.config.beta_end == 0.02 and s.final_alpha_cumprod == 1.0
+    plain = compose_cfg("train", ["model=xnemo_tiny", *shrink]).model
+    assert make_sampler(plain).final_alpha_cumprod < 1.0 and plain.init_latents == "noise"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    z_ref = torch.randn(1, model.latent_channels, 8, 8)
+    init = model.initial_latents(z_ref, 3)
+    want = TF.gaussian_blur(z_ref, [9, 9], [18.0, 18.0])
+    assert init.shape == (1, 3, model.latent_channels, 8, 8) and all(torch.equal(init[:, f], want) for f in range(3))
+    assert (init[:, 0] - z_ref).abs().mean() > 0.1                     # it is blurred
+    noise, seen = torch.randn_like(init), []
+
+    def denoise(z, t, s0, e):
+        seen.append(z.clone())
+        return torch.zeros_like(z)
+
+    sample_clip(denoise, noise, make_sampler(cfg), 2, 24, 4, init_latents=init)
+    s2 = make_sampler(cfg)
+    s2.set_timesteps(2)
+    torch.testing.assert_close(seen[0], s2.add_noise(init, noise, s2.timesteps[:1]))
