@@ -173,8 +173,8 @@ def convert(sources: dict[str, dict[str, torch.Tensor]], target: dict[str, torch
             dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict]:
     """Rename the official state dicts (``{file kind: state dict}``, later files override earlier ones as the
     official ``load_state_dict`` order does) onto ``target`` (our model's state dict: names and shapes; may be on
-    the meta device). → (converted state dict, report). Raises on a shape mismatch, an unknown source key, or a key
-    of ours left unfilled without a reason."""
+    the meta device). → (converted state dict, report); :func:`check_report` turns a shape mismatch, an official key
+    with no place in ours, or a key of ours left unfilled without a reason into an error."""
     out: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     report = {"consumed": {}, "unused": {}, "missing": {}, "missing_unexplained": [], "shape_mismatch": [],
