@@ -117,14 +117,15 @@ class ReferenceVideoDiffusion(AnimationModule):
         return ((self.codec.decode(z) + 1) / 2).clamp(0, 1)
 
     def write_reference(self, z_ref: torch.Tensor, mask_ratio: float = 0.0,
-                        generator: Optional[torch.Generator] = None) -> None:
-        """Run the ReferenceNet on the clean reference latent (t = 0) and fill the bank with its tokens."""
+                        generator: Optional[torch.Generator] = None, source: Optional[torch.Tensor] = None) -> None:
+        """Run the ReferenceNet on the clean reference latent (t = 0) and fill the bank with its tokens
+        (``source``: the reference images in [0, 1], for :meth:`reference_context`)."""
         if self.bank is None:
             return
         self.bank.clear()
         self.bank.writing = True
         try:
-            ctx = self.null_context.expand(z_ref.shape[0], -1, -1)
+            ctx = self.reference_context(z_ref, source)
             t0 = torch.zeros(z_ref.shape[0], device=z_ref.device, dtype=torch.long)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_reference_net):
                 self.reference_net(z_ref, t0, encoder_hidden_states=ctx)
@@ -159,6 +160,10 @@ class ReferenceVideoDiffusion(AnimationModule):
     def reference_mask_ratio(self) -> float:
         return 0.0
 
+    def reference_context(self, z_ref: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The ReferenceNet's cross-attention context (default: the learned null prompt)."""
+        return self.null_context.expand(z_ref.shape[0], -1, -1)
+
     def initial_latents(self, z_src: torch.Tensor, num_frames: int) -> Optional[torch.Tensor]:
         """Sampling start (B×T×C×h×w, noised to the first timestep by the sampler), or None: pure noise."""
         return None
@@ -181,7 +186,7 @@ class ReferenceVideoDiffusion(AnimationModule):
         z_t = self.noise_scheduler.add_noise(z0.flatten(0, 1), noise.flatten(0, 1), t_rows).view_as(z0)
         state = self.encode_motion(source, self.prepare_driving(batch, driving, gen), keep["motion"], gen,
                                    keypoints=normalise_keypoints(batch.get("keypoints"), batch["driving"].shape[-2:]))
-        self.write_reference(self.encode(source), self.reference_mask_ratio(), gen)
+        self.write_reference(self.encode(source), self.reference_mask_ratio(), gen, source=source)
         pred = self.denoise(z_t, t, state, torch.arange(B, device=dev), keep["reference"])
         kind = self.cfg.prediction_type
         if kind == "epsilon":
@@ -235,7 +240,7 @@ class ReferenceVideoDiffusion(AnimationModule):
                 ref_index = ref_index.repeat(2)
                 keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
             z_src = self.encode(src)
-            self.write_reference(z_src)
+            self.write_reference(z_src, source=src)
             z_ref_shape = z_src.shape[1:]
             gen = torch.Generator().manual_seed(int(self.cfg.sample_seed))
             noise = torch.randn((B, T, *z_ref_shape), generator=gen).to(dev, src.dtype)

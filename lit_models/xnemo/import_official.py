@@ -61,7 +61,8 @@ EXTERNAL = {
     "reference_net.conv_norm_out.": "the official reference U-Net has no conv_norm_out/conv_out (its output is unused)",
     "reference_net.conv_out.": "the official reference U-Net has no conv_norm_out/conv_out (its output is unused)",
     "codec.": "VAE: from `vae_path` (official: stable-video-diffusion-img2vid-xt/vae)",
-    "image_encoder.": "CLIP image encoder: from `image_encoder_path` (official: sd-image-variations-diffusers/image_encoder)",
+    "image_encoder.": "image encoder, not in the released files: CLIP from `image_encoder_path` (official: "
+                      "sd-image-variations-diffusers/image_encoder), or the config's stand-in / learned_cnn",
     "null_context": "ours (learned null prompt; unused when the context is the CLIP image embedding)",
     "null_motion": "ours (learned null motion tokens, guidance_negative_motion=null only)",
     # the official loads both denoiser files with strict=False over the sd-image-variations U-Net: a base key in

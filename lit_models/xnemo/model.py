@@ -81,6 +81,7 @@ class XNeMo(ReferenceVideoDiffusion):
                                  "(each motion module runs before the temporal module of its layer)")
             self.motion_context = attach_motion_cross_attention(self.denoiser, int(self.cfg.motion_token_dim),
                                                                 int(self.cfg.motion_heads))
+            self.null_context.requires_grad_(False)     # unused: both U-Nets read c_img (no unused grads under DDP)
 
     # ---- networks -------------------------------------------------------------------------------------------
     def build_motion(self, unet2d: nn.Module) -> None:
@@ -147,6 +148,15 @@ class XNeMo(ReferenceVideoDiffusion):
         std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         with torch.no_grad():
             return self.image_encoder(pixel_values=(x - mean) / std).image_embeds[:, None]
+
+    def reference_context(self, z_ref: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Official: the ReferenceNet's cross-attention reads the same image embedding c_img as the denoiser
+        (``source`` in [0, 1]; when a caller passes only the latent, the image is its decoding)."""
+        if self.cfg.motion_injection == "text_xattn":
+            return super().reference_context(z_ref, source)
+        if source is None:
+            source = self.decode(z_ref)
+        return self.image_context(source).to(z_ref.dtype)
 
     def encode_motion(self, source, driving, keep_motion, generator: Optional[torch.Generator] = None,
                       keypoints=None) -> MotionState:

@@ -335,3 +335,21 @@ def test_official_sampling_preset(compose_cfg):
     s2 = make_sampler(cfg)
     s2.set_timesteps(2)
     torch.testing.assert_close(seen[0], s2.add_noise(init, noise, s2.timesteps[:1]))
+
+
+def test_reference_net_reads_the_image_embedding(xnemo):
+    """As official, the ReferenceNet's cross-attention context is c_img of the reference (not a learned prompt):
+    changing c_img changes the reference tokens the denoiser reads."""
+    d = clip()
+    z = xnemo.encode(d["source"])
+    with torch.no_grad():
+        ctx = xnemo.reference_context(z, d["source"])
+        assert torch.equal(ctx, xnemo.image_context(d["source"]))
+        torch.testing.assert_close(xnemo.reference_context(z), ctx)           # latent only: decoded (pixel: exact)
+        xnemo.write_reference(z, source=d["source"])
+        a = {k: v.clone() for k, v in xnemo.bank.features.items()}
+        xnemo.write_reference(z, source=clip(seed=5)["source"])
+        b = dict(xnemo.bank.features)
+        xnemo.bank.clear()
+    # the first self-attention layer runs before any cross-attention: only later layers can differ
+    assert any((a[k] - b[k]).abs().max() > 1e-6 for k in a)

@@ -197,11 +197,13 @@ SMALL = ["pretrained_model_name_or_path=null", "latent=pixel", "image_encoder=le
          "gradient_checkpointing=false"]
 
 
+@pytest.mark.slow
 def test_importer_round_trips_a_fake_official_checkpoint(manifest, tmp_path):
     """Fake official files (every manifest key, official names, small random fp16 values at a 32/64/128-channel width
     of the SD layout) → ``python -m lit_models.xnemo.import_official DIR --out …`` → ``load_model``: every value
     arrives (cast to fp32) at its renamed key, the sha256 of each source is recorded, and a stray or absent key
-    fails with a message naming it."""
+    fails with a message naming it. Slow (~20 s idle, 45 s on the shared CPU): two builds of a model with the
+    61.7 M-parameter FAN encoder; the full-size key/shape round trip above is the fast check."""
     import hashlib
 
     from lit_models.registry import build_model, load_model
@@ -242,3 +244,18 @@ def test_importer_round_trips_a_fake_official_checkpoint(manifest, tmp_path):
     paths["motion_encoder"].unlink()
     with pytest.raises(FileNotFoundError, match="xnemo_motion_encoder.pth.*github.com/bytedance/x-nemo-inference"):
         main([str(tmp_path), "--out", str(out), *SMALL])
+
+
+def test_full_config_without_clip_weights_fails_naming_path_and_url(compose_cfg, tmp_path):
+    """No silent stand-in: ``image_encoder=clip`` without the folder fails naming the key, the path and the URL;
+    ``image_encoder=clip_standin`` is the labelled way to run without it."""
+    from unittest import mock
+
+    from lit_models.diffusion.networks import MissingWeightsError
+    from lit_models.registry import build_model
+
+    cfg = compose_cfg("train", ["model=xnemo", "model.pretrained_model_name_or_path=null",
+                                f"model.image_encoder_path={tmp_path}/clip"]).model
+    with mock.patch("lit_models.diffusion.module.LatentCodec", _NoVAE), torch.device("meta"):
+        with pytest.raises(MissingWeightsError, match=r"clip.*image_encoder_path.*lambdalabs/sd-image-variations"):
+            build_model(cfg)
