@@ -68,9 +68,30 @@ def build_image_encoder(kind: str, path: Optional[str], dim: int) -> nn.Module:
     return enc.requires_grad_(False).eval()
 
 
+# keys added by issue 12 (official layout); a model config without them is from a checkpoint of the earlier design
+_NEW_KEYS = ("motion_injection", "motion_encoder", "motion_heads", "bbox_param", "image_encoder", "image_encoder_path",
+             "guidance_negative_motion", "set_alpha_to_one", "init_latents", "init_blur_kernel", "init_blur_sigma")
+
+
+def upgrade_legacy_config(cfg):
+    """A pre-issue-12 X-NeMo config (no ``motion_injection``: motion tokens as the U-Net's text context, conv
+    encoder) → the same design under today's schema (``motion_injection=text_xattn``, ``motion_encoder=conv``), so
+    its checkpoints still load; any other config is returned as is."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(cfg, (dict, DictConfig)) or "motion_injection" in cfg:
+        return cfg
+    from lit_models.xnemo.config import XNeMoConfig
+
+    old = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    merged = OmegaConf.merge(OmegaConf.structured(XNeMoConfig), old,
+                             {"motion_injection": "text_xattn", "motion_encoder": "conv"})
+    return OmegaConf.create(OmegaConf.to_container(merged, resolve=True))
+
+
 class XNeMo(ReferenceVideoDiffusion):
     def __init__(self, cfg):
-        super().__init__(cfg)
+        super().__init__(upgrade_legacy_config(cfg))
         self.motion_context = None
         self._keep_reference_rows: Optional[torch.Tensor] = None
         if self.cfg.motion_injection == "motion_xattn":

@@ -353,3 +353,17 @@ def test_reference_net_reads_the_image_embedding(xnemo):
         xnemo.bank.clear()
     # the first self-attention layer runs before any cross-attention: only later layers can differ
     assert any((a[k] - b[k]).abs().max() > 1e-6 for k in a)
+
+
+def test_checkpoint_of_the_earlier_design_still_loads(xnemo_text, tmp_path):
+    """A checkpoint saved before issue 12 (its model config has none of the new keys) loads as text_xattn."""
+    from lit_models.registry import load_model
+    from lit_models.xnemo.model import _NEW_KEYS
+
+    hp = {k: v for k, v in dict(xnemo_text.hparams["model"]).items() if k not in _NEW_KEYS}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": xnemo_text.state_dict(), "hyper_parameters": {"model": hp}}, path)
+    old = load_model(str(path))
+    assert old.cfg.motion_injection == "text_xattn" and old.motion_context is None
+    d = clip()
+    torch.testing.assert_close(old.descriptor(d["driving"]), xnemo_text.eval().descriptor(d["driving"]))
