@@ -28,6 +28,7 @@ class MotionTokenContext:
 
     def __init__(self):
         self.tokens: Optional[torch.Tensor] = None
+        self.num_modules = 0                # how many motion modules read it (set by attach_motion_cross_attention)
 
     def clear(self) -> None:
         self.tokens = None
