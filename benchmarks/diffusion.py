@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
     from rich.table import Table
 
     device = torch.device(args.device)
-    model = build([]).to(device)
+    model = build(["model.motion_injection=text_xattn"]).to(device)   # the bare networks below mirror this design
     cfg = model.cfg
     B, T, r = args.batch, args.frames, cfg.resolution
     batch = {"source": torch.rand(B, 3, r, r, device=device), "driving": torch.rand(B, T, 3, r, r, device=device)}

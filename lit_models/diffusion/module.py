@@ -127,15 +127,16 @@ class ReferenceVideoDiffusion(AnimationModule):
         raise ValueError(f"reference_timestep must be zero | current, got {mode!r}")
 
     def write_reference(self, z_ref: torch.Tensor, mask_ratio: float = 0.0,
-                        generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None) -> None:
+                        generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
+                        source: Optional[torch.Tensor] = None) -> None:
         """Run the ReferenceNet on the clean reference latent ``z_ref`` at timestep ``t`` (per row; None: t = 0)
-        and fill the bank with its tokens."""
+        and fill the bank with its tokens (``source``: the reference images, for :meth:`reference_context`)."""
         if self.bank is None:
             return
         self.bank.clear()
         self.bank.writing = True
         try:
-            ctx = self.null_context.expand(z_ref.shape[0], -1, -1)
+            ctx = self.reference_context(z_ref, source)
             if t is None:
                 t = torch.zeros(z_ref.shape[0], device=z_ref.device, dtype=torch.long)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_reference_net):
@@ -174,6 +175,14 @@ class ReferenceVideoDiffusion(AnimationModule):
     def reference_mask_ratio(self) -> float:
         return 0.0
 
+    def reference_context(self, z_ref: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The ReferenceNet's cross-attention context (default: the learned null prompt)."""
+        return self.null_context.expand(z_ref.shape[0], -1, -1)
+
+    def initial_latents(self, z_src: torch.Tensor, num_frames: int) -> Optional[torch.Tensor]:
+        """Sampling start (B×T×C×h×w, noised to the first timestep by the sampler), or None: pure noise."""
+        return None
+
     # ---- training -------------------------------------------------------------------------------------------
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         source = self.to_model(batch["source"])
@@ -192,7 +201,8 @@ class ReferenceVideoDiffusion(AnimationModule):
         z_t = self.noise_scheduler.add_noise(z0.flatten(0, 1), noise.flatten(0, 1), t_rows).view_as(z0)
         state = self.encode_motion(source, self.prepare_driving(batch, driving, gen), keep["motion"], gen,
                                    keypoints=normalise_keypoints(batch.get("keypoints"), batch["driving"].shape[-2:]))
-        self.write_reference(self.encode(source), self.reference_mask_ratio(), gen, t=self.reference_t(t))
+        self.write_reference(self.encode(source), self.reference_mask_ratio(), gen, t=self.reference_t(t),
+                             source=source)
         pred = self.denoise(z_t, t, state, torch.arange(B, device=dev), keep["reference"])
         kind = self.cfg.prediction_type
         if kind == "epsilon":
@@ -260,8 +270,9 @@ class ReferenceVideoDiffusion(AnimationModule):
                 raise ValueError(f"reference_latent must be mean | sample_per_frame, got {mode!r}")
             per_step = self.reference_t(torch.zeros(B, dtype=torch.long, device=dev)) is not None
             written = {"t": None}
+            src_rows = src.repeat_interleave(T, 0) if mode == "sample_per_frame" else src
             if not per_step:
-                self.write_reference(z_rows)
+                self.write_reference(z_rows, source=src_rows)
             init = None
             if self.cfg.initial_latent == "noised_reference":   # official X-Portrait: x_T = q_sample(z_src, T − 1)
                 t_last = torch.full((B * T,), self.noise_scheduler.config.num_train_timesteps - 1, dtype=torch.long)
@@ -273,7 +284,8 @@ class ReferenceVideoDiffusion(AnimationModule):
             def denoise(z, t, s, e):
                 tt = torch.full((z.shape[0] * (2 if use_cfg else 1),), int(t), device=dev, dtype=torch.long)
                 if per_step and written["t"] != int(t):       # reference_timestep=current: once per step, all windows
-                    self.write_reference(z_rows, t=torch.full((len(z_rows),), int(t), device=dev, dtype=torch.long))
+                    self.write_reference(z_rows, t=torch.full((len(z_rows),), int(t), device=dev, dtype=torch.long),
+                                         source=src_rows)
                     written["t"] = int(t)
 
                 def take(v):                                   # frames [s, e) or the frame indices s
@@ -290,7 +302,8 @@ class ReferenceVideoDiffusion(AnimationModule):
             steps = num_inference_steps or self.cfg.num_inference_steps
             latents = sample_clip(denoise, noise, make_sampler(self.cfg, sampler), steps, self.cfg.window_size,
                                   self.cfg.window_overlap, show_progress=show_progress,
-                                  window_schedule=self.cfg.window_schedule, generator=gen, init_latents=init)
+                                  window_schedule=self.cfg.window_schedule, generator=gen, init_latents=init,
+                                  init_clean=self.initial_latents(z_src, T))
             frames = self.decode(latents.flatten(0, 1))
             if frames.shape[-2:] != (H, W):
                 frames = F.interpolate(frames, size=(H, W), mode="bilinear", align_corners=False).clamp(0, 1)

@@ -47,7 +47,8 @@ def make_sampler(cfg: DiffusionConfig, kind: Optional[str] = None):
         sched.ldm_uniform = True
         return sched
     if kind == "ddim":
-        return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False, set_alpha_to_one=False,
+        return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False,
+                             set_alpha_to_one=bool(getattr(cfg, "set_alpha_to_one", False)),
                              steps_offset=1 if spacing == "leading" else 0, timestep_spacing=spacing)
     if kind == "dpmpp":
         return DPMSolverMultistepScheduler(**_schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2,
@@ -164,18 +165,25 @@ def average_windows(predict: Callable[[torch.Tensor], torch.Tensor], windows: li
 def sample_clip(denoise: Callable[..., torch.Tensor], noise: torch.Tensor,
                 scheduler, num_inference_steps: int, window_size: int, window_overlap: int,
                 show_progress: bool = False, window_schedule: str = "blend",
-                generator: Optional[torch.Generator] = None, init_latents: Optional[torch.Tensor] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None, init_latents: Optional[torch.Tensor] = None,
+                init_clean: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run the reverse process on a B×T×C×h×w clip. ``window_schedule=blend``: ``denoise(z_window, t, start, end)``
     returns the (guided) model output for frames ``[start, end)`` and windows are blended with linear ramps;
     ``circular`` (official X-Portrait): ``denoise(z_window, t, indices, None)`` for windows that start at a random
     offset per step (``generator``) and wrap around, averaged. ``init_latents`` replaces ``noise · σ_init``
-    (e.g. the noised reference latent)."""
+    (e.g. the noised reference latent, X-Portrait); ``init_clean`` (B×T×C×h×w) is noised to the first timestep with
+    ``noise`` instead (e.g. the blurred reference latent, X-NeMo). At most one of the two."""
     from tqdm.auto import tqdm
 
     if window_schedule not in ("blend", "circular"):
         raise ValueError(f"window_schedule must be blend | circular, got {window_schedule!r}")
+    if init_latents is not None and init_clean is not None:
+        raise ValueError("sample_clip: pass init_latents or init_clean, not both")
     set_inference_timesteps(scheduler, num_inference_steps, device=noise.device)
-    latents = noise * scheduler.init_noise_sigma if init_latents is None else init_latents
+    if init_clean is not None:
+        latents = scheduler.add_noise(init_clean, noise, scheduler.timesteps[:1])
+    else:
+        latents = noise * scheduler.init_noise_sigma if init_latents is None else init_latents
     T = latents.shape[1]
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not show_progress, leave=False):
         model_in = scheduler.scale_model_input(latents, t)

@@ -1,48 +1,223 @@
-"""X-NeMo: a 1-D latent motion descriptor injected only through cross-attention.
+"""X-NeMo: a 1-D latent motion descriptor that enters the denoiser only through cross-attention.
 
-``ε_θ(z_t, t | h_ref, c)`` with ``c = P(reshape(m))``, ``m = E_m(A(D_t)) ∈ R^motion_dim`` — the motion tokens are
-the ``encoder_hidden_states`` of every cross-attention layer of the denoiser (every down, mid and up block of the
-tiny layout; SD-1.5's attention-free lowest blocks have none), with no spatially aligned control. Appearance comes
-from the ReferenceNet (shared core). Identity-leakage guards: driving appearance augmentation ``A``, random
-reference-feature masking, temporal low-pass of ``m``.
+Official layout (``motion_injection=motion_xattn``, the default; ``fixtures/official/xnemo/structure.md``):
+
+* ``m_t = E_m(D_t, b_t)`` ∈ R^{L×d} per driving frame (FAN_SA encoder, L·d = ``motion_dim`` = 32 × 16 official);
+* ``ε_θ(z_t, t | h_ref, c_img, m)``: in every down / mid / up layer of the video U-Net,
+  ``resnet → spatial transformer (attn1 = self + reference tokens h_ref, attn2 = cross to c_img) → motion
+  cross-attention (queries: the frame's pixels, keys/values: m_t, width d) → AnimateDiff temporal attention``;
+* ``c_img`` = the CLIP image embedding of the reference (one token); ``h_ref`` from the ReferenceNet run once on the
+  clean reference latent at t = 0 (shared core);
+* guidance: ``ε̂ = ε(∅) + s (ε(c) − ε(∅))`` where ∅ = no reference tokens, ``c_img = 0`` and the motion tokens of the
+  **reference image itself**, ``E_m(S)`` (``guidance_negative_motion=reference``).
+
+``motion_injection=text_xattn`` keeps portraitlab's earlier design (the motion tokens, projected, replace the U-Net's
+text context; learned null tokens for guidance). Identity-leakage guards in both: driving appearance augmentation,
+random reference-feature masking, temporal low-pass of ``m``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lit_models.diffusion.augment import appearance_augment
 from lit_models.diffusion.module import MotionState, ReferenceVideoDiffusion
+from lit_models.diffusion.networks import MissingWeightsError
+from lit_models.xnemo.config import (IMAGE_ENCODERS, INIT_LATENTS, MOTION_ENCODERS, MOTION_INJECTIONS,
+                                     NEGATIVE_MOTIONS)
+from lit_models.xnemo.fan import sincos_1d
 from lit_models.xnemo.motion_encoder import MotionEncoder, MotionTokenizer, temporal_lowpass
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_URL = "https://huggingface.co/lambdalabs/sd-image-variations-diffusers (folder image_encoder/)"
+
+
+def _check(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def build_image_encoder(kind: str, path: Optional[str], dim: int) -> nn.Module:
+    """The reference image encoder for the U-Net's cross-attention context (``image_encoder``)."""
+    if kind == "learned_cnn":
+        return nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.SiLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                             nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, dim))
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if kind == "clip_standin":
+        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=1024, intermediate_size=4096,
+                                                             num_hidden_layers=24, num_attention_heads=16,
+                                                             image_size=224, patch_size=14, projection_dim=dim))
+    else:
+        if not path or not (Path(path) / "config.json").is_file():
+            raise MissingWeightsError(
+                f"image_encoder=clip: no CLIPVisionModelWithProjection at {path} (config key `model.image_encoder_path`). "
+                f"Put sd-image-variations' image encoder there (config.json + model.safetensors; {CLIP_URL}, e.g. "
+                f"`huggingface-cli download lambdalabs/sd-image-variations-diffusers --include 'image_encoder/*' "
+                f"--local-dir weights/sd-image-variations-diffusers`), or set model.image_encoder=clip_standin "
+                f"(random ViT-L/14, numbers labelled STANDIN)")
+        enc = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True)
+    if int(enc.config.projection_dim) != dim:
+        raise ValueError(f"image encoder projection_dim {enc.config.projection_dim} != the U-Net's cross_attention_dim "
+                         f"{dim} (model.unet.cross_attention_dim)")
+    return enc.requires_grad_(False).eval()
+
+
+# keys added by issue 12 (official layout); a model config without them is from a checkpoint of the earlier design
+_NEW_KEYS = ("motion_injection", "motion_encoder", "motion_heads", "bbox_param", "image_encoder", "image_encoder_path",
+             "guidance_negative_motion", "set_alpha_to_one", "init_latents", "init_blur_kernel", "init_blur_sigma")
+
+
+def upgrade_legacy_config(cfg):
+    """A pre-issue-12 X-NeMo config (no ``motion_injection``: motion tokens as the U-Net's text context, conv
+    encoder) → the same design under today's schema (``motion_injection=text_xattn``, ``motion_encoder=conv``), so
+    its checkpoints still load; any other config is returned as is."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(cfg, (dict, DictConfig)) or "motion_injection" in cfg:
+        return cfg
+    from lit_models.xnemo.config import XNeMoConfig
+
+    old = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    merged = OmegaConf.merge(OmegaConf.structured(XNeMoConfig), old,
+                             {"motion_injection": "text_xattn", "motion_encoder": "conv"})
+    return OmegaConf.create(OmegaConf.to_container(merged, resolve=True))
 
 
 class XNeMo(ReferenceVideoDiffusion):
+    def __init__(self, cfg):
+        super().__init__(upgrade_legacy_config(cfg))
+        self.motion_context = None
+        self._keep_reference_rows: Optional[torch.Tensor] = None
+        if self.cfg.motion_injection == "motion_xattn":
+            from lit_models.diffusion.motion_cross_attention import attach_motion_cross_attention
+
+            if not self.is_video:
+                raise ValueError("model.motion_injection=motion_xattn needs model.temporal.use_temporal=true "
+                                 "(each motion module runs before the temporal module of its layer)")
+            self.motion_context = attach_motion_cross_attention(self.denoiser, int(self.cfg.motion_token_dim),
+                                                                int(self.cfg.motion_heads))
+            self.null_context.requires_grad_(False)     # unused: both U-Nets read c_img (no unused grads under DDP)
+
+    # ---- networks -------------------------------------------------------------------------------------------
     def build_motion(self, unet2d: nn.Module) -> None:
         cfg = self.cfg
-        self.motion_encoder = MotionEncoder(cfg.motion_dim, list(cfg.motion_encoder_channels), cfg.motion_encoder_resolution,
-                                           cfg.motion_encoder_pool)
-        self.motion_tokens = MotionTokenizer(cfg.motion_dim, cfg.motion_token_dim, int(unet2d.config.cross_attention_dim))
+        _check("motion_injection", cfg.motion_injection, MOTION_INJECTIONS)
+        _check("motion_encoder", cfg.motion_encoder, MOTION_ENCODERS)
+        _check("guidance_negative_motion", cfg.guidance_negative_motion, NEGATIVE_MOTIONS)
+        _check("init_latents", cfg.init_latents, INIT_LATENTS)
+        d, D = int(cfg.motion_token_dim), int(unet2d.config.cross_attention_dim)
+        if cfg.motion_dim % d:
+            raise ValueError(f"model.motion_dim={cfg.motion_dim} must be a multiple of model.motion_token_dim={d}")
+        self.num_motion_tokens = cfg.motion_dim // d
+        if cfg.motion_encoder == "fan":
+            from lit_models.xnemo.fan import FANMotionEncoder
+
+            self.motion_encoder = FANMotionEncoder(len(cfg.bbox_param), d, cfg.motion_dim)
+        else:
+            self.motion_encoder = MotionEncoder(cfg.motion_dim, list(cfg.motion_encoder_channels),
+                                                cfg.motion_encoder_resolution, cfg.motion_encoder_pool)
+            # the fan encoder carries its own table (official ``pe``); the conv encoder gets the same kind
+            self.register_buffer("motion_pe", sincos_1d(d, torch.arange(self.num_motion_tokens)).float()[None],
+                                 persistent=False)
+        if cfg.motion_injection == "text_xattn":
+            self.motion_tokens = MotionTokenizer(cfg.motion_dim, d, D)
+            return
+        if cfg.guidance_negative_motion == "null":
+            self.null_motion = nn.Parameter(torch.zeros(1, self.num_motion_tokens, d))
+        _check("image_encoder", cfg.image_encoder, IMAGE_ENCODERS)
+        self.image_encoder = build_image_encoder(cfg.image_encoder, cfg.image_encoder_path, D)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "image_encoder", None) is not None and self.cfg.image_encoder != "learned_cnn":
+            self.image_encoder.eval()                       # frozen CLIP: always in eval mode
+        return self
+
+    # ---- conditions -----------------------------------------------------------------------------------------
+    def motion_tokens_of(self, frames01: torch.Tensor) -> torch.Tensor:
+        """N×3×H×W in [0, 1] → m: N×L×d (FAN: resized to 224², [-1, 1], head box ``bbox_param``)."""
+        N = frames01.shape[0]
+        if self.cfg.motion_encoder == "fan":
+            x = frames01 if frames01.shape[-1] == 224 else F.interpolate(
+                frames01, size=(224, 224), mode="bilinear", align_corners=False, antialias=frames01.shape[-1] > 224)
+            box = torch.tensor(list(self.cfg.bbox_param), dtype=x.dtype, device=x.device).expand(N, -1)
+            return self.motion_encoder(x * 2 - 1, box)
+        m = self.motion_encoder(frames01)
+        return m.view(N, self.num_motion_tokens, -1) + self.motion_pe.to(m.dtype)
 
     def descriptor(self, driving: torch.Tensor) -> torch.Tensor:
         """B×T×3×H×W in [0, 1] → m: B×T×motion_dim (low-passed over T when the switch is on)."""
         B, T = driving.shape[:2]
-        m = self.motion_encoder(driving.flatten(0, 1)).view(B, T, -1)
+        m = self.motion_tokens_of(driving.flatten(0, 1)).reshape(B, T, -1)
         if self.cfg.use_descriptor_lowpass:
             m = temporal_lowpass(m, self.cfg.lowpass_sigma)
         return m
 
+    def image_context(self, source01: torch.Tensor) -> torch.Tensor:
+        """c_img: B×1×D, the reference's image embedding (CLIP: bicubic 224², CLIP mean/std, ``image_embeds``)."""
+        if self.cfg.image_encoder == "learned_cnn":
+            return self.image_encoder(source01 * 2 - 1)[:, None]
+        x = F.interpolate(source01, size=(224, 224), mode="bicubic", align_corners=False,
+                          antialias=source01.shape[-1] > 224).clamp(0, 1)
+        mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        with torch.no_grad():
+            return self.image_encoder(pixel_values=(x - mean) / std).image_embeds[:, None]
+
+    def reference_context(self, z_ref: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Official: the ReferenceNet's cross-attention reads the same image embedding c_img as the denoiser
+        (``source`` in [0, 1]; when a caller passes only the latent, the image is its decoding)."""
+        if self.cfg.motion_injection == "text_xattn":
+            return super().reference_context(z_ref, source)
+        if source is None:
+            source = self.decode(z_ref)
+        return self.image_context(source).to(z_ref.dtype)
+
     def encode_motion(self, source, driving, keep_motion, generator: Optional[torch.Generator] = None,
                       keypoints=None) -> MotionState:
         B, T = driving.shape[:2]
-        m = self.descriptor(driving)
-        keep = keep_motion[:, None].expand(B, T).reshape(-1)
-        tokens = self.motion_tokens(m.flatten(0, 1), keep)
-        return {"tokens": tokens.view(B, T, *tokens.shape[1:])}
+        m = self.descriptor(driving)                                       # B×T×(L·d)
+        if self.cfg.motion_injection == "text_xattn":
+            keep = keep_motion[:, None].expand(B, T).reshape(-1)
+            tokens = self.motion_tokens(m.flatten(0, 1), keep)
+            return {"tokens": tokens.view(B, T, *tokens.shape[1:])}
+        tokens = m.view(B, T, self.num_motion_tokens, -1)
+        if not bool(keep_motion.all()):
+            if self.cfg.guidance_negative_motion == "reference":
+                neg = self.motion_tokens_of(source)                        # the reference's own motion E_m(S)
+            else:
+                neg = self.null_motion.expand(B, -1, -1)
+            tokens = torch.where(keep_motion.view(B, 1, 1, 1), tokens, neg[:, None].to(tokens.dtype))
+        ctx = self.image_context(source)
+        return {"motion_tokens": tokens, "context": ctx[:, None].expand(B, T, *ctx.shape[1:])}
+
+    def denoise(self, z_t, t, state, ref_index, keep_reference):
+        # c_img belongs to the reference condition: zero where the reference is dropped or none was written
+        T = z_t.shape[1]
+        written = self.bank is not None and bool(self.bank.features)
+        keep = keep_reference.repeat_interleave(T) if written else torch.zeros(z_t.shape[0] * T, dtype=torch.bool,
+                                                                                 device=z_t.device)
+        self._keep_reference_rows = keep
+        try:
+            return super().denoise(z_t, t, state, ref_index, keep_reference)
+        finally:
+            self._keep_reference_rows = None
 
     def condition_denoiser(self, rows: MotionState, z_t, t):
-        return rows["tokens"], None, None
+        if self.cfg.motion_injection == "text_xattn":
+            return rows["tokens"], None, None
+        self.motion_context.tokens = rows["motion_tokens"]               # N×L×d, read by every motion module
+        ctx = rows["context"]
+        keep = self._keep_reference_rows
+        if keep is not None and not bool(keep.all()):
+            ctx = ctx * keep.view(-1, 1, 1).to(ctx.dtype)
+        return ctx, None, None
 
     def prepare_driving(self, batch, driving, generator):
         if self.cfg.use_driving_augmentation:
@@ -52,10 +227,25 @@ class XNeMo(ReferenceVideoDiffusion):
     def reference_mask_ratio(self) -> float:
         return float(self.cfg.reference_mask_ratio) if self.cfg.use_reference_masking else 0.0
 
+    def initial_latents(self, z_src: torch.Tensor, num_frames: int) -> Optional[torch.Tensor]:
+        """``init_latents=blurred_reference`` (official): ``GaussianBlur(z_ref)`` on every frame, which the sampler
+        noises to its first timestep; None (pure noise) otherwise."""
+        if self.cfg.init_latents == "noise":
+            return None
+        import torchvision.transforms.v2.functional as TF
+
+        k, sigma = int(self.cfg.init_blur_kernel), float(self.cfg.init_blur_sigma)
+        blurred = TF.gaussian_blur(z_src, [k, k], [sigma, sigma])
+        return blurred[:, None].expand(-1, num_frames, *blurred.shape[1:]).contiguous()
+
     def eval_diagnostics(self, datamodule, protocol) -> dict[str, float]:
         """Does the output follow the motion descriptor? ``motion_gain`` / ``source_gain`` / ``motion_ratio`` on
         SynthFaces probe clips (``lit_models.xnemo.diagnostics``; 0 = the motion tokens are ignored, 1 = the output
-        changes with the driving clip as much as the ground truth does); {} on data without SynthFaces ground truth."""
+        changes with the driving clip as much as the ground truth does); {} on data without SynthFaces ground truth.
+        With a random stand-in CLIP every key carries ``_STANDIN``."""
         from lit_models.xnemo.diagnostics import synthfaces_diagnostics
 
-        return synthfaces_diagnostics(self, datamodule)
+        res = synthfaces_diagnostics(self, datamodule)
+        if self.cfg.motion_injection == "motion_xattn" and self.cfg.image_encoder == "clip_standin":
+            res = {f"{k}_STANDIN": v for k, v in res.items()}
+        return res

@@ -1,5 +1,8 @@
-"""X-NeMo: the 1-D motion descriptor, its tokens, cross-attention-only injection, leakage guards, motion dropout."""
+"""X-NeMo: the 1-D motion descriptor, its tokens, cross-attention-only injection (the official motion modules, and
+the earlier text-context design by name), the reference-motion guidance negative, leakage guards, motion dropout."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -22,6 +25,32 @@ def xnemo():
     return build_model(compose("train", ["model=xnemo_tiny", *SHRINK, "model.motion_dim=64"]).model)
 
 
+@pytest.fixture(scope="module")
+def xnemo_text():
+    """portraitlab's earlier design, still selectable: motion tokens as the U-Net's text context."""
+    from experiments.compose import compose
+
+    torch.manual_seed(0)
+    return build_model(compose("train", ["model=xnemo_tiny", *SHRINK, "model.motion_dim=64",
+                                         "model.motion_injection=text_xattn"]).model)
+
+
+@contextlib.contextmanager
+def trained_motion_modules(model):
+    """Random output projections in the (zero-initialised) motion modules, as after training; restored after."""
+    from lit_models.diffusion.motion_cross_attention import MotionThenTemporal
+
+    proj = [m.motion.transformer.proj_out for m in model.denoiser.modules() if isinstance(m, MotionThenTemporal)]
+    g = torch.Generator().manual_seed(0)
+    try:
+        for p in proj:
+            p.weight.data.copy_(torch.randn(p.weight.shape, generator=g) * 0.2)
+        yield
+    finally:
+        for p in proj:
+            p.weight.data.zero_()
+
+
 def clip(B=1, T=2, seed=0, size=16):
     g = torch.Generator().manual_seed(seed)
     return {"source": torch.rand(B, 3, size, size, generator=g), "driving": torch.rand(B, T, 3, size, size, generator=g)}
@@ -37,11 +66,12 @@ def test_motion_dim_sets_descriptor_and_token_shapes(xnemo, motion_dim):
     assert m.shape == (6, motion_dim)
     tokens = tok(m, torch.ones(6, dtype=torch.bool))
     assert tokens.shape == (6, motion_dim // 16, 64)
-    # the model itself: descriptor and state follow model.motion_dim
+    # the model itself: descriptor and state follow model.motion_dim = L tokens × d (the motion modules' kv width)
     d = clip(B=2, T=3)
     assert xnemo.descriptor(d["driving"]).shape == (2, 3, 64)
     state = xnemo.encode_motion(d["source"], d["driving"], torch.ones(2, dtype=torch.bool))
-    assert state["tokens"].shape == (2, 3, 64 // 16, xnemo.cross_attention_dim)
+    assert state["motion_tokens"].shape == (2, 3, 64 // 16, 16)
+    assert state["context"].shape == (2, 3, 1, xnemo.cross_attention_dim)
     with pytest.raises(ValueError, match="multiple of motion_token_dim"):
         MotionTokenizer(40, 16, 64)
 
@@ -70,19 +100,89 @@ def test_flatten_pool_sees_where_the_face_is_and_mean_pool_does_not():
             MotionEncoder(16, [8, 16, 16], 64, pool="mean").state_dict())
 
 
-def test_motion_enters_only_through_cross_attention_of_every_block(xnemo):
+def test_motion_enters_only_through_motion_modules_of_every_level(xnemo):
+    """Official layout: a motion cross-attention module (kv width 16) before the temporal module in every layer of
+    every down / mid / up block (the attention-free lowest level too); the U-Net's own cross-attention reads the
+    reference's image embedding, never the motion; no spatially aligned control."""
+    from lit_models.diffusion.motion_cross_attention import MotionThenTemporal
+
     den = xnemo.denoiser
     blocks = list(den.down_blocks) + [den.mid_block] + list(den.up_blocks)
     for block in blocks:
-        attn2 = [m for n, m in block.named_modules() if n.endswith("attn2") and "motion_modules" not in n]
-        assert attn2 and all(a.to_k.in_features == xnemo.cross_attention_dim for a in attn2), type(block).__name__
+        mods = list(block.motion_modules)
+        assert mods and all(isinstance(m, MotionThenTemporal) for m in mods), type(block).__name__
+        assert all(m.motion.transformer.transformer_blocks[0].attn1.to_k.in_features == 16 for m in mods)
+    assert xnemo.motion_context.num_modules == sum(len(b.motion_modules) for b in blocks)
     d = clip()
     rows = {k: v.flatten(0, 1) for k, v in
             xnemo.encode_motion(d["source"], d["driving"], torch.ones(1, dtype=torch.bool)).items()}
-    ehs, down, mid = xnemo.condition_denoiser(rows, torch.zeros(2, xnemo.latent_channels, 8, 8), torch.zeros(2))
+    xnemo.write_reference(xnemo.encode(d["source"]))
+    xnemo._keep_reference_rows = torch.ones(2, dtype=torch.bool)
+    try:
+        ehs, down, mid = xnemo.condition_denoiser(rows, torch.zeros(2, xnemo.latent_channels, 8, 8), torch.zeros(2))
+    finally:
+        xnemo._keep_reference_rows = None
+        xnemo.bank.clear()
     assert down is None and mid is None, "no spatially aligned control"
-    assert torch.equal(ehs, rows["tokens"])
+    assert ehs.shape == (2, 1, xnemo.cross_attention_dim) and torch.equal(ehs, rows["context"])
+    assert torch.equal(xnemo.motion_context.tokens, rows["motion_tokens"])
     assert not any("controlnet" in n for n, _ in xnemo.named_modules())
+
+
+def test_driving_motion_reaches_the_output_only_through_the_motion_modules(xnemo):
+    """Zero-initialised motion modules: the driving clip cannot change ε_θ; once their output projections are
+    trained (here: random), it does."""
+    a, b = clip(seed=1), clip(seed=2)
+    z = torch.randn(1, 2, xnemo.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, keep = torch.full((1,), 500), torch.ones(1, dtype=torch.bool)
+
+    def eps(driving):
+        with torch.no_grad():
+            xnemo.write_reference(xnemo.encode(a["source"]))
+            out = xnemo.denoise(z, t, xnemo.encode_motion(a["source"], driving, keep), torch.arange(1), keep)
+            xnemo.bank.clear()
+        return out
+
+    assert torch.equal(eps(a["driving"]), eps(b["driving"]))
+    with trained_motion_modules(xnemo):
+        assert (eps(a["driving"]) - eps(b["driving"])).abs().max() > 1e-4
+
+
+def test_guidance_negative_is_the_references_own_motion_and_drops_the_image_context(xnemo):
+    """Unconditional branch as official: motion tokens = E_m(reference) on every frame; c_img = 0 where the
+    reference is dropped (or none was written)."""
+    d = clip(B=2, T=3)
+    keep = torch.tensor([True, False])
+    with torch.no_grad():
+        state = xnemo.encode_motion(d["source"], d["driving"], keep)
+        own = xnemo.motion_tokens_of(d["source"])
+        full = xnemo.encode_motion(d["source"], d["driving"], torch.ones(2, dtype=torch.bool))
+    assert torch.equal(state["motion_tokens"][0], full["motion_tokens"][0])
+    assert all(torch.equal(state["motion_tokens"][1, f], own[1]) for f in range(3))
+    assert not torch.equal(full["motion_tokens"][1, 0], own[1])
+    rows = {k: v.flatten(0, 1) for k, v in state.items()}
+    xnemo._keep_reference_rows = torch.tensor([True] * 3 + [False] * 3)
+    try:
+        ehs, _, _ = xnemo.condition_denoiser(rows, None, None)
+    finally:
+        xnemo._keep_reference_rows = None
+    assert ehs[:3].abs().sum() > 0 and torch.equal(ehs[3:], torch.zeros_like(ehs[3:]))
+
+
+def test_text_xattn_design_stays_selectable(xnemo_text):
+    """``motion_injection=text_xattn``: motion tokens, projected, are the U-Net's text context in every block with
+    cross-attention; no motion modules; learned null tokens for guidance."""
+    m = xnemo_text
+    assert m.motion_context is None
+    assert not any(type(x).__name__ == "MotionThenTemporal" for x in m.denoiser.modules())
+    d = clip()
+    rows = {k: v.flatten(0, 1) for k, v in
+            m.encode_motion(d["source"], d["driving"], torch.ones(1, dtype=torch.bool)).items()}
+    ehs, down, mid = m.condition_denoiser(rows, torch.zeros(2, m.latent_channels, 8, 8), torch.zeros(2))
+    assert down is None and mid is None and torch.equal(ehs, rows["tokens"])
+    assert ehs.shape == (2, 64 // 16, m.cross_attention_dim)
+    tokens = m.motion_tokens(torch.randn(2, 64), torch.tensor([True, False]))
+    assert torch.equal(tokens[1], m.motion_tokens.null[0])
 
 
 def test_zeroed_motion_input_still_runs(xnemo):
@@ -99,17 +199,15 @@ def test_motion_dropout_really_drops_the_driving_input(xnemo):
     a, b = clip(T=1, seed=1), clip(T=1, seed=2)
     saved = xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob
     try:
-        for prob, same in ((1.0, True), (0.0, False)):
-            xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = 0.0, prob
-            with torch.no_grad():
-                la = xnemo.compute_losses({"source": a["source"], "driving": a["driving"], "target": a["driving"]})
-                lb = xnemo.compute_losses({"source": a["source"], "driving": b["driving"], "target": a["driving"]})
-            assert torch.equal(la["loss_diffusion"], lb["loss_diffusion"]) == same, f"drop_motion_prob={prob}"
+        with trained_motion_modules(xnemo):
+            for prob, same in ((1.0, True), (0.0, False)):
+                xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = 0.0, prob
+                with torch.no_grad():
+                    la = xnemo.compute_losses({"source": a["source"], "driving": a["driving"], "target": a["driving"]})
+                    lb = xnemo.compute_losses({"source": a["source"], "driving": b["driving"], "target": a["driving"]})
+                assert torch.equal(la["loss_diffusion"], lb["loss_diffusion"]) == same, f"drop_motion_prob={prob}"
     finally:
         xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = saved
-    keep = torch.tensor([True, False])
-    tokens = xnemo.motion_tokens(torch.randn(2, 64), keep)
-    assert torch.equal(tokens[1], xnemo.motion_tokens.null[0])
 
 
 def test_leakage_guards_are_switches(xnemo):
@@ -200,3 +298,72 @@ def test_animate_entry_point_on_real_fixtures(xnemo, compose_cfg, real_fixtures,
         xnemo.cfg.sample_seed = saved
     err = (luma_blocks(written) - luma_blocks(direct)).abs().mean()
     assert err < 0.5 * (luma_blocks(written) - luma_blocks(other)).abs().mean(), err
+
+
+def test_official_sampling_preset(compose_cfg):
+    """``sampling=xnemo_official``: the official DDIM (β_end 0.02, 35 leading steps 953 … 1, ᾱ_prev = 1 at the last
+    step), guidance 2.5 with the reference's own motion as negative, 24-frame windows with overlap 4, and the start
+    = the blurred reference latent noised to t = 953 — what the sampler is actually given."""
+    import torchvision.transforms.v2.functional as TF
+
+    from lit_models.diffusion.sampling import make_sampler, sample_clip
+
+    shrink = [o for o in SHRINK if "num_inference_steps" not in o]
+    cfg = compose_cfg("train", ["model=xnemo_tiny", *shrink, "sampling=xnemo_official"]).model
+    assert cfg.num_inference_steps == 35 and cfg.set_alpha_to_one and cfg.init_latents == "blurred_reference"
+    assert (cfg.guidance_scale, cfg.window_size, cfg.window_overlap, cfg.guidance_negative_motion) == (2.5, 24, 4, "reference")
+    s = make_sampler(cfg)
+    s.set_timesteps(cfg.num_inference_steps)
+    assert s.timesteps[0] == 953 and s.timesteps[-1] == 1 and len(s.timesteps) == 35
+    assert s.config.beta_end == 0.02 and s.final_alpha_cumprod == 1.0
+    plain = compose_cfg("train", ["model=xnemo_tiny", *shrink]).model
+    assert make_sampler(plain).final_alpha_cumprod < 1.0 and plain.init_latents == "noise"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    z_ref = torch.randn(1, model.latent_channels, 8, 8)
+    init = model.initial_latents(z_ref, 3)
+    want = TF.gaussian_blur(z_ref, [9, 9], [18.0, 18.0])
+    assert init.shape == (1, 3, model.latent_channels, 8, 8) and all(torch.equal(init[:, f], want) for f in range(3))
+    assert (init[:, 0] - z_ref).abs().mean() > 0.1                     # it is blurred
+    noise, seen = torch.randn_like(init), []
+
+    def denoise(z, t, s0, e):
+        seen.append(z.clone())
+        return torch.zeros_like(z)
+
+    sample_clip(denoise, noise, make_sampler(cfg), 2, 24, 4, init_clean=init)
+    s2 = make_sampler(cfg)
+    s2.set_timesteps(2)
+    torch.testing.assert_close(seen[0], s2.add_noise(init, noise, s2.timesteps[:1]))
+
+
+def test_reference_net_reads_the_image_embedding(xnemo):
+    """As official, the ReferenceNet's cross-attention context is c_img of the reference (not a learned prompt):
+    changing c_img changes the reference tokens the denoiser reads."""
+    d = clip()
+    z = xnemo.encode(d["source"])
+    with torch.no_grad():
+        ctx = xnemo.reference_context(z, d["source"])
+        assert torch.equal(ctx, xnemo.image_context(d["source"]))
+        torch.testing.assert_close(xnemo.reference_context(z), ctx)           # latent only: decoded (pixel: exact)
+        xnemo.write_reference(z, source=d["source"])
+        a = {k: v.clone() for k, v in xnemo.bank.features.items()}
+        xnemo.write_reference(z, source=clip(seed=5)["source"])
+        b = dict(xnemo.bank.features)
+        xnemo.bank.clear()
+    # the first self-attention layer runs before any cross-attention: only later layers can differ
+    assert any((a[k] - b[k]).abs().max() > 1e-6 for k in a)
+
+
+def test_checkpoint_of_the_earlier_design_still_loads(xnemo_text, tmp_path):
+    """A checkpoint saved before issue 12 (its model config has none of the new keys) loads as text_xattn."""
+    from lit_models.registry import load_model
+    from lit_models.xnemo.model import _NEW_KEYS
+
+    hp = {k: v for k, v in dict(xnemo_text.hparams["model"]).items() if k not in _NEW_KEYS}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": xnemo_text.state_dict(), "hyper_parameters": {"model": hp}}, path)
+    old = load_model(str(path))
+    assert old.cfg.motion_injection == "text_xattn" and old.motion_context is None
+    d = clip()
+    torch.testing.assert_close(old.descriptor(d["driving"]), xnemo_text.eval().descriptor(d["driving"]))

@@ -57,7 +57,17 @@ def tiny_xnemo():
     torch.manual_seed(0)
     shrink = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encoder_resolution=16",
               "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=1", "model.motion_dim=32"]
-    return build_model(compose("train", ["model=xnemo_tiny", *shrink]).model)
+    model = build_model(compose("train", ["model=xnemo_tiny", *shrink]).model)
+    # the motion cross-attention modules start as exact no-ops (zero output projections): give them random ones,
+    # as after training, so the driving clip can reach the output
+    from lit_models.diffusion.motion_cross_attention import MotionThenTemporal
+
+    g = torch.Generator().manual_seed(0)
+    for m in model.denoiser.modules():
+        if isinstance(m, MotionThenTemporal):
+            w = m.motion.transformer.proj_out.weight
+            w.data.copy_(torch.randn(w.shape, generator=g) * 0.2)
+    return model
 
 
 def test_xnemo_sensitivity_vanishes_when_motion_tokens_are_cut(tiny_xnemo, monkeypatch):
