@@ -222,8 +222,9 @@ def to_rows(tables: list[dict]) -> list[dict]:
     return out
 
 
-def plot_axes(tables: list[dict], out: Path) -> list[Path]:
-    """``plot_<axis>.png``: every metric against the axis (lines per combination of the other axes)."""
+def plot_axes(tables: list[dict], out: Path, ncols: int = 4) -> list[Path]:
+    """``plot_<axis>.png``: every metric against the axis, one panel per metric in a grid of ``ncols`` columns
+    (lines per combination of the other axes; error bars = std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,14 +236,18 @@ def plot_axes(tables: list[dict], out: Path) -> list[Path]:
             ms = t["metrics"]
             if not ms:
                 continue
-            fig, axs = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 2.8), squeeze=False)
+            nc = min(ncols, len(ms))
+            nr = math.ceil(len(ms) / nc)
+            fig, axs = plt.subplots(nr, nc, figsize=(3.6 * nc, 2.9 * nr + 0.4), squeeze=False)
             others = [a for a in t["axes"] if a != axis]
             lines: dict[tuple, list[dict]] = {}
             for r in t["rows"]:
                 lines.setdefault(tuple(r["values"][a] for a in others), []).append(r)
             xs_all = sorted({r["values"][axis] for r in t["rows"]}, key=_sort_key)
             numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs_all)
-            for ax, m in zip(axs[0], ms):
+            for ax in list(axs.flat)[len(ms):]:
+                ax.axis("off")
+            for ax, m in zip(axs.flat, ms):
                 for key, rows in lines.items():
                     rows = sorted(rows, key=lambda r: _sort_key(r["values"][axis]))
                     x = [r["values"][axis] if numeric else xs_all.index(r["values"][axis]) for r in rows]
@@ -254,6 +259,7 @@ def plot_axes(tables: list[dict], out: Path) -> list[Path]:
                 ax.set_title(m + _arrow(m), fontsize=9)
                 ax.set_xlabel(axis, fontsize=8)
                 ax.tick_params(labelsize=7)
+                ax.grid(alpha=0.3)
             if others and len(lines) > 1:
                 axs[0][0].legend(fontsize=6)
             fig.suptitle(f"{t['protocol']}: {axis}", fontsize=10)
