@@ -198,22 +198,11 @@ class ResultFiles:
 
 
 # ---- logging ----------------------------------------------------------------------------------------------------
-def _log_results(loggers, protocol_name: str, metrics: dict, run_dir: Path, grid: Optional[Path]) -> None:
-    for logger in loggers or []:
-        try:
-            logger.log_metrics({f"eval/{protocol_name}/{k}": v for k, v in metrics.items()
-                                if isinstance(v, (int, float)) and math.isfinite(v)}, step=0)
-            if type(logger).__name__ == "WandbLogger":
-                import pandas as pd
-                import wandb
+def _log_results(loggers, protocol_name: str, metrics: dict, run_dir: Path, grid: Optional[Path], step: int = 0) -> None:
+    """Mirror one protocol's results to the loggers at ``step`` (``eval.dashboard.log_eval_results``)."""
+    from eval.dashboard import log_eval_results
 
-                table = wandb.Table(dataframe=pd.read_csv(run_dir / PER_VIDEO))
-                payload = {f"eval/{protocol_name}/per_video": table}
-                if grid is not None and grid.is_file():  # from the mp4 PyAV wrote (numpy input would need moviepy)
-                    payload[f"eval/{protocol_name}/grid"] = wandb.Video(str(grid), format="mp4")
-                logger.experiment.log(payload)
-        except Exception as err:  # a logger failure must not lose the local results (the source of truth)
-            log.warning("logging eval results to %s failed: %s", type(logger).__name__, err)
+    log_eval_results(loggers, protocol_name, metrics, run_dir / PER_VIDEO, grid, step=step)
 
 
 # ---- the runner -------------------------------------------------------------------------------------------------
@@ -263,8 +252,11 @@ def _model_stats(model) -> dict[str, float]:
 
 def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt: Optional[str] = None,
                    overrides: Optional[list[str]] = None, device=None, dataset_key: Optional[str] = None,
-                   keypoint_locator=None, progress: bool = True, suite: Optional[Suite] = None) -> dict:
+                   keypoint_locator=None, progress: bool = True, suite: Optional[Suite] = None,
+                   log_step: int = 0) -> dict:
     """Evaluate ``model`` under ``protocol_cfg``; returns the ``metrics.json`` content (also written to run_dir).
+
+    ``log_step``: the ``trainer/global_step`` the loggers record the results at (the checkpoint's training step).
 
     ``keypoint_locator(frames N×3×H×W) -> N×K×2`` gives the generated frames' keypoints for ``akd_gt``.
     ``dataset_key`` names the data for the FID reference-statistics cache (default: the datamodule's root).
@@ -401,7 +393,7 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     if model_stats:
         result["model_stats"] = sorted(model_stats)
     atomic_write_json(run_dir / METRICS, result)
-    _log_results(loggers, str(protocol.name), metrics, run_dir, grid)
+    _log_results(loggers, str(protocol.name), metrics, run_dir, grid, step=log_step)
     return result
 
 
