@@ -309,11 +309,11 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     n_grid = int(protocol.get("num_grid_videos", 4))
     samples, total = eval_samples(datamodule, protocol, skip=set(done))
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from toolbox.progress import Progress
 
-    with Progress(TextColumn(f"eval {protocol.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
-        task = bar.add_task("videos", total=total, completed=len(done))
+    # a bar on a terminal, periodic plain lines (done/total, rate, ETA) when stdout is a log
+    with Progress(total=total, desc=f"eval {protocol.name}", unit="videos", initial=len(done),
+                  enabled=progress) as bar:
         with torch.no_grad():
             for batch in _batches(samples, max(1, int(protocol.batch_size))):
                 source = torch.stack([s["source"] for _, s in batch]).to(device)
@@ -355,7 +355,7 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
 
                         grid_rows.append(grid_frames(fb.source[None], fb.driving[None], fb.pred[None],
                                                      None if fb.target is None else fb.target[None], max_frames=16))
-                    bar.advance(task)
+                    bar.update()
     if was_training and hasattr(model, "train"):
         model.train()
     if not done:

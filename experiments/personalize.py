@@ -201,7 +201,7 @@ def check_kept_run(run_dir: Path, cfg, pair, steps: int) -> None:
 
 def main(argv: list[str] | None = None):
     import pandas as pd
-    from rich.progress import track
+    from toolbox.progress import track
 
     from datamodules.utils import atomic_write_json
     from eval.table import make_table
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None):
     jobs = [(i, pair, seed) for i, pair in enumerate(pairs) for seed in seeds]
     rows = []
     outer = len(jobs) >= 2
-    for i, pair, seed in track(jobs, description="personalizing", disable=not outer):
+    # a bar on a terminal, plain "k/N jobs … ETA" lines in a log (toolbox.progress)
+    for i, pair, seed in track(jobs, desc="personalize", unit="jobs", enabled=outer, every_s=0):
         pair_dir = out_dir / (f"pair{i:03d}" if len(seeds) == 1 else f"pair{i:03d}_seed{seed}")
         if (pair_dir / "metrics.json").exists() and (pair_dir / "row.json").exists() and not args.overwrite:
             check_kept_run(pair_dir, cfg, pair, steps)

@@ -214,15 +214,22 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
     ]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if tc.enable_progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+    if tc.enable_progress_bar:   # a bar on a terminal; plain "step k/N … loss … ETA" lines in a log
+        from toolbox.progress import lightning_progress_bar, mode_for
+
+        mode = mode_for(sys.stdout)
+        if mode == "bar":
+            callbacks.append(RichProgressBar(leave=True))
+        elif mode == "lines":
+            callbacks.append(lightning_progress_bar())
     return L.Trainer(
         default_root_dir=str(run_dir), accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy,
         num_nodes=tc.num_nodes, precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
         val_check_interval=tc.val_check_interval, check_val_every_n_epoch=None,
         limit_val_batches=tc.limit_val_batches, log_every_n_steps=tc.log_every_n_steps,
         gradient_clip_val=tc.gradient_clip_val, accumulate_grad_batches=tc.accumulate_grad_batches,
-        deterministic=tc.deterministic, enable_progress_bar=tc.enable_progress_bar,
+        deterministic=tc.deterministic,
+        enable_progress_bar=tc.enable_progress_bar and any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
         enable_model_summary=tc.enable_model_summary, num_sanity_val_steps=tc.num_sanity_val_steps,
         logger=loggers or False, callbacks=callbacks,
     )
