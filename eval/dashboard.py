@@ -151,3 +151,42 @@ def log_checkpoints(loggers, ckpt_dir: str | Path) -> list[str]:
             run.log_artifact(art, aliases=[ckpt.stem] + (["latest"] if ckpt.name == "last.ckpt" else []))
             logged.append(str(ckpt))
     return logged
+
+
+def compare_group(labels: dict[str, str], out: Path) -> str:
+    """The checkpoints' shared W&B group (their training runs' ``wandb_run.json``), else ``compare-<out name>``."""
+    groups = {(read_run_info(run_dir_of_checkpoint(c)) or {}).get("group") for c in labels.values()}
+    return groups.pop() if len(groups) == 1 and None not in groups else f"compare-{Path(out).name}"
+
+
+def log_compare_run(out: Path, summary, per_video: dict, labels: dict[str, str], grid: Optional[Path],
+                    plots: list[Path], protocol_name: str, protocol_hash: str, project: str = "portraitlab",
+                    entity: Optional[str] = None, mode: Optional[str] = None) -> Optional[str]:
+    """One W&B run (job type ``compare``) holding the comparison: ``compare/deltas`` (per metric and model: means,
+    Δ, paired-bootstrap CI, share of videos better, verdict), ``compare/per_video`` (every model's per-video results,
+    long form), the paired plots and the side-by-side video; the summary holds each Δ and its CI."""
+    import pandas as pd
+    import wandb
+
+    if wandb_mode(mode) == "disabled":
+        return None
+    per = pd.concat([df.assign(model=label) for label, df in per_video.items()], ignore_index=True)
+    per = per[["model"] + [c for c in per.columns if c != "model"]]
+    run = init_run(project=project, entity=entity, group=compare_group(labels, out), job_type="compare",
+                   name=f"compare-{Path(out).name}", dir=out, mode=mode,
+                   config={"checkpoints": dict(labels), "baseline": next(iter(labels)), "protocol": protocol_name,
+                           "protocol_hash": protocol_hash},
+                   tags=[f"compare:{label}" for label in labels])
+    try:
+        payload: dict[str, Any] = {"compare/deltas": wandb.Table(dataframe=summary.reset_index(drop=True)),
+                                   "compare/per_video": wandb.Table(dataframe=per)}
+        payload.update({f"compare/{p.stem}": wandb.Image(str(p)) for p in plots})
+        if grid is not None and Path(grid).is_file():
+            payload["compare/side_by_side"] = wandb.Video(str(grid), format="mp4")
+        run.log(payload)
+        for _, r in summary.iterrows():
+            key = f"delta/{r.model}/{r.metric}"
+            run.summary.update({key: r.diff_mean, f"{key}/ci_low": r.ci_low, f"{key}/ci_high": r.ci_high})
+        return run.dir
+    finally:
+        run.finish()
