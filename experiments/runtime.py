@@ -37,6 +37,13 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and str(value) not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    ema = OmegaConf.select(cfg, "model.ema_decay", default=None)
+    if ema is not None and not 0.0 <= float(ema) < 1.0:
+        raise ConfigError(f"model.ema_decay={ema} must be in [0, 1) (0 turns EMA off)")
+    for key in ("trainer.keep_last_n",):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
     for key in ("data.batch_size", "data.resolution", "trainer.accumulate_grad_batches"):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and int(value) < 1:
@@ -207,11 +214,24 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     tc = cfg.trainer
+    # checkpoints to compare over time: the newest `keep_last_n` (rolling, every `checkpoint_every_n_steps`) +
+    # last.ckpt, and with `keep_every_n_steps` a permanent keep-stepNNNNNNN.ckpt every k steps
     callbacks = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False,
-                        every_n_train_steps=tc.checkpoint_every_n_steps, save_last=True, save_top_k=1),
+                        every_n_train_steps=tc.checkpoint_every_n_steps, save_last=True,
+                        save_top_k=int(tc.keep_last_n), monitor="step" if int(tc.keep_last_n) > 1 else None,
+                        mode="max"),
         RNGStateCallback(),
     ]
+    if int(tc.keep_every_n_steps) > 0:
+        callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="keep-step{step:07d}",
+                                         auto_insert_metric_name=False, every_n_train_steps=int(tc.keep_every_n_steps),
+                                         save_top_k=-1, save_last=False))
+    ema_decay = float(OmegaConf.select(cfg, "model.ema_decay", default=0.0) or 0.0)
+    if ema_decay > 0:   # EMA weights (Lightning's weight averaging): checkpoints' state_dict and the evaluation use them
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=ema_decay))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if tc.enable_progress_bar:   # a bar on a terminal; plain "step k/N … loss … ETA" lines in a log
