@@ -30,9 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 
-from eval.metrics import higher_is_better
 from eval.table import _arrow, _fmt, aggregate, find_runs, load_run, plot_axes
 
 log = logging.getLogger("portraitlab.report")
@@ -42,7 +40,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1b1b1b;max-width:1400px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 h3{font-size:15px}.muted{color:#666;font-size:13px}code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}
 th{background:#f0f3f7}td.axis,th.axis{text-align:left}td.best{font-weight:700;background:#eef8ee}
 img.plot{max-width:100%;border:1px solid #eee}.videos{display:flex;flex-wrap:wrap;gap:16px}
 figure{margin:0}figcaption{font-size:12px;color:#444;max-width:520px;word-break:break-all}
@@ -172,8 +171,9 @@ def table_html(t: dict) -> str:
             best = m in t["best"] and r["mean"][m] == t["best"][m]
             cells += f"<td{' class=best' if best else ''}>{html.escape(s)}</td>"
         body.append(f"<tr>{cells}</tr>")
-    return (head + f"<table class=ablation data-protocol=\"{html.escape(str(t['protocol']))}\"><thead><tr>{cols}"
-            f"</tr></thead><tbody>{''.join(body)}</tbody></table><p class=muted>mean ± std over seeds (n runs); best per "
+    return (head + f"<div class=scroll><table class=ablation data-protocol=\"{html.escape(str(t['protocol']))}\">"
+            f"<thead><tr>{cols}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+            "<p class=muted>mean ± std over seeds (n runs); best per "
             "column in bold; ↑ higher is better, ↓ lower is better.</p>")
 
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -288,7 +287,8 @@ def wandb_settings_of_runs(run_dirs: list[Path]) -> dict:
 
 def log_wandb_table(rows: list[dict], out: Path, name: str = "results_table", group: Optional[str] = None,
                     project: str = "portraitlab", entity: Optional[str] = None, mode: Optional[str] = None,
-                    config: Optional[dict] = None, tables: Optional[list[dict]] = None) -> Optional[str]:
+                    config: Optional[dict] = None, tables: Optional[list[dict]] = None,
+                    tags: Optional[list[str]] = None) -> Optional[str]:
     """Mirror the rows to W&B as a ``wandb.Table`` in a run of job type ``table`` (offline unless W&B is turned on)
     in ``group`` (the sweep's), with ``config`` (the sweep's), the metric-vs-axis plots and, in its summary, each
     table's best value per metric."""
@@ -301,7 +301,7 @@ def log_wandb_table(rows: list[dict], out: Path, name: str = "results_table", gr
     import wandb
 
     run = init_run(project=project, entity=entity, group=group, job_type="table", name=f"table-{out.name}", dir=out,
-                   config=config or {}, mode=mode)
+                   config=config or {}, mode=mode, tags=tags)
     try:
         payload: dict[str, Any] = {name: wandb.Table(dataframe=pd.DataFrame(rows))}
         payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("plot_*.png"))})
@@ -399,12 +399,18 @@ class SweepTableCallback(_HydraCallback):
 
         sel = lambda key, default=None: OmegaConf.select(config, key, default=default)  # noqa: E731
         params = sel("hydra.sweeper.params") or {}
+        grid = {str(k): str(v) for k, v in OmegaConf.to_container(params).items()} if params else {}
+        for o in sel("hydra.overrides.task") or []:       # the command line narrows / widens the declared grid
+            key, _, value = str(o).partition("=")
+            if key in grid or "," in value:
+                grid[key] = value
         sweep_cfg = {"sweep_name": sel("sweep_name"), "name": sel("name"), "axes": list(sel("axes") or []),
-                     "grid": {str(k): str(v) for k, v in OmegaConf.to_container(params).items()} if params else {},
+                     "grid": grid,
                      "overrides": list(sel("hydra.overrides.task") or []), "sweep_dir": str(sel("hydra.sweep.dir"))}
         lg = sel("logger") or {}
         settings = {"group": sel("logger.group") or sweep_group(sel("hydra.sweep.dir"), sel("sweep_name")),
-                    "project": lg.get("project", "portraitlab"), "entity": lg.get("entity"), "config": sweep_cfg}
+                    "project": lg.get("project", "portraitlab"), "entity": lg.get("entity"), "config": sweep_cfg,
+                    "tags": [str(sel("sweep_name"))] if sel("sweep_name") else []}
         if lg.get("mode"):
             settings["mode"] = str(lg.get("mode"))
         return settings

@@ -8,6 +8,7 @@ Extra arguments are passed to the sweep as overrides (e.g. `trainer.max_steps=50
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,8 +50,11 @@ def main(argv: list[str]) -> int:
     except Exception as err:  # the table and runs above are the results; the page only renders them
         print(f"report page not written: {err}")
     wandb_dirs = sorted(sweep_dir.glob("*/wandb/offline-run-*"))
-    print(f"W&B runs:  {len(wandb_dirs)} offline runs under {sweep_dir}/*/wandb  "
-          f"(`wandb sync {sweep_dir}/*/wandb/offline-run-*` uploads them after `wandb login`)")
+    table_runs = sorted(sweep_dir.glob("wandb/offline-run-*"))
+    group = next((json.loads(p.read_text()).get("group") for p in sweep_dir.glob("*/wandb_run.json")), None)
+    print(f"W&B runs:  {len(wandb_dirs)} job runs + {len(table_runs)} table run, group {group!r}, under {sweep_dir}  "
+          f"(`wandb sync {sweep_dir}/*/wandb/offline-run-* {sweep_dir}/wandb/offline-run-*` uploads them after "
+          "`wandb login`; `python -m experiments.wandb_offline DIR` reads them back)")
     print(f"sweep dir: {sweep_dir}")
     if report is not None:
         print(f"report:    {report}  (self-contained page: open it in a browser, no server needed)")

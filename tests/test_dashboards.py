@@ -78,6 +78,7 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
     # the table run carries the sweep's config
     tcfg = read_config(runs["table:wandb"])
     assert tcfg["sweep_name"] == "dash" and tcfg["axes"] == ["model.lr"] and tcfg["grid"] == {"model.lr": "1e-3,2e-3"}
+    assert read_run(runs["table:wandb"])["tags"] == ["dash"]
 
     # a later evaluation of job 0's checkpoint: a run linked to it (same group, its id in the config), at its step
     monkeypatch.setattr(runtime, "sweep_dir", lambda: None)
@@ -136,6 +137,7 @@ def test_cli_multirun_puts_jobs_and_table_in_one_group(synth_root, tmp_path):
                           "+hydra.callbacks.table._target_=eval.table.SweepTableCallback", "trainer.max_steps=3",
                           f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "[progress] sweep job 1/2 starting" in out.stdout and "[progress] sweep: 2/2 jobs done" in out.stdout
     infos = [read_run(f) for f in run_files(sweep)]
     assert sorted(i["job_type"] for i in infos) == ["table", "train", "train"]
     assert {i["group"] for i in infos} == {"tiny-T1"}
