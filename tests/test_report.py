@@ -163,3 +163,26 @@ def test_report_renders_in_headless_chromium(tmp_path, chromium, monkeypatch):
     copy_to = os.environ.get("PORTRAITLAB_REPORT_SCREENSHOT")   # e.g. for a closing note
     if copy_to:
         shutil.copy(shot, copy_to)
+
+
+def test_demo_writes_the_report_and_prints_its_path(tmp_path, monkeypatch, capsys):
+    """experiments.demo after its sweep: the report page in the new sweep directory, its path printed (the sweep
+    itself is replaced by a fake one here; the real one is `make demo`)."""
+    from experiments import demo
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("PORTRAITLAB_RUNS", str(runs))
+    monkeypatch.setenv("DEMO_SWEEP", "mrfa_refine_iters")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+    def fake_sweep(cmd, check):
+        assert "sweep=mrfa_refine_iters" in cmd
+        sweep = write_fake_sweep(runs / "sweeps" / "mrfa_refine_iters" / "2026-01-01_00-00-00", video=False)
+        (sweep / "table.md").write_text("| table |\n")
+
+    monkeypatch.setattr(demo.subprocess, "run", fake_sweep)
+    assert demo.main([]) == 0
+    out = capsys.readouterr().out
+    page = runs / "sweeps" / "mrfa_refine_iters" / "2026-01-01_00-00-00" / "report.html"
+    assert f"report:    {page.absolute()}" in out and page.is_file()
+    assert page.read_text().count("<table class=ablation") == 1
