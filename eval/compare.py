@@ -3,13 +3,15 @@
 Evaluates every checkpoint under the same protocol (``eval.runner``, resumable, one sub-folder each), then pairs
 the per-video results on video id and reports, for each later checkpoint against the first (the baseline),
 
-    Δ_m = mean_v (m_B(v) − m_A(v))  with a paired bootstrap 95% CI (videos resampled with replacement, B = 10 000,
-    fixed seed; percentile interval),
+    Δ_m = mean_v (m_B(v) − m_A(v))  with a paired bootstrap 95% CI (``scipy.stats.bootstrap``, paired=True: videos
+    resampled with replacement, the same draw for A and B; B = 10 000, fixed seed; percentile interval),
 
 the share of videos on which B is better, and whether the CI excludes 0. Writes into ``--out``/``out=``
 (default ``runs/compare/<timestamp>``): ``report.md`` (table + plots), ``paired_<metric>.png``,
 ``paired_differences.csv``, ``compare_grid.mp4`` / ``.png`` (source | driving | A | B … | target, the first
-videos), and mirrors each evaluation and the comparison to W&B runs sharing one group.
+videos), ``report.html`` (the same as one self-contained page, ``eval.report``), and logs one W&B run (job type
+``compare``, ``logger.project`` / ``logger.entity``; in the checkpoints' sweep group when they share one) with the
+deltas and CIs as a ``wandb.Table``, the per-video results, the plots and the side-by-side video.
 """
 from __future__ import annotations
 
@@ -27,20 +29,29 @@ from eval.metrics import higher_is_better
 log = logging.getLogger("portraitlab.compare")
 
 
+def paired_ci(a, b, num_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of Δ = mean_v (b_v − a_v): ``scipy.stats.bootstrap`` with paired resampling (the same videos
+    are drawn for a and b), percentile interval. Pairs with a NaN on either side are left out."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[ok], b[ok]
+    if a.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float((b - a).mean())
+    if a.size == 1 or np.all(b - a == (b - a)[0]):   # no spread: the interval is the point (scipy warns, gives NaN)
+        return mean, mean, mean
+    res = bootstrap((a, b), lambda x, y, axis: np.mean(y - x, axis=axis), paired=True, vectorized=True,
+                    n_resamples=num_resamples, confidence_level=confidence, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def paired_bootstrap(diffs, num_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap CI of the mean of paired differences (resampling the pairs)."""
     d = np.asarray(diffs, dtype=np.float64)
-    d = d[~np.isnan(d)]
-    if d.size == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(num_resamples)
-    chunk = max(1, 2_000_000 // max(1, d.size))
-    for i in range(0, num_resamples, chunk):
-        n = min(chunk, num_resamples - i)
-        means[i:i + n] = d[rng.integers(0, d.size, size=(n, d.size))].mean(1)
-    alpha = (1 - confidence) / 2
-    return float(d.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    return paired_ci(np.zeros_like(d), d, num_resamples=num_resamples, confidence=confidence, seed=seed)
 
 
 def paired_differences(per_video: dict[str, "Any"], baseline: str, num_resamples: int = 10_000, seed: int = 0):
@@ -61,7 +72,7 @@ def paired_differences(per_video: dict[str, "Any"], baseline: str, num_resamples
             a = base.loc[common, m].astype(float).to_numpy()
             b = other.loc[common, m].astype(float).to_numpy()
             diff = b - a
-            mean, lo, hi = paired_bootstrap(diff, num_resamples=num_resamples, seed=seed)
+            mean, lo, hi = paired_ci(a, b, num_resamples=num_resamples, seed=seed)
             hib = higher_is_better(m)
             ok = ~np.isnan(diff)
             better = float(np.mean(diff[ok] > 0 if hib else diff[ok] < 0)) if hib is not None and ok.any() else math.nan
@@ -178,7 +189,7 @@ def _labels(ckpts: list[str]) -> dict[str, str]:
 
 def compare(ckpts: list[str], protocol, datamodule, out: str | Path, use_wandb: bool = False,
             wandb_mode: str = "offline", num_grid_videos: int = 4, models: Optional[dict] = None,
-            num_resamples: int = 10_000) -> dict:
+            num_resamples: int = 10_000, project: str = "portraitlab", entity: Optional[str] = None) -> dict:
     """Evaluate each checkpoint under ``protocol`` and compare them (first = baseline). ``models`` may pass
     already-built models keyed like the labels (tests); otherwise each checkpoint is loaded with ``load_model``."""
     import pandas as pd
@@ -194,19 +205,10 @@ def compare(ckpts: list[str], protocol, datamodule, out: str | Path, use_wandb: 
         from lit_models.registry import load_model
 
         models = {label: load_model(path) for label, path in labels.items()}
-    group = f"compare-{out.name}"
     results, per_video = {}, {}
     for label, model in models.items():
-        loggers = []
-        if use_wandb:
-            from lightning.pytorch.loggers import WandbLogger
-
-            loggers = [WandbLogger(project="portraitlab", group=group, name=label, save_dir=str(out / label),
-                                   offline=wandb_mode != "online", job_type="eval")]
-        results[label] = run_evaluation(model, datamodule, protocol, out / label, loggers=loggers,
+        results[label] = run_evaluation(model, datamodule, protocol, out / label, loggers=[],
                                         ckpt=labels.get(label), progress=True)
-        for lg in loggers:
-            lg.experiment.finish()
         per_video[label] = pd.read_csv(out / label / PER_VIDEO)
     baseline = next(iter(models))
     summary, long = paired_differences(per_video, baseline, num_resamples=num_resamples)
@@ -216,16 +218,17 @@ def compare(ckpts: list[str], protocol, datamodule, out: str | Path, use_wandb: 
     grid = side_by_side(models, datamodule, protocol, out, num_grid_videos) if num_grid_videos else None
     phash = protocol_hash(protocol)
     report = atomic_write_text(out / "report.md", report_markdown(summary, labels, str(protocol.name), phash, plots, grid))
-    if use_wandb:
-        import wandb
+    try:   # the same content as a self-contained page (eval.report)
+        from eval.report import build_report
 
-        run = wandb.init(project="portraitlab", group=group, name="comparison", dir=str(out), job_type="compare",
-                         mode=wandb_mode, reinit="finish_previous")
-        run.log({"compare/summary": wandb.Table(dataframe=summary),
-                 **{f"compare/{p.stem}": wandb.Image(str(p)) for p in plots}})
-        if grid is not None:
-            run.log({"compare/grid": wandb.Video(str(grid), format="mp4")})
-        run.finish()
+        build_report(out, title=f"comparison — {protocol.name}")
+    except Exception as err:  # report.md and the CSVs above are the results
+        log.warning("report.html not written: %s", err)
+    if use_wandb:
+        from eval.dashboard import log_compare_run
+
+        log_compare_run(out, summary, per_video, labels, grid, plots, protocol_name=str(protocol.name),
+                        protocol_hash=phash, project=project, entity=entity, mode=wandb_mode)
     return {"report": report, "summary": summary, "results": results, "grid": grid}
 
 
@@ -259,9 +262,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     out = Path(out or Path(os.environ.get("PORTRAITLAB_RUNS", "runs")) / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     res = compare(ckpts, cfg.eval_protocol, datamodule, out, use_wandb=bool(cfg.logger.use_wandb),
-                  wandb_mode=str(cfg.logger.mode), num_grid_videos=int(cfg.eval_protocol.num_grid_videos))
+                  wandb_mode=str(cfg.logger.mode), num_grid_videos=int(cfg.eval_protocol.num_grid_videos),
+                  project=str(cfg.logger.project), entity=cfg.logger.entity)
     print(Path(res["report"]).read_text())
-    print(f"report: {res['report']}")
+    print(f"report: {res['report']}  (page: {Path(res['report']).with_suffix('.html')})")
     return 0
 
 

@@ -342,22 +342,11 @@ class ResultFiles:
 
 
 # ---- logging ----------------------------------------------------------------------------------------------------
-def _log_results(loggers, protocol_name: str, metrics: dict, run_dir: Path, grid: Optional[Path]) -> None:
-    for logger in loggers or []:
-        try:
-            logger.log_metrics({f"eval/{protocol_name}/{k}": v for k, v in metrics.items()
-                                if isinstance(v, (int, float)) and math.isfinite(v)}, step=0)
-            if type(logger).__name__ == "WandbLogger":
-                import pandas as pd
-                import wandb
+def _log_results(loggers, protocol_name: str, metrics: dict, run_dir: Path, grid: Optional[Path], step: int = 0) -> None:
+    """Mirror one protocol's results to the loggers at ``step`` (``eval.dashboard.log_eval_results``)."""
+    from eval.dashboard import log_eval_results
 
-                table = wandb.Table(dataframe=pd.read_csv(run_dir / PER_VIDEO))
-                payload = {f"eval/{protocol_name}/per_video": table}
-                if grid is not None and grid.is_file():  # from the mp4 PyAV wrote (numpy input would need moviepy)
-                    payload[f"eval/{protocol_name}/grid"] = wandb.Video(str(grid), format="mp4")
-                logger.experiment.log(payload)
-        except Exception as err:  # a logger failure must not lose the local results (the source of truth)
-            log.warning("logging eval results to %s failed: %s", type(logger).__name__, err)
+    log_eval_results(loggers, protocol_name, metrics, run_dir / PER_VIDEO, grid, step=step)
 
 
 # ---- the runner -------------------------------------------------------------------------------------------------
@@ -413,12 +402,16 @@ def _scale_points(kp: torch.Tensor, h: int, w: int, size: int) -> torch.Tensor:
 
 def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt: Optional[str] = None,
                    overrides: Optional[list[str]] = None, device=None, dataset_key: Optional[str] = None,
-                   keypoint_locator=None, progress: bool = True, suite: Optional[Suite] = None) -> dict:
+                   keypoint_locator=None, progress: bool = True, suite: Optional[Suite] = None,
+                   log_step: int = 0) -> dict:
     """Evaluate ``model`` under ``protocol_cfg``; returns the ``metrics.json`` content (also written to run_dir).
 
     Frames are read at native size, cropped and resized with the protocol's ``crop`` / ``resize`` to its
     ``resolution``; the model runs at its own resolution (``animate_at_model_resolution``) and every metric is
     computed at the protocol's. One writer: ``run_dir`` is locked (``toolbox.locks.DirLock``) while it is written.
+
+    ``log_step``: the ``trainer/global_step`` the loggers record the results at (the checkpoint's training step).
+
     ``keypoint_locator(frames N×3×H×W) -> N×K×2`` gives the generated frames' keypoints for ``akd_gt``.
     ``dataset_key`` names the data for the FID reference-statistics cache (default: the datamodule's root).
     """
@@ -426,13 +419,13 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with DirLock(run_dir, purpose=f"evaluation"):
+    with DirLock(run_dir, purpose="evaluation"):
         return _run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers, ckpt, overrides, device,
-                               dataset_key, keypoint_locator, progress, suite)
+                               dataset_key, keypoint_locator, progress, suite, log_step)
 
 
 def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckpt, overrides, device, dataset_key,
-                    keypoint_locator, progress, suite) -> dict:
+                    keypoint_locator, progress, suite, log_step: int = 0) -> dict:
     from toolbox.io import atomic_write_json
 
     from omegaconf import OmegaConf
@@ -492,11 +485,11 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
                 continue
             yield vid, sample
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from toolbox.progress import Progress
 
-    with Progress(TextColumn(f"eval {protocol.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
-        task = bar.add_task("videos", total=total, completed=len(done) + len(files.skipped))
+    # a bar on a terminal, periodic plain lines (done/total, rate, ETA) when stdout is a log
+    with Progress(total=total, desc=f"eval {protocol.name}", unit="videos", initial=len(done) + len(files.skipped),
+                  enabled=progress) as bar:
         with torch.no_grad():
             for batch in _batches(good(samples), max(1, int(protocol.batch_size))):
                 source = torch.stack([s["source"] for _, s in batch]).to(device)
@@ -549,7 +542,7 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
 
                         grid_rows.append(grid_frames(fb.source[None], fb.driving[None], fb.pred[None],
                                                      None if fb.target is None else fb.target[None], max_frames=16))
-                    bar.advance(task)
+                    bar.update()
     if was_training and hasattr(model, "train"):
         model.train()
     if not done:
@@ -598,7 +591,7 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
     if dataset_facts:   # e.g. FVD: clips per side, videos too short for a clip
         result["dataset_metric_facts"] = dataset_facts
     atomic_write_json(run_dir / METRICS, result, strict=True)
-    _log_results(loggers, str(protocol.name), metrics, run_dir, grid)
+    _log_results(loggers, str(protocol.name), metrics, run_dir, grid, step=log_step)
     return result
 
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -232,8 +231,9 @@ def to_rows(tables: list[dict]) -> list[dict]:
     return out
 
 
-def plot_axes(tables: list[dict], out: Path) -> list[Path]:
-    """``plot_<axis>.png``: every metric against the axis (lines per combination of the other axes)."""
+def plot_axes(tables: list[dict], out: Path, ncols: int = 4) -> list[Path]:
+    """``plot_<axis>.png``: every metric against the axis, one panel per metric in a grid of ``ncols`` columns
+    (lines per combination of the other axes; error bars = std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,14 +245,18 @@ def plot_axes(tables: list[dict], out: Path) -> list[Path]:
             ms = t["metrics"]
             if not ms:
                 continue
-            fig, axs = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 2.8), squeeze=False)
+            nc = min(ncols, len(ms))
+            nr = math.ceil(len(ms) / nc)
+            fig, axs = plt.subplots(nr, nc, figsize=(3.6 * nc, 2.9 * nr + 0.4), squeeze=False)
             others = [a for a in t["axes"] if a != axis]
             lines: dict[tuple, list[dict]] = {}
             for r in t["rows"]:
                 lines.setdefault(tuple(r["values"][a] for a in others), []).append(r)
             xs_all = sorted({r["values"][axis] for r in t["rows"]}, key=_sort_key)
             numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs_all)
-            for ax, m in zip(axs[0], ms):
+            for ax in list(axs.flat)[len(ms):]:
+                ax.axis("off")
+            for ax, m in zip(axs.flat, ms):
                 for key, rows in lines.items():
                     rows = sorted(rows, key=lambda r: _sort_key(r["values"][axis]))
                     x = [r["values"][axis] if numeric else xs_all.index(r["values"][axis]) for r in rows]
@@ -264,6 +268,7 @@ def plot_axes(tables: list[dict], out: Path) -> list[Path]:
                 ax.set_title(m + _arrow(m), fontsize=9)
                 ax.set_xlabel(axis, fontsize=8)
                 ax.tick_params(labelsize=7)
+                ax.grid(alpha=0.3)
             if others and len(lines) > 1:
                 axs[0][0].legend(fontsize=6)
             fig.suptitle(f"{t['protocol']}: {axis}", fontsize=10)
@@ -276,25 +281,54 @@ def plot_axes(tables: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def log_wandb_table(rows: list[dict], out: Path, name: str = "results_table", group: Optional[str] = None) -> Optional[str]:
-    """Mirror the rows to W&B as a ``wandb.Table`` (its own run; offline unless W&B is turned on)."""
-    if os.environ.get("WANDB_MODE", "offline") == "disabled" or not rows:
+def wandb_settings_of_runs(run_dirs: list[Path]) -> dict:
+    """Project, entity and group shared by the runs' W&B runs (their ``wandb_run.json``), so a table made later
+    with ``python -m eval.table SWEEP_DIR`` lands in the sweep's group; {} when the runs disagree or have none."""
+    from eval.dashboard import read_run_info
+
+    infos = [i for i in (read_run_info(r) for r in run_dirs) if i]
+    out = {}
+    for key in ("project", "entity", "group"):
+        vals = {i.get(key) for i in infos}
+        if infos and len(vals) == 1:
+            out[key] = vals.pop()
+    return out
+
+
+def log_wandb_table(rows: list[dict], out: Path, name: str = "results_table", group: Optional[str] = None,
+                    project: str = "portraitlab", entity: Optional[str] = None, mode: Optional[str] = None,
+                    config: Optional[dict] = None, tables: Optional[list[dict]] = None,
+                    tags: Optional[list[str]] = None) -> Optional[str]:
+    """Mirror the rows to W&B as a ``wandb.Table`` in a run of job type ``table`` (offline unless W&B is turned on)
+    in ``group`` (the sweep's), with ``config`` (the sweep's), the metric-vs-axis plots and, in its summary, each
+    table's best value per metric."""
+    from eval.dashboard import init_run, wandb_mode
+
+    mode = wandb_mode(mode)
+    if mode == "disabled" or not rows:
         return None
     import pandas as pd
     import wandb
 
-    run = wandb.init(project="portraitlab", dir=str(out), job_type="table", group=group, name=f"table-{out.name}",
-                     mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous")
+    run = init_run(project=project, entity=entity, group=group, job_type="table", name=f"table-{out.name}", dir=out,
+                   config=config or {}, mode=mode, tags=tags)
     try:
-        run.log({name: wandb.Table(dataframe=pd.DataFrame(rows))})
+        payload: dict[str, Any] = {name: wandb.Table(dataframe=pd.DataFrame(rows))}
+        payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("plot_*.png"))})
+        run.log(payload)
+        for t in tables or []:
+            run.summary.update({f"best/{t['protocol']}/{m}": v for m, v in t["best"].items()})
         return run.dir
     finally:
         run.finish()
 
 
 def make_table(paths: list[str | Path], out: Optional[str | Path] = None, axes: Optional[list[str]] = None,
-               use_wandb: bool = True) -> dict[str, Path]:
-    runs = [load_run(r, axes) for r in find_runs(paths)]
+               use_wandb: bool = True, wandb_settings: Optional[dict] = None) -> dict[str, Path]:
+    """Write the table files (and the W&B table run when ``use_wandb``). ``wandb_settings``: project, entity, group,
+    mode, config of the table run; by default the project / entity / group the runs' W&B runs share."""
+    run_dirs = find_runs(paths)
+    runs = [load_run(r, axes) for r in run_dirs]
     if not runs:
         raise FileNotFoundError(f"no metrics.json under {', '.join(map(str, paths))}")
     out = Path(out) if out else (Path(paths[0]) if len(paths) == 1 else Path("table"))
@@ -311,8 +345,10 @@ def make_table(paths: list[str | Path], out: Optional[str | Path] = None, axes: 
     for i, p in enumerate(plot_axes(tables, out)):
         written[f"plot{i}"] = p
     if use_wandb:
+        settings = {"group": out.name, **wandb_settings_of_runs(run_dirs), **(wandb_settings or {})}
+        settings.setdefault("config", {"runs": [str(r) for r in run_dirs], "axes": runs[0]["axes"]})
         try:
-            d = log_wandb_table(rows, out, group=out.name)
+            d = log_wandb_table(rows, out, tables=tables, **settings)
             if d:
                 written["wandb"] = Path(d)
         except Exception as err:  # the files are the source of truth
@@ -348,12 +384,46 @@ class SweepTableCallback(_HydraCallback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            written = make_table([sweep_dir], sweep_dir, self.axes, use_wandb=self.use_wandb)
+            written = make_table([sweep_dir], sweep_dir, self.axes, use_wandb=self.use_wandb and self._wandb_on(config),
+                                 wandb_settings=self.wandb_settings(config))
         except Exception as err:  # a failed table must not hide the runs' own results
             log.error("sweep table for %s failed: %s", sweep_dir, err)
             print(f"sweep table failed: {err}", flush=True)
             return
         print(f"sweep table: {written['md']}", flush=True)
+
+    @staticmethod
+    def _wandb_on(config) -> bool:
+        from omegaconf import OmegaConf
+
+        return bool(OmegaConf.select(config, "logger.use_wandb", default=True)) and \
+            str(OmegaConf.select(config, "logger.mode", default="offline")) != "disabled"
+
+    @staticmethod
+    def wandb_settings(config) -> dict:
+        """The table run joins the sweep's story: its group (``eval.dashboard.sweep_group``), ``logger.project`` /
+        ``logger.entity``, and the sweep's config (name, axes, grid, overrides) as its W&B config."""
+        from omegaconf import OmegaConf
+
+        from eval.dashboard import sweep_group
+
+        sel = lambda key, default=None: OmegaConf.select(config, key, default=default)  # noqa: E731
+        params = sel("hydra.sweeper.params") or {}
+        grid = {str(k): str(v) for k, v in OmegaConf.to_container(params).items()} if params else {}
+        for o in sel("hydra.overrides.task") or []:       # the command line narrows / widens the declared grid
+            key, _, value = str(o).partition("=")
+            if key in grid or "," in value:
+                grid[key] = value
+        sweep_cfg = {"sweep_name": sel("sweep_name"), "name": sel("name"), "axes": list(sel("axes") or []),
+                     "grid": grid,
+                     "overrides": list(sel("hydra.overrides.task") or []), "sweep_dir": str(sel("hydra.sweep.dir"))}
+        lg = sel("logger") or {}
+        settings = {"group": sel("logger.group") or sweep_group(sel("hydra.sweep.dir"), sel("sweep_name")),
+                    "project": lg.get("project", "portraitlab"), "entity": lg.get("entity"), "config": sweep_cfg,
+                    "tags": [str(sel("sweep_name"))] if sel("sweep_name") else []}
+        if lg.get("mode"):
+            settings["mode"] = str(lg.get("mode"))
+        return settings
 
 
 if __name__ == "__main__":

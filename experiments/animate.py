@@ -80,21 +80,26 @@ def crop_resize(frames: np.ndarray, box: list[int], size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: bool, chunk: int = 16,
-                  identity_source: torch.Tensor | None = None) -> torch.Tensor:
+                  identity_source: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
     """source 3×H×W, driving T×3×H×W → T×3×H×W. Relative motion is taken w.r.t. the clip's first frame.
-    ``identity_source`` (3×h×w, any size): the source for a model's ID preserver, when its ``animate`` takes one."""
+    ``identity_source`` (3×h×w, any size): the source for a model's ID preserver, when its ``animate`` takes one.
+    ``progress``: frames done (a bar on a terminal, plain lines in a log; ``toolbox.progress``)."""
     kwargs = {}
     params = inspect.signature(model.animate).parameters
     if "relative" in params:
         kwargs["relative"] = relative
     if identity_source is not None and "identity_source" in params:
         kwargs["identity_source"] = identity_source[None]
+    from toolbox.progress import Progress
+
     outs = []
-    for start in range(0, driving.shape[0], chunk):
-        part = driving[start:start + chunk][None]
-        if "driving_initial" in params:
-            kwargs["driving_initial"] = driving[:1]
-        outs.append(model.animate(source[None], part, **kwargs)[0])
+    with Progress(total=driving.shape[0], desc="animate", unit="frames", enabled=progress) as bar:
+        for start in range(0, driving.shape[0], chunk):
+            part = driving[start:start + chunk][None]
+            if "driving_initial" in params:
+                kwargs["driving_initial"] = driving[:1]
+            outs.append(model.animate(source[None], part, **kwargs)[0])
+            bar.update(part.shape[1])
     return torch.cat(outs)
 
 

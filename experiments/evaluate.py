@@ -2,7 +2,9 @@
 
 Streams the protocol's test set through the model's `animate`, writes per-frame / per-video results and an
 aggregate `metrics.json` into a new run directory, mirrors them to W&B, and resumes an interrupted evaluation
-(`run_dir=PATH`) without recomputing finished videos.
+(`run_dir=PATH`) without recomputing finished videos. On W&B the evaluation is a run of job type `eval` linked to
+the checkpoint's training run (same group, `train_run_id` in its config, metrics at the checkpoint's
+`trainer/global_step`; see `eval.dashboard`).
 """
 from __future__ import annotations
 
@@ -34,6 +36,15 @@ def load_for_eval(cfg: DictConfig):
     return model
 
 
+def _checkpoint_step(ckpt: str) -> int:
+    import torch
+
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    except Exception:  # a checkpoint without the key (e.g. saved by hand)
+        return 0
+
+
 def evaluate(cfg: DictConfig) -> dict:
     model = load_for_eval(cfg)
     # any checkpoint under any protocol: the evaluation reads frames at native size and applies the protocol's
@@ -51,8 +62,17 @@ def evaluate(cfg: DictConfig) -> dict:
         runtime.save_config(cfg, run_dir)
         runtime.seed_everything(cfg.seed)
         datamodule = build_datamodule(cfg.data)
-        loggers = runtime.build_loggers(cfg, run_dir)
-        results = evaluate_run(cfg, model, datamodule, run_dir, loggers, cfg.ckpt)
+        # W&B: a run linked to the checkpoint's training run (its group; `train_run_id` in the config), logged at
+        # the checkpoint's training step, so that run's dashboard shows training and every later evaluation
+        link, step = None, 0
+        if cfg.ckpt:
+            from eval.dashboard import read_run_info, run_dir_of_checkpoint
+
+            link = read_run_info(run_dir_of_checkpoint(cfg.ckpt))
+            step = _checkpoint_step(cfg.ckpt)
+        loggers = runtime.build_loggers(cfg, run_dir, job_type="eval", link=link,
+                                        extra_config={"ckpt": str(cfg.ckpt), "ckpt_step": step})
+        results = evaluate_run(cfg, model, datamodule, run_dir, loggers, cfg.ckpt, step=step)
         wandb_dir = runtime.wandb_run_dir(loggers)
         runtime.finish_loggers(loggers)
     print(f"metrics: {run_dir / 'metrics.json'}")

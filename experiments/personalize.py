@@ -138,17 +138,36 @@ def personalize_pair(cfg, pair, steps: int, pair_dir: Path, progress_bar: bool =
     src, drv = load_image(pair.source, res), load_image(pair.driving, res)
     data = DataLoader(PairDataset(src, drv, pair.source_caption, pair.driving_caption, length=steps), batch_size=1)
     t = cfg.trainer
+    from toolbox.progress import lightning_progress_bar, mode_for
+
+    show = bool(t.enable_progress_bar and progress_bar)
+    lines = show and mode_for(sys.stdout) == "lines"   # in a log: plain "step k/N … ETA" lines, not a bar
     trainer = L.Trainer(max_steps=steps, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
-                        logger=False, enable_checkpointing=False,
-                        enable_progress_bar=bool(t.enable_progress_bar and progress_bar),
+                        logger=False, enable_checkpointing=False, callbacks=[lightning_progress_bar()] if lines else None,
+                        enable_progress_bar=show and mode_for(sys.stdout) != "off",
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                         gradient_clip_val=t.gradient_clip_val, default_root_dir=str(pair_dir))
     trainer.fit(model, data)
+    save_lora(model, pair_dir / "lora")
     final = trainer.callback_metrics.get("train/loss")
     model.eval()
     out = model.sample(src[None], drv[None], target_prompts=[pair.target_prompt],
                        driving_prompts=[pair.driving_caption])[0].cpu()
     return src, drv, out, (float(final) if final is not None else float("nan"))
+
+
+def save_lora(model, out: Path) -> Path | None:
+    """The personalized LoRA of the U-Net (``model.use_lora``): weights via diffusers' peft integration
+    (``save_lora_adapter`` → ``pytorch_lora_weights.safetensors``) and its ``LoraConfig`` with peft's
+    ``save_pretrained`` (``adapter_config.json``). Load with ``unet.load_lora_adapter(out, weight_name=
+    "pytorch_lora_weights.safetensors", prefix=None)``."""
+    unet = getattr(model, "unet", None)
+    if unet is None or not getattr(unet, "peft_config", None):
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_lora_adapter(str(out))
+    unet.peft_config["default"].save_pretrained(str(out))
+    return out
 
 
 PROTOCOL = "imposter_personalize"
@@ -201,7 +220,7 @@ def check_kept_run(run_dir: Path, cfg, pair, steps: int) -> None:
 
 def main(argv: list[str] | None = None):
     import pandas as pd
-    from rich.progress import track
+    from toolbox.progress import track
 
     from datamodules.utils import atomic_write_json
     from eval.table import make_table
@@ -237,7 +256,8 @@ def main(argv: list[str] | None = None):
     jobs = [(i, pair, seed) for i, pair in enumerate(pairs) for seed in seeds]
     rows = []
     outer = len(jobs) >= 2
-    for i, pair, seed in track(jobs, description="personalizing", disable=not outer):
+    # a bar on a terminal, plain "k/N jobs … ETA" lines in a log (toolbox.progress)
+    for i, pair, seed in track(jobs, desc="personalize", unit="jobs", enabled=outer, every_s=0):
         pair_dir = out_dir / (f"pair{i:03d}" if len(seeds) == 1 else f"pair{i:03d}_seed{seed}")
         if (pair_dir / "metrics.json").exists() and (pair_dir / "row.json").exists() and not args.overwrite:
             check_kept_run(pair_dir, cfg, pair, steps)
@@ -264,7 +284,10 @@ def main(argv: list[str] | None = None):
         write(tmp)
         tmp.replace(out_dir / name)
     # the table through eval.table: one row per (backbone, pair), mean ± std over seeds (table.md/.csv/.tex, plots)
-    written = make_table([out_dir], out_dir, use_wandb=not args.no_wandb)
+    written = make_table([out_dir], out_dir, use_wandb=not args.no_wandb and bool(cfg.logger.use_wandb),
+                         wandb_settings={"project": str(cfg.logger.project), "entity": cfg.logger.entity,
+                                         "mode": str(cfg.logger.mode),
+                                         "group": cfg.logger.group or f"personalize-{out_dir.name}"})
     print(written["md"].read_text())
     print(f"[personalize] table: {written['md']} (+ table.csv, table.tex); per-run rows: {out_dir / 'results.csv'}")
     return table

@@ -37,6 +37,13 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and str(value) not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    ema = OmegaConf.select(cfg, "model.ema_decay", default=None)
+    if ema is not None and not 0.0 <= float(ema) < 1.0:
+        raise ConfigError(f"model.ema_decay={ema} must be in [0, 1) (0 turns EMA off)")
+    for key in ("trainer.keep_last_n",):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
     for key in ("data.batch_size", "data.resolution", "trainer.accumulate_grad_batches"):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and int(value) < 1:
@@ -99,7 +106,45 @@ def seed_everything(seed: int) -> None:
     L.seed_everything(seed, workers=True, verbose=False)
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+def sweep_dir() -> Path | None:
+    """The multirun's sweep directory when this process runs a Hydra multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if str(getattr(hc, "mode", "")).endswith("MULTIRUN"):
+        return Path(hc.sweep.dir)
+    return None
+
+
+def wandb_identity(cfg: DictConfig, run_dir: Path, job_type: str = "train", link: dict | None = None) -> dict:
+    """Project, entity, group, name, tags and job type of this run's W&B run (conventions: ``eval.dashboard``).
+
+    A sweep job's group is ``<sweep name>-<sweep timestamp>``; ``link`` (the ``wandb_run.json`` of a checkpoint's
+    training run) puts an evaluation into that run's group. Project and entity are always ``logger.project`` /
+    ``logger.entity``."""
+    from eval.dashboard import axis_tags, sweep_group
+
+    lc = cfg.logger
+    sdir = sweep_dir()
+    group = lc.group or (link or {}).get("group") or \
+        (sweep_group(sdir, cfg.get("sweep_name")) if sdir is not None else None) or cfg.get("sweep_name") or cfg.name
+    values = {k: OmegaConf.select(cfg, k) for k in cfg.get("axes") or []}
+    extra = list(lc.tags) + ([str(cfg.sweep_name)] if cfg.get("sweep_name") else [])
+    name = f"{cfg.name}-{run_dir.name}" if job_type == "train" or not link else f"{link.get('name')}-eval-{run_dir.name}"
+    if link and (link.get("project"), link.get("entity")) != (lc.project, lc.entity):
+        log.warning("the checkpoint's training run is in W&B project %s/%s, this evaluation logs to %s/%s "
+                    "(logger.project / logger.entity): the dashboards will not show them together",
+                    link.get("entity"), link.get("project"), lc.entity, lc.project)
+    return {"project": lc.project, "entity": lc.entity, "group": group, "job_type": job_type, "name": name,
+            "tags": (list(link.get("tags") or []) + [f"eval-of:{link.get('id')}"]) if link else
+            axis_tags(values, cfg.get("seed"), extra)}
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, job_type: str = "train", link: dict | None = None,
+                  extra_config: dict | None = None) -> list:
+    """CSV and/or W&B loggers. ``job_type`` train / eval; ``link``: the training run an evaluation belongs to."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     loggers: list = []
@@ -107,6 +152,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if lc.use_csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
     if lc.use_wandb and lc.mode != "disabled":
+        from eval.dashboard import read_run_info, write_run_info
+
         id_file = run_dir / "wandb_id.txt"
         if id_file.exists():
             run_id = id_file.read_text().strip()
@@ -115,13 +162,22 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
             run_id = uuid.uuid4().hex[:8]
             atomic_write_text(id_file, run_id)
-        group = lc.group or cfg.get("sweep_name") or cfg.name
-        tags = list(lc.tags) + [f"{k}={OmegaConf.select(cfg, k)}"[:64] for k in cfg.get("axes") or []]
+        ident = wandb_identity(cfg, run_dir, job_type, link)
+        previous = read_run_info(run_dir)
+        if previous and previous.get("id") == run_id:     # resume: the run keeps its group (its sweep's story)
+            ident["group"] = previous.get("group", ident["group"])
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if link:
+            config.update({"train_run_id": link.get("id"), "train_run_name": link.get("name"),
+                           "train_run_dir": link.get("run_dir")})
+        config.update(extra_config or {})
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=lc.project, entity=lc.entity, name=f"{cfg.name}-{run_dir.name}",
-                                   save_dir=str(run_dir), id=run_id, group=group, tags=tags, offline=lc.mode in ("offline", "dryrun"),
-                                   mode="offline" if lc.mode == "dryrun" else lc.mode, resume="allow", log_model=lc.log_model,
-                                   config=OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(WandbLogger(project=ident["project"], entity=ident["entity"], name=ident["name"],
+                                   save_dir=str(run_dir), id=run_id, group=ident["group"], tags=ident["tags"],
+                                   job_type=ident["job_type"], offline=lc.mode in ("offline", "dryrun"),
+                                   mode="offline" if lc.mode == "dryrun" else lc.mode, resume="allow",
+                                   log_model=False, config=config))   # checkpoints: eval.dashboard.log_checkpoints
+        write_run_info(run_dir, {"id": run_id, "run_dir": str(run_dir), **ident})
     return loggers
 
 
@@ -158,22 +214,42 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     tc = cfg.trainer
+    # checkpoints to compare over time: the newest `keep_last_n` (rolling, every `checkpoint_every_n_steps`) +
+    # last.ckpt, and with `keep_every_n_steps` a permanent keep-stepNNNNNNN.ckpt every k steps
     callbacks = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False,
-                        every_n_train_steps=tc.checkpoint_every_n_steps, save_last=True, save_top_k=1),
+                        every_n_train_steps=tc.checkpoint_every_n_steps, save_last=True,
+                        save_top_k=int(tc.keep_last_n), monitor="step" if int(tc.keep_last_n) > 1 else None,
+                        mode="max"),
         RNGStateCallback(),
     ]
+    if int(tc.keep_every_n_steps) > 0:
+        callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="keep-step{step:07d}",
+                                         auto_insert_metric_name=False, every_n_train_steps=int(tc.keep_every_n_steps),
+                                         save_top_k=-1, save_last=False))
+    ema_decay = float(OmegaConf.select(cfg, "model.ema_decay", default=0.0) or 0.0)
+    if ema_decay > 0:   # EMA weights (Lightning's weight averaging): checkpoints' state_dict and the evaluation use them
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=ema_decay))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if tc.enable_progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+    if tc.enable_progress_bar:   # a bar on a terminal; plain "step k/N … loss … ETA" lines in a log
+        from toolbox.progress import lightning_progress_bar, mode_for
+
+        mode = mode_for(sys.stdout)
+        if mode == "bar":
+            callbacks.append(RichProgressBar(leave=True))
+        elif mode == "lines":
+            callbacks.append(lightning_progress_bar())
     return L.Trainer(
         default_root_dir=str(run_dir), accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy,
         num_nodes=tc.num_nodes, precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
         val_check_interval=tc.val_check_interval, check_val_every_n_epoch=None,
         limit_val_batches=tc.limit_val_batches, log_every_n_steps=tc.log_every_n_steps,
         gradient_clip_val=tc.gradient_clip_val, accumulate_grad_batches=tc.accumulate_grad_batches,
-        deterministic=tc.deterministic, enable_progress_bar=tc.enable_progress_bar,
+        deterministic=tc.deterministic,
+        enable_progress_bar=tc.enable_progress_bar and any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
         enable_model_summary=tc.enable_model_summary, num_sanity_val_steps=tc.num_sanity_val_steps,
         logger=loggers or False, callbacks=callbacks,
     )

@@ -37,6 +37,8 @@ class TrainerConfig:
     enable_model_summary: bool = True
     num_sanity_val_steps: int = 0
     checkpoint_every_n_steps: int = 500       # ModelCheckpoint(every_n_train_steps=...), plus last.ckpt
+    keep_last_n: int = 1                      # how many of those rolling checkpoints stay (the newest N, plus last.ckpt)
+    keep_every_n_steps: int = 0               # also keep keep-stepNNNNNNN.ckpt every k steps, never deleted (0: off)
 
 
 @dataclass

@@ -36,21 +36,24 @@ def save_untrained_checkpoint(model, path: Path) -> Path:
     return path
 
 
-def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: list, ckpt: str | None) -> dict:
+def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: list, ckpt: str | None,
+                 step: int = 0) -> dict:
     """Evaluate `model` under `cfg.eval_protocol`, then under each `cfg.extra_eval` protocol (into
     `run_dir/eval/<name>/`); writes `run_dir/metrics.json` (atomic) with the extra protocols' metrics merged in as
-    `<name>/<metric>`, and per-video results per protocol."""
+    `<name>/<metric>`, and per-video results per protocol. The loggers get everything at `trainer/global_step=step`
+    (the training step of the evaluated weights), diagnostics included, and W&B's summary every metric."""
+    from eval.dashboard import log_final_metrics
     from eval.runner import merge_extra_protocols, merge_model_diagnostics, run_evaluation
 
     model.eval()
     overrides = runtime.task_overrides()
     result = run_evaluation(model, datamodule, cfg.eval_protocol, run_dir, loggers=loggers, ckpt=ckpt,
-                            overrides=overrides)
+                            overrides=overrides, log_step=step)
     extra = {}
     for name, proto in (cfg.get("extra_eval") or {}).items():
         log.info("extra evaluation protocol %s", name)
         extra[str(name)] = run_evaluation(model, datamodule, proto, run_dir / "eval" / str(name), loggers=loggers,
-                                          ckpt=ckpt, overrides=overrides)
+                                          ckpt=ckpt, overrides=overrides, log_step=step)
     if extra:
         result = merge_extra_protocols(run_dir, extra)
     diagnostics = getattr(model, "eval_diagnostics", None)
@@ -59,6 +62,7 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
             values = diagnostics(datamodule, cfg.eval_protocol)
         if values:
             result = merge_model_diagnostics(run_dir, values, f"{type(model).__name__}.eval_diagnostics")
+    log_final_metrics(loggers, result, step)
     return result
 
 
@@ -88,18 +92,24 @@ def train(cfg: DictConfig) -> dict:
         ckpt_path = str(last)
         log.info("resuming from %s", last)
 
+    step = 0
     if model.trainable:
         trainer = runtime.build_trainer(cfg, run_dir, loggers)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if not last.exists():  # max_steps not reached a checkpoint interval: keep the final state anyway
             trainer.save_checkpoint(str(last))
+        step = int(trainer.global_step)
+        if cfg.logger.log_model and cfg.logger.use_wandb:   # checkpoints as W&B model artifacts
+            from eval.dashboard import log_checkpoints
+
+            log_checkpoints(loggers, last.parent)
     else:
         log.info("%s has no trainable parameters: nothing to train", cfg.model.name)
         save_untrained_checkpoint(model, last)
 
     results: dict = {"run_dir": str(run_dir), "ckpt": str(last)}
     if cfg.evaluate_after_train:
-        results.update(evaluate_run(cfg, model, datamodule, run_dir, loggers, str(last)))
+        results.update(evaluate_run(cfg, model, datamodule, run_dir, loggers, str(last), step=step))
     wandb_dir = runtime.wandb_run_dir(loggers)
     runtime.finish_loggers(loggers)
     print(f"run directory: {run_dir}")

@@ -2,7 +2,8 @@
 
 A `run-<id>.wandb` file is a header (`:W&B`, magic 0xBEE1, version) followed by a LevelDB-style record log
 (32 KiB blocks; each chunk: crc32, length, type FULL/FIRST/MIDDLE/LAST); every record is a
-`wandb_internal_pb2.Record` protobuf. `python -m experiments.wandb_offline RUN_DIR` prints the last history row.
+`wandb_internal_pb2.Record` protobuf. `python -m experiments.wandb_offline RUN_OR_SWEEP_DIR` prints, per run, its
+identity (group, job type, tags), the last history row, the summary and the artifacts.
 """
 from __future__ import annotations
 
@@ -92,6 +93,54 @@ def read_config(path: str | Path, wait_s: float = 30.0) -> dict:
     return config
 
 
+def read_run(path: str | Path, wait_s: float = 30.0) -> dict:
+    """The run's identity as W&B records it: id, project, entity, group, job_type, name, tags."""
+    for rec in _records(path, wait_s):
+        if rec.WhichOneof("record_type") == "run":
+            r = rec.run
+            return {"id": r.run_id, "project": r.project, "entity": r.entity, "group": r.run_group,
+                    "job_type": r.job_type, "name": r.display_name, "tags": list(r.tags)}
+    raise ValueError(f"{run_file(path)}: no run record")
+
+
+def read_summary(path: str | Path, wait_s: float = 30.0) -> dict:
+    """``wandb.run.summary`` as written (explicit summary updates; later updates win)."""
+    summary: dict = {}
+    for rec in _records(path, wait_s):
+        kind = rec.WhichOneof("record_type")
+        items = rec.summary.update if kind == "summary" else rec.run.summary.update if kind == "run" else []
+        for item in items:
+            summary[_item_key(item)] = json.loads(item.value_json)
+    return summary
+
+
+def read_artifacts(path: str | Path, wait_s: float = 30.0) -> list[dict]:
+    """Artifacts the run logged: name, type, aliases, files in the manifest."""
+    out = []
+    for rec in _records(path, wait_s):
+        if rec.WhichOneof("record_type") == "artifact":
+            a = rec.artifact
+            out.append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
+                        "files": [e.path for e in a.manifest.contents]})
+    return out
+
+
+def run_files(root: str | Path) -> list[Path]:
+    """Every offline run file under ``root`` (e.g. a sweep directory: its jobs' runs and its table run)."""
+    return sorted(Path(root).rglob("run-*.wandb"))
+
+
+def describe(path: str | Path, wait_s: float = 30.0) -> dict:
+    """What one offline run holds, for reading it back by eye: identity, last history row, summary, artifacts."""
+    rows = read_history(path, wait_s)
+    return {"file": str(run_file(path)), **read_run(path, wait_s), "history_rows": len(rows),
+            "last_row": rows[-1] if rows else None, "summary": read_summary(path, wait_s),
+            "artifacts": read_artifacts(path, wait_s)}
+
+
 if __name__ == "__main__":
-    rows = read_history(sys.argv[1])
-    print(json.dumps({"rows": len(rows), "last": rows[-1] if rows else None}, indent=2, default=str))
+    # a run directory / run file: its description; a sweep directory: every run in it
+    target = Path(sys.argv[1])
+    files = run_files(target) if target.is_dir() else [target]
+    out = [describe(f) for f in files]
+    print(json.dumps(out[0] if len(out) == 1 else out, indent=2, default=str))

@@ -136,17 +136,10 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _progress(items: list, desc: str, enabled: bool) -> Iterable:
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """A bar on a terminal, periodic plain lines (done/total, rate, ETA) in a log (``toolbox.progress``)."""
+    from toolbox.progress import track
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False) as prog:
-        task = prog.add_task(desc, total=len(items))
-        for it in items:
-            yield it
-            prog.advance(task)
+    yield from track(items, total=len(items), desc=desc, unit="jobs", enabled=enabled)
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any] | None:

@@ -89,6 +89,15 @@ class DiffusionConfig(ModelConfig):
     noise_seed: int = 0                  # per-step noise = f(noise_seed, global_step, rank): resume is exact
     gradient_checkpointing: bool = False
     lambda_diffusion: float = 1.0
+    # ---- weights and learning rate over time ----------------------------------------------------------------
+    # EMA of the weights, θ_ema ← d·θ_ema + (1 − d)·θ (Lightning's EMAWeightAveraging; 0 = off). When on, the
+    # checkpoints' state_dict and the end-of-training evaluation hold the EMA weights (the raw ones stay in
+    # `current_model_state` for resume).
+    ema_decay: float = 0.0
+    # diffusers.optimization.get_scheduler name: constant | constant_with_warmup | linear | cosine |
+    # cosine_with_restarts | polynomial — stepped per optimizer step, decaying over trainer.max_steps
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
     # ---- classifier-free guidance: per-condition dropout at training, guidance at sampling -------------------
     drop_reference_prob: float = 0.1
     drop_motion_prob: float = 0.1

@@ -95,6 +95,23 @@ class ReferenceVideoDiffusion(AnimationModule):
         return self.null_context.expand(z_t.shape[0], -1, -1), None, None
 
     # ---- pieces ---------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        """The base Adam, plus ``model.lr_scheduler`` / ``model.lr_warmup_steps`` through diffusers' ``get_scheduler``
+        (per optimizer step; the decay spans ``trainer.max_steps``)."""
+        opt = super().configure_optimizers()
+        name, warmup = str(self.cfg.get("lr_scheduler", "constant")), int(self.cfg.get("lr_warmup_steps", 0))
+        if opt is None or (name == "constant" and warmup == 0):
+            return opt
+        from diffusers.optimization import SchedulerType, get_scheduler
+
+        if name not in {t.value for t in SchedulerType}:
+            raise ValueError(f"model.lr_scheduler={name!r} is not one of {', '.join(t.value for t in SchedulerType)}")
+        total = int(self.trainer.max_steps) if self._trainer is not None and self.trainer.max_steps > 0 else None
+        if total is None and name not in ("constant", "constant_with_warmup"):
+            raise ValueError(f"model.lr_scheduler={name} decays over trainer.max_steps, which is not set")
+        sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
     def parameter_counts(self) -> dict[str, int]:
         counts = {"denoiser": count_parameters(self.denoiser)}
         if self.reference_net is not None:

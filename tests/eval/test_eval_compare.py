@@ -62,3 +62,50 @@ def test_compare_two_models_writes_report(tmp_path, fake_data):
 
     w, h = Image.open(tmp_path / "compare_grid.png").size
     assert w == 32 * 5 and h == 32 * 2 * 4     # source | driving | copy | noisy | target; 2 videos × 4 frames
+
+
+def test_paired_ci_uses_pairing_and_matches_the_difference_bootstrap():
+    """scipy's paired bootstrap on (a, b) = the bootstrap of the per-video differences (within Monte-Carlo error);
+    with per-video difficulty shared by a and b, pairing gives a much narrower interval than resampling a and b
+    independently would."""
+    from scipy.stats import bootstrap
+
+    from eval.compare import paired_ci
+
+    rng = np.random.default_rng(1)
+    difficulty = rng.standard_normal(60)                   # per-video, shared by both models
+    a = difficulty + 0.05 * rng.standard_normal(60)
+    b = difficulty + 0.1 + 0.05 * rng.standard_normal(60)
+    mean, lo, hi = paired_ci(a, b, num_resamples=4000)
+    assert mean == pytest.approx((b - a).mean())
+    d_lo, d_hi = np.quantile([rng.choice(b - a, size=60).mean() for _ in range(4000)], [0.025, 0.975])
+    assert lo == pytest.approx(d_lo, abs=0.006) and hi == pytest.approx(d_hi, abs=0.006)
+    unpaired = bootstrap((a, b), lambda x, y, axis: np.mean(y, axis=axis) - np.mean(x, axis=axis), paired=False,
+                         vectorized=True, n_resamples=2000, method="percentile", random_state=0).confidence_interval
+    assert (hi - lo) < 0.2 * (unpaired.high - unpaired.low)
+    assert lo > 0                                           # the 0.1 shift is found only because of the pairing
+    assert paired_ci([1.0, np.nan, 2.0], [1.5, 0.0, 2.5]) == (0.5, 0.5, 0.5)   # NaN pair left out; no spread
+
+
+def test_compare_logs_one_wandb_run_and_an_html_report(tmp_path, fake_data):
+    from experiments.wandb_offline import read_config, read_history, read_run, read_summary, run_files
+
+    proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=4", "metrics=[l1,psnr]"])
+    models = {"copy": CopySource(CopySourceConfig()), "noisy": NoisyCopy(CopySourceConfig())}
+    res = compare(["copy.ckpt", "noisy.ckpt"], proto, fake_data(n=4, T=4, size=32), tmp_path, models=models,
+                  num_grid_videos=2, num_resamples=500, use_wandb=True, wandb_mode="offline", project="cmp_proj")
+    files = run_files(tmp_path)
+    assert len(files) == 1                                  # one run: the comparison
+    info = read_run(files[0])
+    assert info["job_type"] == "compare" and info["project"] == "cmp_proj" and info["group"] == f"compare-{tmp_path.name}"
+    row = read_history(files[0])[0]
+    assert row["compare/deltas/_type"] == "table-file" and row["compare/deltas/nrows"] == 2      # l1, psnr
+    assert row["compare/per_video/nrows"] == 2 * 4 and row["compare/side_by_side/_type"] == "video-file"
+    s = res["summary"].set_index("metric")
+    summ = read_summary(files[0])
+    assert summ["delta/noisy/l1"] == pytest.approx(s.loc["l1", "diff_mean"])
+    assert summ["delta/noisy/l1/ci_low"] == pytest.approx(s.loc["l1", "ci_low"])
+    assert read_config(files[0])["baseline"] == "copy"
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<table class=compare>") == 1 and "data:video/mp4;base64," in page and "noisy better" not in page
+    assert "copy better" in page
