@@ -67,7 +67,7 @@ def paired_differences(per_video: dict[str, "Any"], baseline: str, num_resamples
         common = base.index.intersection(other.index)
         if len(common) == 0:
             raise ValueError(f"{label} and {baseline} share no video ids: not the same protocol/test set")
-        metrics = [c for c in base.columns if c in other.columns and c != "num_frames"]
+        metrics = [c for c in base.columns if c in other.columns and c not in ("num_frames", "nonfinite_frames")]
         for m in metrics:
             a = base.loc[common, m].astype(float).to_numpy()
             b = other.loc[common, m].astype(float).to_numpy()
