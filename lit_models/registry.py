@@ -43,6 +43,43 @@ def discover() -> dict[str, type]:
     return dict(_SCHEMAS)
 
 
+def resolution_multiple(cfg: Any) -> tuple[int, str]:
+    """What ``model.resolution`` must be a multiple of, read from the down-sampling keys the model config declares
+    (checked at compose time by ``experiments.runtime.validate``, so a bad size names ``model.resolution`` instead
+    of failing inside a convolution): ``(multiple, reason)``; ``(1, "")`` when the config declares none."""
+    from fractions import Fraction
+    from math import lcm
+
+    get = (lambda k, d=None: cfg.get(k, d)) if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+    parts: list[tuple[int, str]] = []
+    unet = get("unet")
+    if get("latent") is not None or get("use_vae") is not None:     # diffusion methods
+        vae = get("latent") == "vae" or bool(get("use_vae"))
+        factor = 8 if vae else int(get("pixel_unshuffle", 1) or 1)
+        blocks = unet.get("block_out_channels") if hasattr(unet, "get") else getattr(unet, "block_out_channels", None)
+        downs = 2 ** (len(blocks) - 1) if blocks else 1
+        parts.append((factor * downs, f"{'VAE ×8' if vae else f'pixel_unshuffle ×{factor}'} then "
+                                      f"{downs}× down in the U-Net"))
+    if get("num_down") is not None:
+        parts.append((2 ** int(get("num_down")), f"num_down={get('num_down')}"))
+    if get("gen_num_down_blocks") is not None:
+        parts.append((2 ** int(get("gen_num_down_blocks")), f"gen_num_down_blocks={get('gen_num_down_blocks')}"))
+    for blocks_key, scale_key in (("kp_num_blocks", "kp_scale_factor"), ("dm_num_blocks", "dm_scale_factor")):
+        if get(blocks_key) is not None:
+            scale = Fraction(str(get(scale_key, 1) or 1))
+            need = Fraction(2 ** int(get(blocks_key))) / scale
+            parts.append((need.numerator,   # (resolution × scale) divisible by 2^blocks
+                          f"{blocks_key}={get(blocks_key)} at {scale_key}={get(scale_key, 1)}"))
+    if get("corr_scale") is not None:
+        inv = 1 / Fraction(str(get("corr_scale")))
+        parts.append((int(inv.numerator), f"corr_scale={get('corr_scale')}"))
+    parts = [(m, why) for m, why in parts if m > 1]
+    if not parts:
+        return 1, ""
+    multiple = lcm(*[m for m, _ in parts])
+    return multiple, "; ".join(why for m, why in parts)
+
+
 def _import_target(target: str):
     module, _, attr = target.rpartition(".")
     return getattr(importlib.import_module(module), attr)
