@@ -118,3 +118,47 @@ def real_fomm_root(real_fixtures, tmp_path) -> Path:
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical_on_real_clips(real_fomm_root, tmp_path):
     kill_resume_compare(real_fomm_root, tmp_path, "data=voxceleb", "data.resolution=64")
+
+
+def sweep_args(data_root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    """A two-job Hydra multirun (model.refine_iters=0,1) of the same tiny training, into `sweep_dir`."""
+    cmd = train_args(data_root, *extra)
+    return [*cmd[:3], "-m", f"hydra.sweep.dir={sweep_dir}", "model.refine_iters=0,1", *cmd[3:]]
+
+
+def one(pattern: str, root: Path) -> Path:
+    found = sorted(root.glob(pattern))
+    assert len(found) == 1, (pattern, found)
+    return found[0]
+
+
+@pytest.mark.slow
+def test_killed_sweep_relaunched_redoes_no_finished_job_and_matches_bit_for_bit(synth_root, tmp_path):
+    full, killed = tmp_path / "sweep_full", tmp_path / "sweep_killed"
+    run(sweep_args(synth_root, full), tmp_path)
+    proc = subprocess.Popen(sweep_args(synth_root, killed), cwd=REPO, env=env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not (list(killed.glob("0_*/train_done.json")) and list(killed.glob(f"1_*/checkpoints/step{EVERY:07d}.ckpt"))):
+            assert proc.poll() is None, f"the sweep ended (rc={proc.returncode}) before the second job's checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    job0, job1 = one("0_*", killed), one("1_*", killed)
+    step = torch.load(job1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert EVERY <= step < MAX_STEPS
+    stamps = {p: p.stat().st_mtime_ns for p in (job0 / "checkpoints" / "last.ckpt", job0 / "train_done.json")}
+
+    out = run(sweep_args(synth_root, killed, "resume=true"), tmp_path)
+    assert f"{job0} (finished before: not redone)" in out.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps            # job 0 untouched
+    assert one("1_*", killed) == job1 and (job1 / "train_done.json").exists()
+    for name in ("0_*", "1_*"):
+        assert_bit_identical(one(name, full) / "checkpoints" / "last.ckpt", one(name, killed) / "checkpoints" / "last.ckpt")
