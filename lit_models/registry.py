@@ -96,11 +96,44 @@ def build_model(cfg: Any):
     return _import_target(target)(cfg)
 
 
-def load_model(ckpt_path: str, map_location: str = "cpu"):
-    """Rebuild a model from a checkpoint: its hyper-parameters carry the model config and its ``_target_``."""
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds pickled objects beyond tensors and plain types; loading it would run their code."""
+
+
+def _safe_globals() -> list:
+    """What Lightning checkpoints may hold beyond tensors and plain types (an allow-list, nothing executable)."""
+    out: list = []
+    try:
+        from lightning.fabric.utilities.data import AttributeDict   # hparams container (a plain dict subclass)
+
+        out.append(AttributeDict)
+    except ImportError:  # pragma: no cover - older Lightning
+        pass
+    return out
+
+
+def load_checkpoint(ckpt_path: str, map_location: str = "cpu") -> dict:
+    """``torch.load(..., weights_only=True)``: tensors, plain containers and the allow-list above only. A file that
+    would need arbitrary unpickling (code execution) is refused before any of its objects is built."""
+    import pickle
+
     import torch
 
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"{ckpt_path}: refused to load — it holds pickled objects beyond tensors and plain types, and unpickling "
+            f"them could run code ({first}). portraitlab checkpoints store hyper-parameters as plain types; load a "
+            f"file you trust by hand with torch.load(..., weights_only=False) and re-save its state_dict") from None
+
+
+def load_model(ckpt_path: str, map_location: str = "cpu"):
+    """Rebuild a model from a checkpoint: its hyper-parameters carry the model config and its ``_target_``.
+    Loaded with ``weights_only=True`` (``load_checkpoint``): a checkpoint someone else made runs no code."""
+    ckpt = load_checkpoint(ckpt_path, map_location=map_location)
     hparams = ckpt.get("hyper_parameters", {})
     model_cfg = hparams.get("model")
     if model_cfg is None or "_target_" not in model_cfg:

@@ -204,3 +204,43 @@ def test_checkpoint_write_is_atomic_in_its_own_directory(tmp_path, monkeypatch):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(4)}, "global_step": 2}, path)
     assert path.read_bytes() == good
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+# ---- item 8: loading a checkpoint runs no code ------------------------------------------------------------------
+class _RunsCode:
+    """Unpickling this calls exec(): what a crafted checkpoint can do under torch.load(weights_only=False)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_crafted_pickle_checkpoint_is_refused_without_running(tmp_path):
+    from lit_models.registry import load_model
+
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {"model": {"_target_": "lit_models.baselines.CopySource", "name": "copy_source"}},
+                "state_dict": {}, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(RuntimeError, match=r"evil\.ckpt: refused to load") as info:   # UnsafeCheckpointError
+        load_model(str(path))
+    assert type(info.value).__name__ == "UnsafeCheckpointError"
+    assert not marker.exists(), "unpickling ran the payload's code"
+
+
+def test_trainer_checkpoints_load_with_weights_only(compose_cfg, synth_root, tmp_path):
+    """Our own checkpoints (Lightning's loops, callbacks, RNG states, hparams) pass the weights-only loader, and the
+    rebuilt model holds the trained weights."""
+    from experiments.train import train
+    from lit_models.registry import load_model
+
+    run = tmp_path / "run"
+    train(compose_cfg("train", ["experiment=baseline_direct", "model.base_channels=4", "model.num_down=2",
+                                *small(synth_root, run)]))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    model = load_model(str(run / "checkpoints" / "last.ckpt"))
+    assert type(model).__name__ == "DirectRegression"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][k])
