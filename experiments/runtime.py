@@ -155,10 +155,17 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return path
 
 
+RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
 def run_dir_lock(run_dir: Path, purpose: str):
-    """The run directory's one-writer lock (an OS file lock on run_dir/.lock, freed when the holder dies)."""
+    """The run directory's one-writer lock (an OS file lock on run_dir/.lock, freed when the holder dies). Held by
+    the launching process / global rank 0 only: the other ranks of one multi-GPU job (started by Lightning or
+    SLURM with the same run_dir) belong to the same writer."""
     from toolbox.locks import DirLock
 
+    if any(int(os.environ.get(var, "0") or 0) > 0 for var in RANK_VARS):
+        return contextlib.nullcontext()
     return DirLock(run_dir, purpose=purpose)
 
 
@@ -301,6 +308,9 @@ class FiniteCheck(L.Callback):
             params = [(n, p) for n, p in pl_module.named_parameters() if p.is_floating_point()]
             if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).all()):
                 bad = [f"parameter {next(n for n, p in params if not bool(torch.isfinite(p.detach()).all()))}"]
+        # every rank stops together (a rank that raised alone would leave the others waiting in a collective)
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bool(bad), all=False) and not bad:
+            bad = ["values on another rank"]
         if bad:
             ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
             raise NonFiniteTrainingError(
