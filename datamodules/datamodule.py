@@ -90,7 +90,8 @@ class VideoClipDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Render SynthFaces into ``root`` when ``synth`` is set (``render_dataset`` returns at once when
-        ``root/synthfaces.json`` already records the same config; it re-renders a stale one)."""
+        ``root/synthfaces.json`` already records the same config, and refuses a root rendered with another one;
+        the default roots are keyed by ``${synth_key:...}``, so configs never share one)."""
         c = self.cfg
         if c.synth is None:
             return
