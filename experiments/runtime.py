@@ -180,8 +180,8 @@ DONE_FILE = "train_done.json"
 
 
 def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """With resume=true: the results of a run that already finished what `cfg` asks (same trainer.max_steps, and
-    evaluated when evaluate_after_train), from its `train_done.json`; None when there is work left."""
+    """With resume=true: the results of a run that already finished what `cfg` asks (the same resolved config,
+    `resume`/`run_dir` aside), from its `train_done.json`; None when there is work left."""
     import json
 
     done = run_dir / DONE_FILE
@@ -191,19 +191,29 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
         record = json.loads(done.read_text())
     except ValueError:
         return None
-    if record.get("max_steps") != int(cfg.trainer.max_steps) or (cfg.evaluate_after_train and not record.get("evaluated")) \
-            or not Path(record.get("ckpt", "")).exists():
-        return None
+    if record.get("config_sha256") != _run_fingerprint(cfg) or not Path(record.get("ckpt") or "").exists():
+        return None   # another max_steps / protocol / anything: there is work to do (resume from last.ckpt)
     log.info("%s finished before (%s): not redone", run_dir, done.name)
     return record.get("results", {})
 
 
+def _run_fingerprint(cfg: DictConfig) -> str:
+    """sha256 of the resolved config without `resume` / `run_dir` (how a run was continued, not what it is)."""
+    import hashlib
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("resume", "run_dir"):
+        container.pop(key, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True).encode()).hexdigest()
+
+
 def mark_finished(cfg: DictConfig, run_dir: Path, results: dict) -> None:
+    """`train_done.json`: this run finished everything its config asks (what a relaunched sweep skips)."""
     from toolbox.io import atomic_write_json
 
-    atomic_write_json(run_dir / DONE_FILE, {"max_steps": int(cfg.trainer.max_steps), "ckpt": results.get("ckpt"),
-                                            "evaluated": bool(cfg.evaluate_after_train), "results": results},
-                      strict=True)
+    atomic_write_json(run_dir / DONE_FILE, {"config_sha256": _run_fingerprint(cfg), "max_steps": int(cfg.trainer.max_steps),
+                                            "ckpt": results.get("ckpt"), "evaluated": bool(cfg.evaluate_after_train),
+                                            "results": results}, strict=True)
 
 
 def task_overrides() -> list[str]:

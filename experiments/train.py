@@ -5,7 +5,7 @@ Every run gets a unique directory (Hydra's output dir, or `run_dir=` to resume) 
 `resume=true run_dir=PATH` continues `PATH/checkpoints/last.ckpt` exactly (weights, optimizer, RNG, data stream).
 A sweep (`sweep=NAME`) is a Hydra multirun declared in one file; its end callback writes the ablation table. A killed
 sweep continues with `resume=true hydra.sweep.dir=SWEEP_DIR`: finished jobs (`train_done.json` for the same
-`trainer.max_steps`) are not redone, started ones resume from their `last.ckpt`, the others start.
+resolved config) are not redone, started ones resume from their `last.ckpt`, the others start.
 One process writes a run directory at a time (`toolbox.locks.DirLock` on `run_dir/.lock`).
 """
 from __future__ import annotations

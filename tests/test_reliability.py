@@ -244,3 +244,19 @@ def test_trainer_checkpoints_load_with_weights_only(compose_cfg, synth_root, tmp
     assert type(model).__name__ == "DirectRegression"
     for k, v in model.state_dict().items():
         assert torch.equal(v, ckpt["state_dict"][k])
+
+
+def test_resume_of_a_finished_run_redoes_nothing_unless_the_config_asks_for_more(compose_cfg, synth_root, tmp_path):
+    """`resume=true` on a run whose train_done.json records the same resolved config returns its results without
+    touching it (a relaunched sweep); `resume=true trainer.max_steps=4` trains on from last.ckpt to step 4."""
+    from experiments.train import train
+
+    run = tmp_path / "run"
+    args = ["experiment=baseline_direct", "model.base_channels=4", "model.num_down=2", *small(synth_root, run)]
+    first = train(compose_cfg("train", args))
+    last = run / "checkpoints" / "last.ckpt"
+    stamp = last.stat().st_mtime_ns
+    assert train(compose_cfg("train", [*args, "resume=true"])) == first
+    assert last.stat().st_mtime_ns == stamp
+    train(compose_cfg("train", [*args, "resume=true", "trainer.max_steps=4"]))
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
