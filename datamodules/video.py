@@ -316,11 +316,18 @@ class FrameFolderReader(VideoReader):
 def display_rotation(path: str | os.PathLike) -> int:
     """The clip's display rotation in degrees (0/90/180/270, counter-clockwise), from its first frame's display
     matrix; cached per path + size + mtime."""
+    import av
+
     st = os.stat(path)
     key = ("rotation", str(path), st.st_size, st.st_mtime_ns)
     if key not in _INDEX_CACHE:
-        with PyAVReader(path) as reader:
-            _INDEX_CACHE[key] = reader.rotation
+        rotation = 0
+        with av.open(str(path)) as container:   # one frame decoded, no demux index
+            if container.streams.video:
+                for frame in container.decode(container.streams.video[0]):
+                    rotation = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
+                    break
+        _INDEX_CACHE[key] = rotation
     return _INDEX_CACHE[key]
 
 
