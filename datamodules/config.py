@@ -53,3 +53,19 @@ class DataConfig:
     # another *training* identity (SynthFaces only: needs identity_params + motion in ROOT/meta/<clip>.npz)
     use_synth_cross_driving: bool = False
     seed: int = 0
+
+
+def _synth_key_resolver(node) -> str:
+    from datamodules.synthfaces.writer import synth_key
+
+    return synth_key(node)
+
+
+def register_resolvers() -> None:
+    """``${synth_key:${.synth}}``: the content key of a SynthFaces config (see ``synthfaces.writer.synth_key``)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("synth_key", _synth_key_resolver, replace=True)
+
+
+register_resolvers()

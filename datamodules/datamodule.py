@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -89,7 +90,8 @@ class VideoClipDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Render SynthFaces into ``root`` when ``synth`` is set (``render_dataset`` returns at once when
-        ``root/synthfaces.json`` already records the same config; it re-renders a stale one)."""
+        ``root/synthfaces.json`` already records the same config, and refuses a root rendered with another one;
+        the default roots are keyed by ``${synth_key:...}``, so configs never share one)."""
         c = self.cfg
         if c.synth is None:
             return
@@ -152,17 +154,19 @@ class VideoClipDataModule(L.LightningDataModule):
     def stream_start(self) -> int:
         """Index of the next training sample of the global stream: batches done × batch_size × world_size.
 
-        Batches done = optimizer-stepping batches × accumulate (Lightning restores this counter on resume;
-        unlike ``global_step`` it is not inflated by several optimizers per batch)."""
+        Batches done = the fit loop's ``batch_progress.total.processed`` (batches whose training step ran; not
+        inflated by several optimizers per batch like ``global_step``). Not ``_batches_that_stepped``: a step
+        checkpoint is written in ``on_train_batch_end``, before Lightning increments that counter, and Lightning
+        corrects it on restore only in ``TrainingEpochLoop.reset()`` — after ``FitLoop.setup_data()`` has already
+        created the data iterator (and so read this start), which made a resumed run replay one batch."""
         t = self.trainer
         if t is None:
             return 0
-        acc = int(getattr(t, "accumulate_grad_batches", 1) or 1)
         try:
-            stepped = int(t.fit_loop.epoch_loop._batches_that_stepped)
+            done = int(t.fit_loop.epoch_loop.batch_progress.total.processed)
         except AttributeError:
-            stepped = int(t.global_step)
-        return stepped * acc * self.cfg.batch_size * int(t.world_size)
+            done = int(t.global_step) * int(getattr(t, "accumulate_grad_batches", 1) or 1)
+        return done * self.cfg.batch_size * int(t.world_size)
 
     @property
     def ship_uint8(self) -> bool:
@@ -192,7 +196,12 @@ class VideoClipDataModule(L.LightningDataModule):
         rank, world = (int(t.global_rank), int(t.world_size)) if t is not None else (0, 1)
         sampler = ResumableIndexSampler(c.steps_per_epoch * c.batch_size, start_fn=self.stream_start, rank=rank,
                                         world_size=world)
-        return DataLoader(ds, batch_size=c.batch_size, sampler=sampler, drop_last=True, **self._loader_kwargs())
+        # its own generator: creating the loader's iterator draws a base seed, and from the global torch RNG that
+        # draw would come at a different point of a resumed run (right after the RNG restore) than of an
+        # uninterrupted one (epoch start), shifting every later random number (noise, augmentations)
+        generator = torch.Generator().manual_seed(int(c.seed))
+        return DataLoader(ds, batch_size=c.batch_size, sampler=sampler, drop_last=True, generator=generator,
+                          **self._loader_kwargs())
 
     # ---- evaluation -----------------------------------------------------------------------------------------
     def default_pairs_path(self, split: str, n: int) -> Path:

@@ -10,6 +10,13 @@ Three readers share one interface:
 * ``DecordReader`` — decord2's ``VideoReader`` (it does its own keyframe seeking).
 * ``FrameFolderReader`` — a folder of PNG/JPG frames (sorted by name) behind the same interface.
 
+Orientation is normalised once, here, for every decoder: a clip whose container carries a display matrix
+(phone videos: "rotate" 90/180/270) is returned as it is meant to be displayed — ``PyAVReader`` rotates the
+decoded frames by the stream's rotation (``VideoFrame.rotation``, counter-clockwise, a multiple of 90°), and
+``open_video(..., "decord")`` reads such a clip with ``PyAVReader`` (decord2 3.4 mis-sizes rotated frames: its
+``get_batch`` fails, "from_size == to_size"), so both decoders give identical frames. ``size`` is the displayed
+(height, width).
+
 Readers hold open file handles: never pickle them. Datasets open them lazily per process (see ``ReaderCache``),
 so each DataLoader worker gets its own decoders.
 """
@@ -87,7 +94,8 @@ class PyAVReader(VideoReader):
             self.stream.thread_count = threads
         self._build_index()
         cc = self.stream.codec_context
-        self.size = (int(cc.height), int(cc.width))
+        self.rotation = self._probe_rotation()
+        self.size = (int(cc.width), int(cc.height)) if self.rotation in (90, 270) else (int(cc.height), int(cc.width))
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         if rate:
             self.fps = float(rate)
@@ -128,6 +136,24 @@ class PyAVReader(VideoReader):
         self.num_frames = len(self._pts)
         self.declared_frames = int(self.stream.frames or 0)
 
+    def _probe_rotation(self) -> int:
+        """The display rotation (0/90/180/270, counter-clockwise) of the first frame; cached like the index."""
+        st = os.stat(self.path)
+        key = ("rotation", self.path, st.st_size, st.st_mtime_ns)
+        if key not in _INDEX_CACHE:
+            rotation = 0
+            if self.num_frames:
+                for frame in self.container.decode(self.stream):
+                    rotation = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
+                    break
+                self.container.seek(self._pts[0] if self._pts else 0, stream=self.stream)
+            _INDEX_CACHE[key] = rotation
+        return _INDEX_CACHE[key]
+
+    def _to_rgb(self, frame) -> np.ndarray:
+        img = frame.to_ndarray(format="rgb24")
+        return np.ascontiguousarray(np.rot90(img, self.rotation // 90)) if self.rotation else img
+
     def _index_of(self, frame) -> int:
         t = frame.pts if frame.pts is not None else frame.dts
         if t is None:
@@ -165,13 +191,13 @@ class PyAVReader(VideoReader):
                 i = self._index_of(frame)
                 self._next_index = i + 1
                 if i == wanted[k]:
-                    out[i] = frame.to_ndarray(format="rgb24")
+                    out[i] = self._to_rgb(frame)
                     k += 1
                 elif i > wanted[k]:  # a wanted frame never came out (odd timestamps): get_frames falls back
                     while k < len(wanted) and wanted[k] < i:
                         k += 1
                     if k < len(wanted) and wanted[k] == i:
-                        out[i] = frame.to_ndarray(format="rgb24")
+                        out[i] = self._to_rgb(frame)
                         k += 1
                 if k >= len(wanted):
                     return
@@ -198,7 +224,7 @@ class PyAVReader(VideoReader):
                 for frame in self._decoder:
                     i = self._index_of(frame)
                     if i in missing and i not in out:
-                        out[i] = frame.to_ndarray(format="rgb24")
+                        out[i] = self._to_rgb(frame)
                     if i >= missing[-1]:
                         break
                 self._next_index = None
@@ -221,7 +247,7 @@ class PyAVReader(VideoReader):
             if i >= stop:
                 break
             if i >= start and (i - start) % stride == 0:
-                yield frame.to_ndarray(format="rgb24")
+                yield self._to_rgb(frame)
         self._decoder, self._next_index = None, None
 
     def close(self) -> None:
@@ -287,6 +313,24 @@ class FrameFolderReader(VideoReader):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def display_rotation(path: str | os.PathLike) -> int:
+    """The clip's display rotation in degrees (0/90/180/270, counter-clockwise), from its first frame's display
+    matrix; cached per path + size + mtime."""
+    import av
+
+    st = os.stat(path)
+    key = ("rotation", str(path), st.st_size, st.st_mtime_ns)
+    if key not in _INDEX_CACHE:
+        rotation = 0
+        with av.open(str(path)) as container:   # one frame decoded, no demux index
+            if container.streams.video:
+                for frame in container.decode(container.streams.video[0]):
+                    rotation = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
+                    break
+        _INDEX_CACHE[key] = rotation
+    return _INDEX_CACHE[key]
+
+
 def open_video(path: str | os.PathLike, decoder: str = "pyav", threads: int = 0) -> VideoReader:
     """Open a clip: a folder of frames, or a video file with ``decoder`` ∈ {pyav, decord}."""
     p = Path(path)
@@ -295,6 +339,8 @@ def open_video(path: str | os.PathLike, decoder: str = "pyav", threads: int = 0)
     if decoder == "pyav":
         return PyAVReader(p, threads=threads)
     if decoder == "decord":
+        if display_rotation(p):   # decord2 cannot read rotated clips (see the module doc): same frames via PyAV
+            return PyAVReader(p, threads=threads)
         return DecordReader(p, threads=threads)
     raise ValueError(f"decoder={decoder!r} is not one of {', '.join(DECODERS)}")
 

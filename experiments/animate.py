@@ -28,10 +28,20 @@ register_configs()
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 H×W×3; an alpha channel is composited on white, grayscale is expanded."""
-    from PIL import Image
+    """RGB uint8 H×W×3 as the image is meant to be displayed: EXIF orientation applied (phone photos store the
+    sensor's orientation plus a tag), 16-bit (and 32-bit integer / float) grayscale scaled to 8 bits (PIL's
+    ``convert("RGB")`` clips it: a 16-bit PNG became white), an alpha channel composited on white, grayscale
+    expanded. 16-bit RGB(A) PNGs PIL already reduces to 8 bits per channel correctly."""
+    from PIL import Image, ImageOps
 
-    img = Image.open(path)
+    img = ImageOps.exif_transpose(Image.open(path))
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0                       # 0..65535 → 0..255
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0                       # float images in [0, 1]
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))

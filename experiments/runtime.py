@@ -1,12 +1,13 @@
 """What every entry point shares: run directories, validation, seeding, loggers, callbacks, the Trainer."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -33,6 +34,11 @@ class ConfigError(ValueError):
 
 def validate(cfg: DictConfig) -> None:
     """Semantic checks beyond the structured schema (which already rejects unknown keys and wrong types)."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a config key{_close_key(unknown[0], cfg)}: `+key=` adds keys that no "
+                          f"schema declares and nothing reads" + (f" (also: {', '.join(unknown[1:4])})" if unknown[1:] else ""))
+    check_resolution(cfg)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and str(value) not in allowed:
@@ -69,6 +75,75 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"axes names {key!r}, which is not a config key")
 
 
+def _unknown_keys(node: Any, path: str = "") -> list[str]:
+    """Keys of structured (dataclass-typed) nodes that their dataclass does not declare. Hydra's `+key=value`
+    force-adds a key even to a structured node, where nothing would ever read it (`+trainer.max_step=10`)."""
+    import dataclasses
+
+    if not isinstance(node, DictConfig):
+        return []
+    found: list[str] = []
+    typ = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(typ)} if dataclasses.is_dataclass(typ) else None
+    for key in node.keys():
+        name = f"{path}.{key}" if path else str(key)
+        if fields is not None and key not in fields:
+            found.append(name)
+            continue
+        if OmegaConf.is_missing(node, key) or node._get_node(key)._is_interpolation():
+            continue
+        found += _unknown_keys(node[key], name)
+    return found
+
+
+def _close_key(name: str, node: Any) -> str:
+    import dataclasses
+    import difflib
+
+    parent, _, leaf = name.rpartition(".")
+    typ = OmegaConf.get_type(OmegaConf.select(node, parent) if parent else node)
+    keys = [f.name for f in dataclasses.fields(typ)] if dataclasses.is_dataclass(typ) else []
+    near = difflib.get_close_matches(leaf, keys, n=1)
+    return f" (did you mean {parent + '.' if parent else ''}{near[0]}?)" if near else ""
+
+
+def check_resolution(cfg: DictConfig) -> None:
+    """model.resolution must be a multiple of what the model's down-sampling path needs (its config says)."""
+    from lit_models.registry import resolution_multiple
+
+    res = OmegaConf.select(cfg, "model.resolution", default=None)
+    if res is None or cfg.get("model") is None:
+        return
+    multiple, why = resolution_multiple(cfg.model)
+    if multiple > 1 and int(res) % multiple:
+        lo = int(res) // multiple * multiple
+        raise ConfigError(f"model.resolution={res} must be a multiple of {multiple} for model={cfg.model.name} ({why}); "
+                          f"try {lo or multiple} or {lo + multiple}")
+
+
+def check_data_root(cfg: DictConfig) -> None:
+    """`data.root` set and holding clips (SynthFaces roots are rendered later; shards are checked by their reader)."""
+    d = cfg.get("data")
+    if d is None or d.get("synth") is not None or d.get("shards") or d.get("layout") == "shards":
+        return
+    raw = OmegaConf.to_container(d, resolve=False).get("root")
+    env = __import__("re").search(r"oc\.env:([A-Za-z_][A-Za-z0-9_]*)", str(raw or ""))
+    hint = f" or set {env.group(1)}" if env else ""
+    root = OmegaConf.select(cfg, "data.root", default=None, throw_on_missing=False)
+    if root in (None, "", "???"):
+        raise ConfigError(f"data.root is not set: pass data.root=/path/to/{d.get('name', 'clips')}{hint}")
+    path = Path(str(root)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"data.root={root} does not exist{' (from ' + env.group(1) + ')' if env and env.group(1) in os.environ else ''}")
+    from datamodules.video import IMAGE_EXTS, VIDEO_EXTS
+
+    for _, _, files in os.walk(path, followlinks=True):
+        if any(f.lower().endswith(VIDEO_EXTS + IMAGE_EXTS) for f in files):
+            return
+    raise ConfigError(f"data.root={root} holds no video clips or frame folders (layout={d.get('layout')}; FOMM: "
+                      f"root/{{train,test}}/*.mp4)")
+
+
 def resolve_run_dir(cfg: DictConfig) -> Path:
     """The run's unique directory: `run_dir=` when given (resume), else Hydra's output directory."""
     run_dir = OmegaConf.select(cfg, "run_dir", default=None)
@@ -85,6 +160,67 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     cfg.run_dir = str(path)
     OmegaConf.set_readonly(cfg, with_flag)
     return path
+
+
+RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def run_dir_lock(run_dir: Path, purpose: str):
+    """The run directory's one-writer lock (an OS file lock on run_dir/.lock, freed when the holder dies). Held by
+    the launching process / global rank 0 only: the other ranks of one multi-GPU job (started by Lightning or
+    SLURM with the same run_dir) belong to the same writer."""
+    from toolbox.locks import DirLock
+
+    if any(int(os.environ.get(var, "0") or 0) > 0 for var in RANK_VARS):
+        return contextlib.nullcontext()
+    return DirLock(run_dir, purpose=purpose)
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+DONE_FILE = "train_done.json"
+
+
+def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """With resume=true: the results of a run that already finished what `cfg` asks (the same resolved config,
+    `resume`/`run_dir` aside), from its `train_done.json`; None when there is work left."""
+    import json
+
+    done = run_dir / DONE_FILE
+    if not cfg.get("resume") or not done.exists():
+        return None
+    try:
+        record = json.loads(done.read_text())
+    except ValueError:
+        return None
+    if record.get("config_sha256") != _run_fingerprint(cfg) or not Path(record.get("ckpt") or "").exists():
+        return None   # another max_steps / protocol / anything: there is work to do (resume from last.ckpt)
+    log.info("%s finished before (%s): not redone", run_dir, done.name)
+    return record.get("results", {})
+
+
+def _run_fingerprint(cfg: DictConfig) -> str:
+    """sha256 of the resolved config without `resume` / `run_dir` (how a run was continued, not what it is)."""
+    import hashlib
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("resume", "run_dir"):
+        container.pop(key, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True).encode()).hexdigest()
+
+
+def mark_finished(cfg: DictConfig, run_dir: Path, results: dict) -> None:
+    """`train_done.json`: this run finished everything its config asks (what a relaunched sweep skips)."""
+    from toolbox.io import atomic_write_json
+
+    atomic_write_json(run_dir / DONE_FILE, {"config_sha256": _run_fingerprint(cfg), "max_steps": int(cfg.trainer.max_steps),
+                                            "ckpt": results.get("ckpt"), "evaluated": bool(cfg.evaluate_after_train),
+                                            "results": results}, strict=True)
 
 
 def task_overrides() -> list[str]:
@@ -210,6 +346,63 @@ class RNGStateCallback(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced a non-finite loss or parameter; raised before any checkpoint of that state is written."""
+
+
+def _loss_tensors(outputs: Any) -> dict[str, torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return {"loss": outputs}
+    if isinstance(outputs, dict):
+        return {str(k): v for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return {}
+
+
+class FiniteCheck(L.Callback):
+    """Stops training at the first non-finite training loss (any tensor the training step returns) or parameter.
+
+    Runs in ``on_train_batch_end``, which Lightning calls for ordinary callbacks before ``ModelCheckpoint`` (it
+    orders checkpoint callbacks last), so the non-finite state is never saved and ``last.ckpt`` stays the last good
+    one. The parameter check is one reduction per parameter and a single host sync per step.
+    ``trainer.finite_check=false`` turns it off; ``trainer.detect_anomaly=true`` adds torch's anomaly mode (slow)
+    to find the operation that produced the first NaN in the backward pass."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bad = [f"{k}={v.detach().float().mean().item():g}" for k, v in _loss_tensors(outputs).items()
+               if not bool(torch.isfinite(v.detach()).all())]
+        if not bad:
+            params = [(n, p) for n, p in pl_module.named_parameters() if p.is_floating_point()]
+            if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).all()):
+                bad = [f"parameter {next(n for n, p in params if not bool(torch.isfinite(p.detach()).all()))}"]
+        # every rank stops together (a rank that raised alone would leave the others waiting in a collective)
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bool(bad), all=False) and not bad:
+            bad = ["values on another rank"]
+        if bad:
+            ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            raise NonFiniteTrainingError(
+                f"training stopped: non-finite {', '.join(bad)} at step {trainer.global_step} "
+                f"(lower model.lr, set trainer.gradient_clip_val, or find the op with trainer.detect_anomaly=true; "
+                f"trainer.finite_check=false disables this check). Last good checkpoint: {ckpt}")
+
+
+def atomic_checkpoint_io():
+    """Lightning's ``TorchCheckpointIO`` writing through ``toolbox.io``: a temporary file in the checkpoint's own
+    directory (same filesystem), fsync, then ``os.replace``. Lightning's own save goes through an fsspec
+    transaction whose temporary file lives in the system temp dir, then ``shutil.move`` — a copy when that is
+    another filesystem, so a full disk or a kill mid-copy left a truncated checkpoint under the real name."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from toolbox.io import atomic_write_bytes_with
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+            if storage_options is not None:
+                raise TypeError(f"{type(self).__name__} takes no storage_options")
+            atomic_write_bytes_with(path, lambda f: torch.save(checkpoint, f))
+
+    return AtomicCheckpointIO()
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
@@ -232,6 +425,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         callbacks.append(EMAWeightAveraging(decay=ema_decay))
+    if tc.get("finite_check", True):
+        callbacks.append(FiniteCheck())
+    import warnings   # the sample stream is resumable (datamodules: sample i = f(seed, i), started at the position)
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if tc.enable_progress_bar:   # a bar on a terminal; plain "step k/N … loss … ETA" lines in a log
@@ -251,8 +448,42 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
         deterministic=tc.deterministic,
         enable_progress_bar=tc.enable_progress_bar and any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
         enable_model_summary=tc.enable_model_summary, num_sanity_val_steps=tc.num_sanity_val_steps,
-        logger=loggers or False, callbacks=callbacks,
+        logger=loggers or False, callbacks=callbacks, detect_anomaly=bool(tc.get("detect_anomaly", False)),
+        plugins=[atomic_checkpoint_io()],
     )
+
+
+@contextlib.contextmanager
+def short_errors():
+    """CLI entry points: a user error (bad config key, non-finite training, a directory another process writes)
+    ends the process with exit status 1 and its one-paragraph message, not a traceback."""
+    from toolbox.locks import DirectoryLocked
+
+    try:
+        yield
+    except (ConfigError, NonFiniteTrainingError, DirectoryLocked) as err:
+        if isinstance(err, ConfigError):
+            _drop_unused_hydra_dir()
+        sys.stdout.flush()
+        raise SystemExit(f"error: {err}") from None
+
+
+def _drop_unused_hydra_dir() -> None:
+    """A config error stops the run before it writes anything: remove the output directory Hydra made for it
+    (only when it holds nothing but Hydra's own `.hydra/` and log file)."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or in_multirun():
+        return
+    out = Path(HydraConfig.get().runtime.output_dir)
+    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            out.parent.rmdir()   # runs/<name>/ when this was its only run
+        except OSError:
+            pass
 
 
 def setup_logging() -> None:

@@ -6,11 +6,12 @@ compose time with the key's full name.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from datamodules.config import DataConfig, SynthConfig
 from eval.protocol import EvalProtocolConfig
@@ -39,6 +40,8 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 500       # ModelCheckpoint(every_n_train_steps=...), plus last.ckpt
     keep_last_n: int = 1                      # how many of those rolling checkpoints stay (the newest N, plus last.ckpt)
     keep_every_n_steps: int = 0               # also keep keep-stepNNNNNNN.ckpt every k steps, never deleted (0: off)
+    finite_check: bool = True       # stop at the first non-finite loss/parameter, before it is checkpointed
+    detect_anomaly: bool = False    # torch anomaly mode (slow): names the op that made the first NaN gradient
 
 
 @dataclass
@@ -85,10 +88,17 @@ class RunConfig:
     max_frames: int = 0
 
 
+def register_resolvers() -> None:
+    """``${launch_pid:}``: the launching process (cached: one value per process), part of the sweep directory's
+    name so that two sweeps launched in the same second (or microsecond) never share a directory."""
+    OmegaConf.register_new_resolver("launch_pid", lambda: str(os.getpid()), use_cache=True, replace=True)
+
+
 def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     from lit_models.registry import discover
 
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)

@@ -3,7 +3,10 @@
 Every run gets a unique directory (Hydra's output dir, or `run_dir=` to resume) holding `config.yaml` (resolved),
 `checkpoints/` (with `last.ckpt`), `csv/` and `wandb/` logs, grids, and the evaluation's `metrics.json`.
 `resume=true run_dir=PATH` continues `PATH/checkpoints/last.ckpt` exactly (weights, optimizer, RNG, data stream).
-A sweep (`sweep=NAME`) is a Hydra multirun declared in one file; its end callback writes the ablation table.
+A sweep (`sweep=NAME`) is a Hydra multirun declared in one file; its end callback writes the ablation table. A killed
+sweep continues with `resume=true hydra.sweep.dir=SWEEP_DIR`: finished jobs (`train_done.json` for the same
+resolved config) are not redone, started ones resume from their `last.ckpt`, the others start.
+One process writes a run directory at a time (`toolbox.locks.DirLock` on `run_dir/.lock`).
 """
 from __future__ import annotations
 
@@ -68,7 +71,17 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
 
 def train(cfg: DictConfig) -> dict:
     runtime.validate(cfg)
+    runtime.check_data_root(cfg)   # before a run directory exists
     run_dir = runtime.resolve_run_dir(cfg)
+    with runtime.run_dir_lock(run_dir, "train"):   # one writer: a second process fails at once, naming this one
+        return _train_locked(cfg, run_dir)
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
+    finished = runtime.finished_run(cfg, run_dir)
+    if finished is not None:   # resume=true on a finished job (a relaunched sweep): nothing to redo
+        print(f"run directory: {run_dir} (finished before: not redone)")
+        return finished
     runtime.save_config(cfg, run_dir)
     runtime.seed_everything(cfg.seed)
 
@@ -86,11 +99,13 @@ def train(cfg: DictConfig) -> dict:
     loggers = runtime.build_loggers(cfg, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = None
-    if cfg.resume:
-        if not last.exists():
-            raise FileNotFoundError(f"resume=true but {last} does not exist (pass run_dir= of the run to continue)")
+    if cfg.resume and last.exists():
         ckpt_path = str(last)
         log.info("resuming from %s", last)
+    elif cfg.resume and runtime.in_multirun():   # a relaunched sweep: this job had not written a checkpoint yet
+        log.info("resume=true: %s has no checkpoint yet; this job starts from the beginning", run_dir)
+    elif cfg.resume:
+        raise FileNotFoundError(f"resume=true but {last} does not exist (pass run_dir= of the run to continue)")
 
     step = 0
     if model.trainable:
@@ -112,6 +127,7 @@ def train(cfg: DictConfig) -> dict:
         results.update(evaluate_run(cfg, model, datamodule, run_dir, loggers, str(last), step=step))
     wandb_dir = runtime.wandb_run_dir(loggers)
     runtime.finish_loggers(loggers)
+    runtime.mark_finished(cfg, run_dir, results)
     print(f"run directory: {run_dir}")
     if (run_dir / "metrics.json").exists():
         print(f"metrics:       {run_dir / 'metrics.json'}")
@@ -123,7 +139,8 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     runtime.setup_logging()
-    train(cfg)
+    with runtime.short_errors():
+        train(cfg)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,43 @@ def discover() -> dict[str, type]:
     return dict(_SCHEMAS)
 
 
+def resolution_multiple(cfg: Any) -> tuple[int, str]:
+    """What ``model.resolution`` must be a multiple of, read from the down-sampling keys the model config declares
+    (checked at compose time by ``experiments.runtime.validate``, so a bad size names ``model.resolution`` instead
+    of failing inside a convolution): ``(multiple, reason)``; ``(1, "")`` when the config declares none."""
+    from fractions import Fraction
+    from math import lcm
+
+    get = (lambda k, d=None: cfg.get(k, d)) if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+    parts: list[tuple[int, str]] = []
+    unet = get("unet")
+    if get("latent") is not None or get("use_vae") is not None:     # diffusion methods
+        vae = get("latent") == "vae" or bool(get("use_vae"))
+        factor = 8 if vae else int(get("pixel_unshuffle", 1) or 1)
+        blocks = unet.get("block_out_channels") if hasattr(unet, "get") else getattr(unet, "block_out_channels", None)
+        downs = 2 ** (len(blocks) - 1) if blocks else 1
+        parts.append((factor * downs, f"{'VAE ×8' if vae else f'pixel_unshuffle ×{factor}'} then "
+                                      f"{downs}× down in the U-Net"))
+    if get("num_down") is not None:
+        parts.append((2 ** int(get("num_down")), f"num_down={get('num_down')}"))
+    if get("gen_num_down_blocks") is not None:
+        parts.append((2 ** int(get("gen_num_down_blocks")), f"gen_num_down_blocks={get('gen_num_down_blocks')}"))
+    for blocks_key, scale_key in (("kp_num_blocks", "kp_scale_factor"), ("dm_num_blocks", "dm_scale_factor")):
+        if get(blocks_key) is not None:
+            scale = Fraction(str(get(scale_key, 1) or 1))
+            need = Fraction(2 ** int(get(blocks_key))) / scale
+            parts.append((need.numerator,   # (resolution × scale) divisible by 2^blocks
+                          f"{blocks_key}={get(blocks_key)} at {scale_key}={get(scale_key, 1)}"))
+    if get("corr_scale") is not None:
+        inv = 1 / Fraction(str(get("corr_scale")))
+        parts.append((int(inv.numerator), f"corr_scale={get('corr_scale')}"))
+    parts = [(m, why) for m, why in parts if m > 1]
+    if not parts:
+        return 1, ""
+    multiple = lcm(*[m for m, _ in parts])
+    return multiple, "; ".join(why for m, why in parts)
+
+
 def _import_target(target: str):
     module, _, attr = target.rpartition(".")
     return getattr(importlib.import_module(module), attr)
@@ -59,11 +96,44 @@ def build_model(cfg: Any):
     return _import_target(target)(cfg)
 
 
-def load_model(ckpt_path: str, map_location: str = "cpu"):
-    """Rebuild a model from a checkpoint: its hyper-parameters carry the model config and its ``_target_``."""
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds pickled objects beyond tensors and plain types; loading it would run their code."""
+
+
+def _safe_globals() -> list:
+    """What Lightning checkpoints may hold beyond tensors and plain types (an allow-list, nothing executable)."""
+    out: list = []
+    try:
+        from lightning.fabric.utilities.data import AttributeDict   # hparams container (a plain dict subclass)
+
+        out.append(AttributeDict)
+    except ImportError:  # pragma: no cover - older Lightning
+        pass
+    return out
+
+
+def load_checkpoint(ckpt_path: str, map_location: str = "cpu") -> dict:
+    """``torch.load(..., weights_only=True)``: tensors, plain containers and the allow-list above only. A file that
+    would need arbitrary unpickling (code execution) is refused before any of its objects is built."""
+    import pickle
+
     import torch
 
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"{ckpt_path}: refused to load — it holds pickled objects beyond tensors and plain types, and unpickling "
+            f"them could run code ({first}). portraitlab checkpoints store hyper-parameters as plain types; load a "
+            f"file you trust by hand with torch.load(..., weights_only=False) and re-save its state_dict") from None
+
+
+def load_model(ckpt_path: str, map_location: str = "cpu"):
+    """Rebuild a model from a checkpoint: its hyper-parameters carry the model config and its ``_target_``.
+    Loaded with ``weights_only=True`` (``load_checkpoint``): a checkpoint someone else made runs no code."""
+    ckpt = load_checkpoint(ckpt_path, map_location=map_location)
     hparams = ckpt.get("hyper_parameters", {})
     model_cfg = hparams.get("model")
     if model_cfg is None or "_target_" not in model_cfg:

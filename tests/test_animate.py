@@ -49,3 +49,46 @@ def test_animate_requires_ckpt_for_trainable_models(compose_cfg, tmp_path):
     cfg = compose_cfg("animate", ["model=direct", "source=a.png", "driving=b.mp4", f"out={tmp_path / 'o.mp4'}"])
     with pytest.raises(ConfigError, match="ckpt"):
         animate(cfg)
+
+
+def _displayed() -> np.ndarray:
+    """An asymmetric 24×40 RGB test image (a bright bar at the top, a gradient left → right)."""
+    img = np.zeros((24, 40, 3), np.uint8)
+    img[..., 0] = np.linspace(0, 250, 40, dtype=np.uint8)[None]
+    img[:5, :, 1] = 240
+    img[..., 2] = np.arange(24, dtype=np.uint8)[:, None] * 10
+    return img
+
+
+@pytest.mark.parametrize("orientation, stored", [(6, lambda d: np.rot90(d, 1)), (8, lambda d: np.rot90(d, -1)),
+                                                 (3, lambda d: np.rot90(d, 2))])
+def test_read_image_applies_exif_orientation(tmp_path, orientation, stored):
+    """A phone photo: pixels stored in sensor orientation plus an EXIF Orientation tag (main: the tag was
+    ignored, the portrait came out lying on its side)."""
+    from PIL import Image
+
+    from experiments.animate import read_image
+
+    shown = _displayed()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored(shown))).save(tmp_path / "p.jpg", quality=98, subsampling=0, exif=exif)
+    got = read_image(tmp_path / "p.jpg")
+    assert got.shape == shown.shape
+    assert np.abs(got.astype(int) - shown).mean() < 4
+
+
+def test_read_image_scales_16_bit_pngs(tmp_path):
+    """16-bit grayscale PNG (main: clipped to white) and 16-bit RGB / RGBA PNGs give the 8-bit image."""
+    import cv2
+
+    from experiments.animate import read_image
+
+    shown = _displayed()
+    cv2.imwrite(str(tmp_path / "g16.png"), shown[..., 0].astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), cv2.cvtColor(shown, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    rgba = np.concatenate([shown, np.full((*shown.shape[:2], 1), 255, np.uint8)], 2).astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "rgba16.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    np.testing.assert_array_equal(read_image(tmp_path / "g16.png"), np.repeat(shown[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb16.png"), shown)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba16.png"), shown)

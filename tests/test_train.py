@@ -104,8 +104,8 @@ def test_resume_continues_exactly(compose_cfg, synth_root, tmp_path):
     train(compose_cfg("train", [*common, *small(synth_root, split, f"trainer.max_steps={n}")]))
     train(compose_cfg("train", [*common, *small(synth_root, split, f"trainer.max_steps={2 * n}", "resume=true")]))
 
-    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(split / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 2 * n
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, atol=1e-6, rtol=0)

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     r.add_argument("--workers", type=int, default=0, help="render clips in this many processes (0: in this one)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--replace", action="store_true", help="replace a SynthFaces render of another config in ROOT")
     p = sub.add_parser("preview", help="write a PNG contact sheet of what SynthFaces renders")
     p.add_argument("out")
     p.add_argument("--resolution", type=int, default=128)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "render":
         cfg = SynthConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SynthConfig)})
-        root = render_dataset(a.root, cfg, progress=not a.no_progress, workers=a.workers)
+        root = render_dataset(a.root, cfg, progress=not a.no_progress, workers=a.workers, replace=a.replace)
         from .writer import read_manifest
 
         man = read_manifest(root)

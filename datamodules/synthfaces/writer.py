@@ -50,6 +50,16 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(SynthConfig(**d))   # unknown keys raise TypeError naming the key
 
 
+def synth_key(cfg: Any) -> str:
+    """Short content key of a SynthFaces config: every field (all of them change the rendered data) and the
+    renderer VERSION. The default roots (``data/synthfaces-<key>/...``) are named by it, so configs that render
+    different data never share — and never re-render — one folder."""
+    import hashlib
+
+    blob = json.dumps({"version": VERSION, "config": _config_dict(cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
 def identity_name(i: int) -> str:
     return f"id{i:04d}"
 
@@ -155,20 +165,31 @@ def _is_current(root: Path, cfg: dict[str, Any]) -> bool:
     return man is not None and man.get("version") == VERSION and man.get("config") == cfg
 
 
-def render_dataset(root: str | os.PathLike, cfg: Any, progress: bool = True, workers: int = 0) -> Path:
+def render_dataset(root: str | os.PathLike, cfg: Any, progress: bool = True, workers: int = 0,
+                   replace: bool = False) -> Path:
     """Render a SynthFaces dataset into ``root`` (see the module docstring for the layout) and return ``root``.
 
     Idempotent: when ``root/synthfaces.json`` holds the same config and version, returns at once. Otherwise the
-    dataset is rendered into a temporary sibling folder and renamed into place (no half datasets); an older
-    SynthFaces render in ``root`` is replaced, any other non-empty folder is refused. ``workers > 1`` renders
+    dataset is rendered into a temporary sibling folder and renamed into place (no half datasets). A SynthFaces
+    render of another config in ``root`` is refused unless ``replace=True`` (another job may be reading it; the
+    default roots are keyed by ``synth_key``), any other non-empty folder is refused. ``workers > 1`` renders
     clips in that many processes (the output is identical: every clip is a function of its own parameters).
     """
     root = Path(root)
     c = _config_dict(cfg)
     if _is_current(root, c):
         return root
-    if root.exists() and any(root.iterdir()) and read_manifest(root) is None:
+    man = read_manifest(root) if root.exists() else None
+    if root.exists() and any(root.iterdir()) and man is None:
         raise FileExistsError(f"{root} exists, is not empty and holds no {MANIFEST}: refusing to render over it")
+    if man is not None and not replace:
+        old = man.get("config") or {}
+        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in c.items() if old.get(k) != v]
+        if man.get("version") != VERSION:
+            diff.append(f"version: {man.get('version')!r} -> {VERSION!r}")
+        raise FileExistsError(f"{root} holds SynthFaces rendered with another config ({'; '.join(diff)}): not "
+                              f"re-rendering it in place (another job may read it). Use another data.root — the "
+                              f"default root is keyed by the config — or render with replace=True")
     if c["resolution"] % 2:
         raise ValueError(f"SynthFaces resolution must be even (H.264 yuv420p), got {c['resolution']}")
     root.parent.mkdir(parents=True, exist_ok=True)

@@ -266,7 +266,7 @@ def test_render_dataset_idempotent_atomic_and_configurable(synth_root, tmp_path)
                                            hand_prob=0.5, num_cross_pairs=4, seed=0))
     assert time.perf_counter() - t0 < 0.5
     assert (synth_root / "synthfaces.json").stat().st_mtime_ns == stamp
-    # a Hydra node works as the config; a changed config re-renders in place; no temporary folders remain
+    # a Hydra node works as the config; no temporary folders remain
     root = tmp_path / "tiny"
     small = dict(num_identities=2, clips_per_identity=1, num_frames=3, resolution=32, num_cross_pairs=1)
     render_dataset(root, OmegaConf.structured(SynthConfig(**small)), progress=False)
@@ -275,7 +275,11 @@ def test_render_dataset_idempotent_atomic_and_configurable(synth_root, tmp_path)
     files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name != "synthfaces.json")
     assert files == sorted(p.relative_to(twin) for p in twin.rglob("*") if p.is_file() and p.name != "synthfaces.json")
     assert all((root / f).read_bytes() == (twin / f).read_bytes() for f in files)     # byte-reproducible per seed
-    render_dataset(root, SynthConfig(**dict(small, seed=1)), progress=False)
+    # a render of another config is never re-rendered in place (another job may read it) unless asked
+    with pytest.raises(FileExistsError, match="seed: 0 -> 1"):
+        render_dataset(root, SynthConfig(**dict(small, seed=1)), progress=False)
+    assert read_manifest(root)["config"]["seed"] == 0
+    render_dataset(root, SynthConfig(**dict(small, seed=1)), progress=False, replace=True)
     assert read_manifest(root)["config"]["seed"] == 1
     assert read_mp4(next((root / "test").glob("*.mp4"))).shape == (3, 32, 32, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny", "twin"]

@@ -97,3 +97,48 @@ def test_real_clips_random_access(real_fixtures):
         n = r.num_frames
         idx = [n - 1, n // 2, 1, n // 2 + 1]
         np.testing.assert_array_equal(r.get_frames(idx), seq[idx])
+
+
+def _write_rotated(path, degrees: int, num_frames: int = 14, size=(32, 64)):
+    """An H.264 clip whose container carries a display matrix (what phones write), set through PyAV."""
+    import av
+
+    h, w = size
+    frames = [pattern(j, h, w) for j in range(num_frames)]
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=10)
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        st.options = {"crf": "10", "g": "5"}
+        st.set_display_rotation(degrees)
+        for img in frames:
+            for packet in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in st.encode():
+            out.mux(packet)
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotated_clip_gives_identical_displayed_frames_under_decord_and_pyav(tmp_path, degrees):
+    """Rotation metadata is applied once for every decoder (main: PyAV ignored it and returned the stored frames,
+    decord2 failed on the clip — `from_size == to_size`)."""
+    from datamodules.video import display_rotation
+
+    raw = _write_rotated(tmp_path / "r.mp4", degrees)
+    assert display_rotation(tmp_path / "r.mp4") == degrees
+    shown = np.stack([np.rot90(f, degrees // 90) for f in raw]).astype(int)
+    got = {}
+    for decoder in ("pyav", "decord"):
+        r = open_video(tmp_path / "r.mp4", decoder)
+        assert r.size == shown.shape[1:3] and r.num_frames == len(raw)
+        got[decoder] = r.get_frames([0, 7, 3, 13])
+        np.testing.assert_array_equal(np.stack(list(r.iter_frames())), r.get_frames(range(len(raw))))
+        r.close()
+    np.testing.assert_array_equal(got["pyav"], got["decord"])
+    assert np.abs(got["pyav"].astype(int) - shown[[0, 7, 3, 13]]).mean() < 4     # as displayed (codec error only)
+
+
+def test_unrotated_clip_still_uses_decord(clip):
+    from datamodules.video import DecordReader, display_rotation
+
+    assert display_rotation(clip) == 0 and isinstance(open_video(clip, "decord"), DecordReader)
