@@ -88,6 +88,34 @@ def crop_resize(frames: np.ndarray, box: list[int], size: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(255)
 
 
+def driving_landmarks(driving: torch.Tensor) -> torch.Tensor | None:
+    """dlib's 68 landmarks (pixels) of each driving frame (T×3×H×W in [0, 1]) → T×68×2, for models whose local
+    control is landmark-centred (X-Portrait's eye/mouth patches). A frame without a face takes the previous frame's
+    landmarks (the next found one's at the start); None when no frame has a face (the model then uses its fixed
+    boxes' centres, and says so)."""
+    from datamodules.face import get_face_detector
+
+    detector = get_face_detector("dlib")
+    frames = (driving.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    found: list[np.ndarray | None] = []
+    for frame in frames:
+        box = detector.largest(frame)
+        found.append(None if box is None else detector.landmarks68(frame, box).astype(np.float32))
+    known = [f for f in found if f is not None]
+    if not known:
+        log.warning("no face in the driving clip: local control uses its fixed boxes' centres")
+        return None
+    last, out = known[0], []
+    for f in found:
+        last = f if f is not None else last
+        out.append(last)
+    missing = sum(f is None for f in found)
+    if missing:
+        log.warning("no face in %d of %d driving frames: their landmarks repeat the nearest found frame's",
+                    missing, len(found))
+    return torch.from_numpy(np.stack(out))
+
+
 @torch.no_grad()
 def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: bool, chunk: int = 16,
                   identity_source: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
@@ -100,6 +128,9 @@ def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: 
         kwargs["relative"] = relative
     if identity_source is not None and "identity_source" in params:
         kwargs["identity_source"] = identity_source[None]
+    landmarks = None
+    if "keypoints" in params and bool(getattr(getattr(model, "cfg", None), "use_local_control", False)):
+        landmarks = driving_landmarks(driving)    # X-Portrait: eye/mouth patches centred on the driving landmarks
     from toolbox.progress import Progress
 
     outs = []
@@ -108,6 +139,8 @@ def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: 
             part = driving[start:start + chunk][None]
             if "driving_initial" in params:
                 kwargs["driving_initial"] = driving[:1]
+            if landmarks is not None:
+                kwargs["keypoints"] = landmarks[start:start + chunk][None]
             outs.append(model.animate(source[None], part, **kwargs)[0])
             bar.update(part.shape[1])
     return torch.cat(outs)

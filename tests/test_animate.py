@@ -92,3 +92,36 @@ def test_read_image_scales_16_bit_pngs(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "g16.png"), np.repeat(shown[..., :1], 3, axis=2))
     np.testing.assert_array_equal(read_image(tmp_path / "rgb16.png"), shown)
     np.testing.assert_array_equal(read_image(tmp_path / "rgba16.png"), shown)
+
+
+def test_landmark_centred_local_control_gets_the_driving_landmarks(real_fixtures):
+    """X-Portrait's eye/mouth patches are centred on the driving landmarks: `run_animation` detects dlib's 68
+    landmarks on every driving crop and hands them to `animate(keypoints=)` chunk by chunk; models without local
+    control get none."""
+    import torch
+
+    from experiments.animate import crop_resize, driving_landmarks, read_video, run_animation, square_box
+
+    drv, _ = read_video(real_fixtures / "clips/single_face.mp4", 4)
+    driving = crop_resize(drv, square_box(drv, "face"), 256)
+    kp = driving_landmarks(driving)
+    assert kp is not None and kp.shape == (4, 68, 2)
+    assert kp.min() >= 0 and kp.max() < 256 and (kp[:, 36:48].mean(1)[:, 1] < kp[:, 48:68].mean(1)[:, 1]).all()
+
+    class Spy(torch.nn.Module):
+        def __init__(self, local):
+            super().__init__()
+            self.cfg, self.seen = type("C", (), {"use_local_control": local})(), []
+
+        def animate(self, source, driving, keypoints=None):
+            self.seen.append(keypoints)
+            return driving
+
+    for local in (True, False):
+        spy = Spy(local)
+        run_animation(spy, driving[0], driving, relative=False, chunk=3, progress=False)
+        if local:
+            assert [k.shape for k in spy.seen] == [(1, 3, 68, 2), (1, 1, 68, 2)]
+            torch.testing.assert_close(torch.cat([k[0] for k in spy.seen]), kp)
+        else:
+            assert spy.seen == [None, None]
