@@ -53,7 +53,7 @@ def imported_modules(path: Path, module: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".") if package else []
-                if node.level - 1 > len(parts):
+                if node.level - 1 >= len(parts):   # Python refuses it too: a relative import never leaves a package
                     raise ValueError(f"{path}:{node.lineno}: relative import beyond the top-level package")
                 base = ".".join(parts[: len(parts) - (node.level - 1)])
                 target = f"{base}.{node.module}" if node.module else base
@@ -111,8 +111,9 @@ def _write(root: Path, rel: str, text: str) -> None:
 
 
 def test_checker_finds_lazy_relative_and_from_imports(tmp_path):
-    """The checker itself: imports inside functions, relative imports and `from pkg import submodule` are edges;
-    allowed directions (eval → lit_models / datamodules, anything → toolbox) are not."""
+    """The checker itself: imports inside functions / branches / try blocks and `from pkg import submodule` are
+    edges; relative imports resolve inside their package; allowed directions (eval → lit_models / datamodules,
+    anything → toolbox) are not edges."""
     for pkg in PACKAGES:
         _write(tmp_path, f"{pkg}/__init__.py", "")
     _write(tmp_path, "lit_models/m/__init__.py", "")
@@ -123,10 +124,13 @@ def test_checker_finds_lazy_relative_and_from_imports(tmp_path):
     _write(tmp_path, "eval/cli.py", "from lit_models.registry import load_model\nimport datamodules\n"
                                     "class C:\n    def m(self):\n        import experiments.train as t\n")
     _write(tmp_path, "eval/ok.py", "from . import cli\nfrom .cli import C\n")
-    _write(tmp_path, "datamodules/x.py", "if True:\n    from ..lit_models import base\n")
+    _write(tmp_path, "datamodules/x.py", "if True:\n    import lit_models.base\n")
+    _write(tmp_path, "lit_models/m/rel.py", "from ..registry import build_model\nfrom .diag import f\n")
     _write(tmp_path, "toolbox/io.py", "try:\n    import eval.metrics\nexcept ImportError:\n    pass\n")
     edges = sorted(back_edges(tmp_path))
-    assert edges == [("datamodules/x.py", 2, "lit_models"),
+    rel = imported_modules(tmp_path / "lit_models/m/rel.py", "lit_models.m.rel")
+    assert (1, "lit_models.registry") in rel and (2, "lit_models.m.diag") in rel
+    assert edges == [("datamodules/x.py", 2, "lit_models.base"),
                      ("eval/cli.py", 5, "experiments.train"),
                      ("lit_models/m/diag.py", 5, "datamodules.synth"),
                      ("lit_models/m/shim.py", 1, "eval"),
