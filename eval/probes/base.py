@@ -1,15 +1,15 @@
-"""Probes: a model's own analysis, run by eval, beside the protocol's frame metrics.
+"""Probes: a model's own analysis, run by eval beside the protocol's frame metrics.
 
-A probe takes a model and either the run's datamodule (from which it reads or renders its own probe data — eval may
-import ``datamodules``) and the main evaluation protocol, and returns ``{metric: value}``. It *declares* the metric
-names it produces and, for each, whether higher is better (``True`` / ``False``) or neither (``None``: a property of
-the data or the model, such as "how much motion there is"). Tables, comparisons and reports read directions from
-these declarations (``eval.metrics.higher_is_better`` → :func:`declared_direction`), so eval holds no model's
-diagnostic names. A value may carry the ``_STANDIN`` suffix (a stand-in network was involved) under its declared name.
+A probe takes a model, the run's datamodule (from which it reads or renders its own probe data — eval may import
+``datamodules``) and the main evaluation protocol, and returns ``{metric: value}``. It *declares* the metric names
+it produces and, for each, whether higher is better (``True`` / ``False``) or neither (``None``: a property of the
+data or the model, such as "how much motion there is"). Tables, comparisons and reports read directions from these
+declarations (``eval.metrics.higher_is_better`` → :func:`declared_direction`), so eval holds no model's diagnostic
+names. A value may carry the ``_STANDIN`` suffix (a stand-in network was involved) under its declared name.
 
-A probe applies to the methods it names (the model's folder ``lit_models/<method>/``: ``mrfa``, ``xnemo``, …). :func:`run_probes` runs all
-that apply to a model; the training / evaluation entry point merges the result into ``metrics.json``
-(``eval.runner.merge_model_diagnostics``). Models know nothing of probes.
+A probe applies to the methods it names (the model's folder ``lit_models/<method>/``: ``mrfa``, ``xnemo``, …).
+:func:`run_probes` runs all that apply to a model; the training / evaluation entry point merges the result into
+``metrics.json`` (``eval.runner.merge_model_diagnostics``). Models know nothing of probes.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ STANDIN_SUFFIX = "_STANDIN"   # = eval.metrics.STANDIN_SUFFIX (not imported: eva
 @dataclass(frozen=True)
 class Probe:
     """``run(model, datamodule, protocol) -> {metric: float}`` ({} when the data has nothing to probe with) for the
-    models of the methods (``lit_models/<method>/``) in ``methods``; ``directions``: every metric it may return → higher is better
-    (True / False) or None (no better direction)."""
+    models of the methods (``lit_models/<method>/``) in ``methods``; ``directions``: every metric it may return →
+    higher is better (True / False) or None (no better direction)."""
 
     name: str
     methods: tuple[str, ...]
@@ -91,8 +91,8 @@ def probes_for(model) -> list[Probe]:
 
 
 def run_probes(model, datamodule, protocol) -> dict[str, float]:
-    """Every registered probe that applies to ``model`` (its method, :func:`method_of`), on ``datamodule`` under the main
-    evaluation ``protocol``, merged into one ``{metric: float}`` ({} when none applies or none has data). A probe
+    """Every registered probe that applies to ``model`` (its method, :func:`method_of`), on ``datamodule`` under the
+    main evaluation ``protocol``, merged into one ``{metric: float}`` ({} when none applies or none has data). A probe
     that returns a metric it does not declare, or two probes returning the same name, is an error."""
     import torch
 

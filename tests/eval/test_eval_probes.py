@@ -184,7 +184,8 @@ def test_table_reads_probe_directions(monkeypatch):
     from eval.table import aggregate, to_markdown
 
     runs = [{"axes": ["k"], "values": {"k": k}, "seed": 0, "protocol": "p", "protocol_hash": "h", "extra": {},
-             "standin": False, "metrics": {"pose_err": e, "motion_gain": g}} for k, e, g in ((1, 2.0, 0.9), (2, 1.0, 0.3))]
+             "standin": False, "metrics": {"pose_err": e, "motion_gain": g}}
+            for k, e, g in ((1, 2.0, 0.9), (2, 1.0, 0.3))]
     monkeypatch.setattr("eval.probes.base.PROBES", dict(PROBES))
     md = to_markdown(aggregate(runs))
     assert "| k | n | pose_err | motion_gain |" in md and "**" not in md
