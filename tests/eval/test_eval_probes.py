@@ -167,6 +167,10 @@ def test_directions_come_from_probe_declarations(monkeypatch):
     from eval.probes import PROBES, Probe, declared_direction, register_probe
 
     assert {m: higher_is_better(m) for m in OLD_DIRECTIONS} == OLD_DIRECTIONS
+    from eval.metrics import STANDIN_SUFFIX
+    from eval.probes.base import STANDIN_SUFFIX as PROBE_STANDIN
+
+    assert PROBE_STANDIN == STANDIN_SUFFIX
     assert declared_direction("motion_gain_STANDIN") == (True, None) and declared_direction("l1") == (False, None)
     # a new probe's metric gets the direction it declares (tables, compare and the report read higher_is_better)
     assert higher_is_better("pose_err") is None and higher_is_better("sharpness_gain") is None
