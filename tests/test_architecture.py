@@ -90,10 +90,10 @@ def back_edges(root: Path, packages=PACKAGES, forbidden=FORBIDDEN) -> list[tuple
     return list(found)
 
 
-def test_no_back_edges_between_packages():
-    edges = back_edges(REPO)
-    new = [e for e in edges if (e[0], e[2]) not in PENDING]
-    gone = sorted(p for p in PENDING if not any((e[0], e[2]) == p for e in edges))
+def problems(edges, pending=PENDING) -> list[str]:
+    """Messages for edges not in ``pending`` (file:line) and for ``pending`` entries with no edge left."""
+    new = [e for e in edges if (e[0], e[2]) not in pending]
+    gone = sorted(p for p in pending if not any((e[0], e[2]) == p for e in edges))
     msg = []
     if new:
         msg.append("imports against the data flow (datamodules → lit_models → eval → experiments; toolbox imports "
@@ -101,7 +101,22 @@ def test_no_back_edges_between_packages():
     if gone:
         msg.append("PENDING entries that no longer exist (remove them from tests/test_architecture.py):\n"
                    + "\n".join(f"  {f}: {m}" for f, m in gone))
+    return msg
+
+
+def test_no_back_edges_between_packages():
+    msg = problems(back_edges(REPO))
     assert not msg, "\n".join(msg)
+
+
+def test_pending_only_shrinks():
+    """A new edge fails with its file:line; a PENDING entry whose edge is gone fails too."""
+    edges = [("lit_models/a.py", 3, "eval.faces"), ("lit_models/b.py", 7, "datamodules")]
+    assert problems(edges, {("lit_models/a.py", "eval.faces"), ("lit_models/b.py", "datamodules")}) == []
+    (msg,) = problems(edges, {("lit_models/a.py", "eval.faces")})
+    assert "lit_models/b.py:7: imports datamodules" in msg
+    (msg,) = problems(edges[:1], {("lit_models/a.py", "eval.faces"), ("lit_models/b.py", "datamodules")})
+    assert "no longer exist" in msg and "lit_models/b.py: datamodules" in msg
 
 
 def _write(root: Path, rel: str, text: str) -> None:
