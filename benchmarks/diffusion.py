@@ -19,7 +19,7 @@ for reference only. On a shared CPU run it as ``OMP_WAIT_POLICY=PASSIVE`` (``mak
 ``--threads 1``: OpenMP's active wait otherwise dominates these small kernels. ``--json PATH`` writes the figures (atomically); ``--device cuda`` runs on a GPU.
 
 ``--sensitivity RUN_OR_SWEEP_DIR [...]`` instead loads each run's ``checkpoints/last.ckpt`` (its ``config.yaml``'s
-model) and prints its motion sensitivity on SynthFaces probe clips (``lit_models.xnemo.diagnostics``): what
+model) and prints its motion sensitivity on SynthFaces probe clips (``eval.probes.xnemo``): what
 swapping the driving clip vs the source changes in the output, also as a fraction of what it changes in the
 ground truth (``motion_gain``, ``source_gain``; a model that ignores its motion tokens has motion_gain ≈ 0), and whether
 the output moves the way the truth does (``motion_alignment``, cosine of the two changes).
@@ -96,7 +96,7 @@ def sensitivity(run_dirs, pairs: int = 4, frames: int = 4, motion_scale: float =
     from rich.console import Console
     from rich.table import Table
 
-    from lit_models.xnemo.diagnostics import probe_sensitivity, synth_probe
+    from eval.probes.xnemo import probe_sensitivity, synth_probe
 
     probe = synth_probe(pairs, frames, 64, motion_scale)
     rows = []

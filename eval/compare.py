@@ -1,4 +1,5 @@
-"""Checkpoint comparison: ``python -m eval.compare CKPT_A CKPT_B [...] eval_protocol=NAME [overrides]``.
+"""Checkpoint comparison — the library behind
+``python -m experiments.compare ckpts=[A.ckpt,B.ckpt] eval_protocol=NAME`` (the CLI lives with the entry points).
 
 Evaluates every checkpoint under the same protocol (``eval.runner``, resumable, one sub-folder each), then pairs
 the per-video results on video id and reports, for each later checkpoint against the first (the baseline),
@@ -6,10 +7,9 @@ the per-video results on video id and reports, for each later checkpoint against
     Δ_m = mean_v (m_B(v) − m_A(v))  with a paired bootstrap 95% CI (``scipy.stats.bootstrap``, paired=True: videos
     resampled with replacement, the same draw for A and B; B = 10 000, fixed seed; percentile interval),
 
-the share of videos on which B is better, and whether the CI excludes 0. Writes into ``--out``/``out=``
-(default ``runs/compare/<timestamp>``): ``report.md`` (table + plots), ``paired_<metric>.png``,
-``paired_differences.csv``, ``compare_grid.mp4`` / ``.png`` (source | driving | A | B … | target, the first
-videos), ``report.html`` (the same as one self-contained page, ``eval.report``), and logs one W&B run (job type
+the share of videos on which B is better, and whether the CI excludes 0. Writes into ``out``: ``report.md``
+(table + plots), ``paired_<metric>.png``, ``paired_differences.csv``, ``compare_grid.mp4`` / ``.png`` (source |
+driving | A | B … | target, the first videos), ``report.html`` (the same as one self-contained page, ``eval.report``), and logs one W&B run (job type
 ``compare``, ``logger.project`` / ``logger.entity``; in the checkpoints' sweep group when they share one) with the
 deltas and CIs as a ``wandb.Table``, the per-video results, the plots and the side-by-side video.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -232,41 +231,23 @@ def compare(ckpts: list[str], protocol, datamodule, out: str | Path, use_wandb: 
     return {"report": report, "summary": summary, "results": results, "grid": grid}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI: positional checkpoints, then Hydra overrides of the evaluate config (eval_protocol=, data=, out=)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def new_command(argv: list[str]) -> str:
+    """The ``experiments.compare`` command line for an old-style ``eval.compare CKPT_A CKPT_B [overrides]`` one."""
     ckpts = [a for a in argv if "=" not in a and not a.startswith("-")]
     overrides = [a for a in argv if "=" in a]
-    out = next((o.split("=", 1)[1] for o in overrides if o.startswith("out=")), None)
-    overrides = [o for o in overrides if not o.startswith("out=")]
-    if len(ckpts) < 2:
-        print(__doc__)
-        print("usage: python -m eval.compare CKPT_A CKPT_B [...] eval_protocol=NAME [data=...] [out=DIR]")
-        return 2
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    head = f"ckpts=[{','.join(ckpts)}]" if ckpts else "ckpts=[A.ckpt,B.ckpt]"
+    if not any(o.startswith("eval_protocol=") for o in overrides):
+        overrides.insert(0, "eval_protocol=NAME")
+    return " ".join(["python -m experiments.compare", head, *overrides])
 
-    from eval.protocol import CONFIG_DIR
-    from experiments.schema import register_configs
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=overrides)
-    OmegaConf.set_struct(cfg, False)
-    # as experiments.evaluate: frames are read at native size and resized with the protocol's method; every model
-    # runs at its own resolution (eval.runner.animate_at_model_resolution)
-    from experiments.train import build_datamodule
-
-    datamodule = build_datamodule(cfg.data)
-    import os
-
-    out = Path(out or Path(os.environ.get("PORTRAITLAB_RUNS", "runs")) / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    res = compare(ckpts, cfg.eval_protocol, datamodule, out, use_wandb=bool(cfg.logger.use_wandb),
-                  wandb_mode=str(cfg.logger.mode), num_grid_videos=int(cfg.eval_protocol.num_grid_videos),
-                  project=str(cfg.logger.project), entity=cfg.logger.entity)
-    print(Path(res["report"]).read_text())
-    print(f"report: {res['report']}  (page: {Path(res['report']).with_suffix('.html')})")
-    return 0
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m eval.compare`` moved to ``python -m experiments.compare`` (a Hydra entry point; eval does not import
+    the entry points' configs): print the equivalent command and exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    print("eval.compare is a library now; the command line is a Hydra entry point like train / evaluate:\n"
+          f"  {new_command(argv)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -29,24 +29,29 @@ import torch.nn.functional as F
 
 STANDIN_SUFFIX = "_STANDIN"
 
-# direction of each metric family (prefix before the first "_"): True = higher is better
+# direction of each metric family (prefix before the first "_"): True = higher is better. Only eval's own metrics:
+# a model probe's metrics (MRFA's motion_err_*, X-NeMo's motion_gain, …) carry the direction its probe declares
+# (eval.probes).
 HIGHER_IS_BETTER = {"l1": False, "psnr": True, "ssim": True, "lpips": False, "fid": False, "id": True,
-                    "akd": False, "aed": False, "mkr": False, "csim": True, "motion": False,
+                    "akd": False, "aed": False, "mkr": False, "csim": True,
                     "phase": True, "clip": True, "dino": True, "fvd": False, "tdiff": False}
 
 
 # several-word prefixes checked first (identity leakage: the output looking like the driver is bad)
 _PREFIX_DIRECTION = (("id_leakage", False), ("id_to_driver", False), ("id_to_source", True), ("contact_rate", None),
-                     ("motion_err_zero", None), ("refine_shift", None),   # properties of the data / the model
                      ("phase_score_source", None),
                      # evaluation coverage counts (eval.runner): facts about the run, not quality
-                     ("nonfinite_", None), ("upscaled_", None), ("skipped_", None),
-                     # X-NeMo's motion reliance: ideal 1 (the output changes as much as the ground truth), not "more"
-                     ("motion_gain", None), ("source_gain", None), ("motion_ratio", None),
-                     ("motion_alignment", True))
+                     ("nonfinite_", None), ("upscaled_", None), ("skipped_", None))
 
 
 def higher_is_better(name: str) -> Optional[bool]:
+    """True / False when higher / lower values of metric ``name`` are better, None when neither. A metric declared
+    by a probe (``eval.probes``) has the probe's direction; eval's own metrics go by prefix, then family."""
+    from eval.probes import declared_direction
+
+    declared, hib = declared_direction(name)
+    if declared:
+        return hib
     low = name.lower().rsplit("/", 1)[-1]   # "<extra protocol>/<metric>" reads as <metric>
     for prefix, hib in _PREFIX_DIRECTION:
         if low.startswith(prefix):

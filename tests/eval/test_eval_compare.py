@@ -109,3 +109,88 @@ def test_compare_logs_one_wandb_run_and_an_html_report(tmp_path, fake_data):
     page = (tmp_path / "report.html").read_text()
     assert page.count("<table class=compare>") == 1 and "data:video/mp4;base64," in page and "noisy better" not in page
     assert "copy better" in page
+
+
+# ---- command line: `python -m experiments.compare` (Hydra); `python -m eval.compare` only points there ----------
+def test_eval_compare_cli_prints_the_new_command(capsys):
+    """eval must not import the entry points' configs, so `python -m eval.compare A B k=v` prints the equivalent
+    `experiments.compare` command (exit 2) instead of running."""
+    from eval.compare import main
+
+    assert main(["A.ckpt", "B.ckpt", "eval_protocol=vox_self", "out=cmp"]) == 2
+    err = capsys.readouterr().err
+    assert "python -m experiments.compare ckpts=[A.ckpt,B.ckpt] eval_protocol=vox_self out=cmp" in err
+    assert main([]) == 2 and "ckpts=[A.ckpt,B.ckpt] eval_protocol=NAME" in capsys.readouterr().err
+
+
+def test_compare_cli_checks_its_checkpoints(compose_cfg, tmp_path):
+    """`ckpts` is a key of the composed config (a typo fails at compose time); fewer than two checkpoints or a
+    missing file is an error naming `ckpts` / the file, before any data is read."""
+    from hydra.errors import ConfigCompositionException
+
+    from experiments.compare import compare_checkpoints
+    from experiments.runtime import ConfigError
+
+    with pytest.raises(ConfigCompositionException, match="ckptz"):
+        compose_cfg("compare", ["ckptz=[a.ckpt,b.ckpt]"])
+    one = tmp_path / "a.ckpt"
+    one.write_bytes(b"")
+    with pytest.raises(ConfigError, match="ckpts: give at least two"):
+        compare_checkpoints(compose_cfg("compare", [f"ckpts=[{one}]", f"out={tmp_path}"]))
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        compare_checkpoints(compose_cfg("compare", [f"ckpts=[{one},{tmp_path / 'nope.ckpt'}]", f"out={tmp_path}"]))
+
+
+def _two_checkpoints(compose_cfg, root):
+    """copy-source and an untrained direct regressor (random weights, seed 0), saved as checkpoints."""
+    from experiments.train import save_untrained_checkpoint
+    from lit_models.registry import build_model
+
+    ckpts = []
+    for name, over in (("copy", ["model=copy_source"]),
+                       ("direct", ["model=direct", "model.base_channels=4", "model.num_down=2"])):
+        torch.manual_seed(0)
+        model = build_model(compose_cfg("train", over).model)
+        ckpts.append(save_untrained_checkpoint(model, root / name / "checkpoints" / "last.ckpt"))
+    return ckpts
+
+
+def _cli_overrides(ckpts, synth_root):
+    return [f"ckpts=[{ckpts[0]},{ckpts[1]}]", "eval_protocol=synthfaces_self", f"data.root={synth_root}",
+            "data.synth=null", "debug=fast", "logger=none", "eval_protocol.metrics=[l1,psnr]",
+            "eval_protocol.num_grid_videos=1"]
+
+
+def test_compare_cli_config_runs_the_comparison(compose_cfg, synth_root, tmp_path):
+    """The composed `compare` config (as the CLI gets it) on two checkpoints loaded from disk: copy-source is better
+    on l1 than an untrained direct regressor; results per checkpoint label."""
+    from experiments.compare import compare_checkpoints
+
+    ckpts = _two_checkpoints(compose_cfg, tmp_path)
+    res = compare_checkpoints(compose_cfg("compare", [*_cli_overrides(ckpts, synth_root), f"out={tmp_path / 'cmp'}"]))
+    s = res["summary"].set_index("metric")
+    assert s.loc["l1", "model"] == "direct" and s.loc["l1", "verdict"] == "copy better"
+    assert res["report"] == tmp_path / "cmp" / "report.md" and (tmp_path / "cmp" / "copy" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_compare_cli_end_to_end(compose_cfg, synth_root, tmp_path):
+    """The real Hydra entry point (`python -m experiments.compare`, a subprocess): without out= the report lands in
+    the run directory under $PORTRAITLAB_RUNS/compare/."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ckpts = _two_checkpoints(compose_cfg, tmp_path)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PORTRAITLAB_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "offline"}
+    out = subprocess.run([sys.executable, "-m", "experiments.compare", *_cli_overrides(ckpts, synth_root)],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("report:"))
+    report = Path(line.split()[1])
+    assert report.is_relative_to(tmp_path / "runs" / "compare") and report.name == "report.md"
+    summary = pd.read_csv(report.parent / "summary.csv").set_index("metric")
+    assert summary.loc["l1", "model"] == "direct" and summary.loc["l1", "verdict"] == "copy better"
+    assert (report.parent / "copy" / "metrics.json").is_file() and (report.parent / "compare_grid.mp4").is_file()

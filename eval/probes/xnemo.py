@@ -1,4 +1,5 @@
-"""Motion sensitivity of an animation model: does the output follow the driving frames or only the source?
+"""X-NeMo's probe — motion sensitivity of an animation model: does the output follow the driving frames or only
+the source? (Moved from ``lit_models/xnemo/diagnostics.py``: the probe renders SynthFaces, which a model may not.)
 
 With the sampling noise fixed (``animate`` seeds it from ``sample_seed``), for sources S_A, S_B and driving clips
 D_a, D_b (ideally of S_A's own identity, so that swapping them changes only the motion):
@@ -13,12 +14,19 @@ ignores its motion condition has ``motion_gain`` ≈ 0, a perfect one 1 for both
 G(S_A, D_a) − G(S_A, D_b) and X_{A,a} − X_{A,b} (per clip, averaged): whether the output moves the way the truth does
 (1) or merely changes (≈ 0) — a blurry model can be well aligned at a low gain. Works for any ``AnimationModule``
 (only ``animate`` is called); the model knows nothing of where the frames come from.
+
+Registered as the probe ``xnemo.motion_sensitivity`` (``eval.probes``) for ``model.cfg.name == "xnemo"``: in a run's
+``metrics.json`` as ``motion_gain`` / ``source_gain`` / ``motion_ratio`` (ideal 1 or a property of the model: no
+better direction) and ``motion_alignment`` (higher is better); every key carries ``_STANDIN`` when the model's
+output depends on a stand-in network (``model.standin_output``).
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+
+from eval.probes.base import STANDIN_SUFFIX, Probe, register_probe
 
 
 @torch.no_grad()
@@ -49,7 +57,7 @@ def motion_sensitivity(model, source_a: torch.Tensor, driving_a: torch.Tensor, d
 
 def synth_probe(num_pairs: int = 4, num_frames: int = 4, resolution: int = 64, motion_scale: float = 1.0,
                 seed: int = 12345) -> dict:
-    """SynthFaces probe clips for :func:`motion_sensitivity` (imports the renderer lazily — a caller-side helper):
+    """SynthFaces probe clips for :func:`motion_sensitivity` (imports the renderer lazily):
     identities A, B and motions a, b per pair; sources are frame 0 of A (B) doing a neutral pose."""
     import numpy as np
 
@@ -93,3 +101,18 @@ def synthfaces_diagnostics(model, datamodule, num_pairs: int = 4, num_frames: in
     res = probe_sensitivity(model, {k: v.to(dev) for k, v in probe.items()}, **animate_kwargs)
     return {"motion_gain": res["motion_gain"], "motion_alignment": res["motion_alignment"],
             "source_gain": res["source_gain"], "motion_ratio": res["ratio"]}
+
+
+def run(model, datamodule, protocol) -> dict[str, float]:
+    """The probe: :func:`synthfaces_diagnostics` with its default probe set (4 pairs × 4 frames, seed 12345), keys
+    suffixed ``_STANDIN`` when ``model.standin_output`` (the motion cross-attention reads a random stand-in CLIP)."""
+    res = synthfaces_diagnostics(model, datamodule)
+    if getattr(model, "standin_output", False):
+        res = {f"{k}{STANDIN_SUFFIX}": v for k, v in res.items()}
+    return res
+
+
+PROBE = register_probe(Probe(
+    name="xnemo.motion_sensitivity", methods=("xnemo",), run=run,
+    # ideal 1 (the output changes as much as the ground truth does), not "more": no better direction
+    directions={"motion_gain": None, "source_gain": None, "motion_ratio": None, "motion_alignment": True}))
