@@ -46,6 +46,7 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
     `<name>/<metric>`, and per-video results per protocol. The loggers get everything at `trainer/global_step=step`
     (the training step of the evaluated weights), diagnostics included, and W&B's summary every metric."""
     from eval.dashboard import log_final_metrics
+    from eval.probes import probe_source, run_probes
     from eval.runner import merge_extra_protocols, merge_model_diagnostics, run_evaluation
 
     model.eval()
@@ -59,12 +60,9 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
                                           ckpt=ckpt, overrides=overrides, log_step=step)
     if extra:
         result = merge_extra_protocols(run_dir, extra)
-    diagnostics = getattr(model, "eval_diagnostics", None)
-    if callable(diagnostics):   # a method's own analysis on the main protocol's test set (e.g. MRFA motion errors)
-        with torch.no_grad():
-            values = diagnostics(datamodule, cfg.eval_protocol)
-        if values:
-            result = merge_model_diagnostics(run_dir, values, f"{type(model).__name__}.eval_diagnostics")
+    values = run_probes(model, datamodule, cfg.eval_protocol)   # a model's probes (eval.probes), e.g. MRFA motion errors
+    if values:
+        result = merge_model_diagnostics(run_dir, values, probe_source(model))
     log_final_metrics(loggers, result, step)
     return result
 
