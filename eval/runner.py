@@ -77,8 +77,21 @@ def _dedup(ids: list[str]) -> list[str]:
     return out
 
 
-def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of an initialised ``torch.distributed`` process group (DDP), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def eval_samples(datamodule: Any, protocol, skip: set[str], shard: tuple[int, int] = (0, 1)
+                 ) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
     """(video id, sample) pairs of the protocol's test set not in ``skip``, and the set's size when known.
+
+    ``shard=(rank, world)``: only the videos ``rank, rank + world, …`` of the ones to do (DDP: each rank scores a
+    disjoint stride, no padding, so every video is scored exactly once over the ranks).
 
     ``datamodule``: a ``VideoClipDataModule`` (its ``eval_dataset``; decoded by a DataLoader with the data config's
     workers), anything else with ``eval_dataset``, or an iterable of samples."""
@@ -90,7 +103,7 @@ def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tu
     ids = _item_ids(ds)
     if ids is not None:
         ids = _dedup(ids)
-        todo = [i for i, v in enumerate(ids) if v not in skip]
+        todo = [i for i, v in enumerate(ids) if v not in skip][shard[0]::shard[1]]
         from torch.utils.data import DataLoader, Subset
 
         workers = int(getattr(getattr(datamodule, "cfg", None), "num_workers", 0) or 0)
@@ -99,12 +112,15 @@ def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tu
 
     def stream():
         seen: dict[str, int] = {}
+        k = 0
         for i, sample in enumerate(ds):
             vid = _id_from(sample.get("meta"), i)
             seen[vid] = seen.get(vid, 0) + 1
             vid = vid if seen[vid] == 1 else f"{vid}#{seen[vid] - 1}"
             if vid not in skip:
-                yield vid, sample
+                if k % shard[1] == shard[0]:
+                    yield vid, sample
+                k += 1
 
     try:
         total = len(ds)  # type: ignore[arg-type]
@@ -291,8 +307,14 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
                              "use no-reference metrics (fid, id, akd, mkr) or mode=synth_cross")
     names = [m.name for m in suite.frame_metrics]
     files = ResultFiles(run_dir, phash, names)
-    done, state = files.load_done(dataset_state_ok=True)
-    if state is not None:
+    rank, world = distributed()
+    if world > 1 and any(int(getattr(m, "num_samples", 0) or 0) > 0 for m in suite.dataset_metrics):
+        raise ValueError(f"protocol {protocol.name}: fid_num_samples > 0 takes the first N frames in test-set order, "
+                         "which a sharded (DDP) evaluation does not have; use fid_num_samples=0 or evaluate in one process")
+    done, state = files.load_done(dataset_state_ok=True) if rank == 0 else ([], None)
+    if world > 1:   # rank 0 read the finished videos (and rewrote the files); every rank skips them
+        done = _broadcast(done)
+    if state is not None:   # (DDP: rank 0 only — the other ranks' dataset states start empty and are summed)
         for m in suite.dataset_metrics:
             if m.name in state.get("dataset_metrics", {}):
                 m.load_state_dict(state["dataset_metrics"][m.name])
@@ -306,8 +328,10 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
                                  getattr(datamodule, "root", "") or type(datamodule).__name__)
         for m in suite.dataset_metrics:
             ref_paths[m.name] = reference_cache_path(phash, key, m.name + "_" + m.backend)
-            if not done and not m.reference_loaded and m.load_reference(ref_paths[m.name]):
+            if rank == 0 and not done and not m.reference_loaded and m.load_reference(ref_paths[m.name]):
                 log.info("%s: reference statistics from %s", m.name, ref_paths[m.name])
+            if world > 1:   # the reference is added once (rank 0); no rank adds real frames on top of it
+                m.reference_loaded = _broadcast(m.reference_loaded)
 
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -315,7 +339,9 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     size, method = int(protocol.resolution), str(protocol.resize)
     grid_rows: list[np.ndarray] = []
     n_grid = int(protocol.get("num_grid_videos", 4))
-    samples, total = eval_samples(datamodule, protocol, skip=set(done))
+    samples, total = eval_samples(datamodule, protocol, skip=set(done), shard=(rank, world))
+    pending: list[tuple[str, dict, list[int], Optional[np.ndarray]]] = []   # DDP: gathered on rank 0 at the end
+    progress = progress and rank == 0
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -355,17 +381,27 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
                         pred_keypoints=None if keypoint_locator is None else keypoint_locator(p),
                         video_id=vid, masks=masks)
                     per_frame = suite.evaluate(fb)
-                    files.append(vid, per_frame, _frame_indices(sample, T)[t0:])
-                    done.append(vid)
-                    files.save_state(done, suite)
-                    if len(grid_rows) < n_grid:
+                    row = None
+                    if len(grid_rows) + len([p for p in pending if p[3] is not None]) < n_grid:
                         from lit_models.common.visual import grid_frames
 
-                        grid_rows.append(grid_frames(fb.source[None], fb.driving[None], fb.pred[None],
-                                                     None if fb.target is None else fb.target[None], max_frames=16))
+                        row = grid_frames(fb.source[None], fb.driving[None], fb.pred[None],
+                                          None if fb.target is None else fb.target[None], max_frames=16)
+                    if world > 1:
+                        pending.append((vid, per_frame, _frame_indices(sample, T)[t0:], row))
+                    else:
+                        files.append(vid, per_frame, _frame_indices(sample, T)[t0:])
+                        done.append(vid)
+                        files.save_state(done, suite)
+                        if row is not None:
+                            grid_rows.append(row)
                     bar.advance(task)
     if was_training and hasattr(model, "train"):
         model.train()
+    if world > 1:
+        _gather_on_rank0(pending, files, done, suite, grid_rows, n_grid, rank, world)
+        if rank != 0:   # rank 0 aggregates and writes; the others get its result
+            return _broadcast(None)
     if not done:
         raise RuntimeError(f"protocol {protocol.name}: the test set yielded no videos")
 
@@ -402,7 +438,56 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
         result["model_stats"] = sorted(model_stats)
     atomic_write_json(run_dir / METRICS, result)
     _log_results(loggers, str(protocol.name), metrics, run_dir, grid)
+    if world > 1:
+        _broadcast(result)
     return result
+
+
+# ---- DDP: shard the test set over the ranks, gather on rank 0 ---------------------------------------------------
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (a picklable object)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather_on_rank0(pending, files: "ResultFiles", done: list[str], suite: Suite, grid_rows: list, n_grid: int,
+                     rank: int, world: int) -> None:
+    """Collect every rank's scored videos on rank 0 and write them in test-set order (rank r scored the videos
+    r, r + world, …, so video k is ``gathered[k % world][k // world]``); sum the dataset metrics' running states
+    (FID's feature sums / counts) over the ranks into rank 0's metric. Every video lands exactly once: the shards
+    are disjoint strides with no padding, and a video id seen twice is an error."""
+    import torch.distributed as dist
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, pending)
+    states = [None] * world
+    dist.all_gather_object(states, {m.name: m.state_dict() for m in suite.dataset_metrics})
+    if rank != 0:
+        return None
+    total = sum(len(g) for g in gathered)
+    ordered = [gathered[k % world][k // world] for k in range(total)]
+    ids = [v for v, *_ in ordered]
+    if len(set(ids)) != len(ids) or set(ids) & set(done):
+        raise RuntimeError("DDP evaluation: a video was scored twice (ranks' shards overlap)")
+    for vid, per_frame, frame_idx, row in ordered:
+        files.append(vid, per_frame, frame_idx)
+        done.append(vid)
+        if row is not None and len(grid_rows) < n_grid:
+            grid_rows.append(row)
+    for m in suite.dataset_metrics:
+        merged = {k: v for k, v in states[0][m.name].items()}
+        for other in states[1:]:
+            for k, v in other[m.name].items():
+                if torch.is_tensor(v):
+                    merged[k] = merged[k] + v
+        m.load_state_dict(merged)
+        if hasattr(getattr(m, "metric", None), "distributed_available_fn"):   # already summed: no second sync
+            m.metric.distributed_available_fn = lambda: False
+    files.save_state(done, suite)
+    return None
 
 
 def merge_extra_protocols(run_dir, extra: dict[str, dict]) -> dict:

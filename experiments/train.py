@@ -51,6 +51,8 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
         log.info("extra evaluation protocol %s", name)
         extra[str(name)] = run_evaluation(model, datamodule, proto, run_dir / "eval" / str(name), loggers=loggers,
                                           ckpt=ckpt, overrides=overrides)
+    if _global_rank() != 0:   # under DDP the runner gathered every video on rank 0, which writes the merged files
+        return result
     if extra:
         result = merge_extra_protocols(run_dir, extra)
     diagnostics = getattr(model, "eval_diagnostics", None)
@@ -60,6 +62,24 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
         if values:
             result = merge_model_diagnostics(run_dir, values, f"{type(model).__name__}.eval_diagnostics")
     return result
+
+
+def _global_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def objective_value(cfg: DictConfig, results: dict) -> float | None:
+    """The number a sweeper optimises: ``cfg.objective`` (default: the main protocol's first metric) from the run's
+    metrics; None without an evaluation. Fails naming the key when the metric is not among the run's metrics."""
+    metrics = results.get("metrics")
+    if metrics is None:
+        return None
+    name = cfg.get("objective") or str(cfg.eval_protocol.metrics[0])
+    if name not in metrics:
+        raise KeyError(f"objective={name!r} is not a metric of this run ({', '.join(sorted(metrics))})")
+    return float(metrics[name])
 
 
 def train(cfg: DictConfig) -> dict:
@@ -93,8 +113,11 @@ def train(cfg: DictConfig) -> dict:
     results: dict = {"run_dir": str(run_dir), "ckpt": str(last)}
     if cfg.evaluate_after_train:
         results.update(evaluate_run(cfg, model, datamodule, run_dir, loggers, str(last)))
+    results["objective"] = objective_value(cfg, results)
     wandb_dir = runtime.wandb_run_dir(loggers)
     runtime.finish_loggers(loggers)
+    if _global_rank() != 0:
+        return results
     print(f"run directory: {run_dir}")
     if (run_dir / "metrics.json").exists():
         print(f"metrics:       {run_dir / 'metrics.json'}")
@@ -104,9 +127,10 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the run's objective metric (``objective``), which Hydra's Optuna sweeper optimises."""
     runtime.setup_logging()
-    train(cfg)
+    return train(cfg)["objective"]
 
 
 if __name__ == "__main__":
