@@ -83,15 +83,20 @@ def test_ddp_cpu_two_ranks_equal_one_process_resume_exactly_and_evaluate_each_vi
     ga, gb = adam_first_moments(one), adam_first_moments(after_one)
     rel = ((ga - gb).norm() / ga.norm()).item()
     assert rel < 1e-5, rel
-    wa = torch.cat([v.double().flatten() for k, v in one["state_dict"].items() if v.is_floating_point()])
-    wb = torch.cat([v.double().flatten() for k, v in after_one["state_dict"].items() if v.is_floating_point()])
-    # Adam's first step moves every weight by ±lr·|g|/(|g| + eps): exact where the gradient is not rounding noise;
-    # entries whose gradient is ~1e-9 (a few, e.g. zero-initialised heads) may flip sign (bound 2·lr)
+    from lit_models.registry import load_model
+
+    names = [n for n, p in load_model(str(single / "checkpoints" / "last.ckpt")).named_parameters() if p.requires_grad]
+    wa = torch.cat([one["state_dict"][n].double().flatten() for n in names])        # the optimizer's order
+    wb = torch.cat([after_one["state_dict"][n].double().flatten() for n in names])
+    assert wa.numel() == ga.numel()
+    # Adam's first step moves every weight by lr·g/(|g| + eps), i.e. ±lr whatever |g|: where a gradient is pure
+    # rounding noise (true value 0, e.g. a conv bias right before a GroupNorm) its sign may differ between the two
+    # summation orders and the weight by 2·lr; every other weight agrees
     lr = 1e-3
-    clear = ga.abs() > 1e-6
-    assert (wa - wb)[clear].abs().max().item() < WEIGHT_ATOL
-    assert (wa - wb).abs().max().item() <= 2 * lr + 1e-7
-    assert clear.float().mean().item() > 0.9
+    diff = (wa - wb).abs()
+    agree = (diff < WEIGHT_ATOL).float().mean().item()
+    assert agree > 0.99, agree
+    assert diff.max().item() <= 2 * lr + 1e-7
 
     # 3. kill-and-resume under DDP continues exactly: same weights, same stream, same logged losses and metrics
     b, c = state(full), state(split)
@@ -127,6 +132,6 @@ def test_ddp_cpu_two_ranks_equal_one_process_resume_exactly_and_evaluate_each_vi
         assert m_full[col] == pytest.approx(ref["metrics"][col], abs=1e-6)
     meta = json.loads((full / "metrics.json").read_text())
     assert meta["num_videos"] == 3 and meta["num_frames"] == len(pf_ddp)
-    print(f"DDP vs 1 process after 1 step: gradient rel diff {rel:.2e}, weights max |diff| where |g| > 1e-6: "
-          f"{(wa - wb)[clear].abs().max().item():.2e}, all weights {(wa - wb).abs().max().item():.2e}; "
+    print(f"DDP vs 1 process after 1 step: gradient rel diff {rel:.2e}, weights within {WEIGHT_ATOL}: {agree:.4%} "
+          f"(max |diff| {diff.max().item():.2e}); "
           f"resume max |diff| {max((c['state_dict'][k] - v).abs().max().item() for k, v in b['state_dict'].items()):.2e}")
