@@ -106,6 +106,11 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if not last.exists():  # max_steps not reached a checkpoint interval: keep the final state anyway
             trainer.save_checkpoint(str(last))
+        if str(cfg.trainer.strategy) == "fsdp" and cfg.evaluate_after_train:
+            # FSDP left the parameters sharded over the ranks: evaluate a copy with the full (consolidated) weights
+            from lit_models.registry import load_model
+
+            model = load_model(str(last)).to(trainer.strategy.root_device)
     else:
         log.info("%s has no trainable parameters: nothing to train", cfg.model.name)
         save_untrained_checkpoint(model, last)

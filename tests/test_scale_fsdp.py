@@ -56,7 +56,8 @@ def test_fsdp_strategy_from_the_trainer_config(compose_cfg):
 @pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_trains_like_ddp(synth_root, tmp_path):
     fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
-    run(synth_root, fsdp, "trainer=fsdp")
+    run(synth_root, fsdp, "trainer=fsdp", "evaluate_after_train=true", "eval_protocol.max_videos=3",
+        "eval_protocol.num_frames=4", "eval_protocol.metrics=[l1,psnr,ssim]")
     run(synth_root, ddp, "trainer=ddp_cpu")
     a, b = state(fsdp), state(ddp)
     assert a["global_step"] == b["global_step"] == 2
@@ -72,4 +73,8 @@ def test_fsdp_on_two_cpu_processes_trains_like_ddp(synth_root, tmp_path):
     print(f"FSDP vs DDP: step-0 loss {la.iloc[0]:.6f} vs {lb.iloc[0]:.6f}, steps {list(la.values)} vs "
           f"{list(lb.values)}; weights within 1e-5: {close:.4%}, max |diff| {(wa - wb).abs().max().item():.2e}")
     assert close > 0.99
+    # evaluation after FSDP training: a consolidated copy of the weights, sharded over the 2 ranks, each video once
+    metrics = json.loads((fsdp / "metrics.json").read_text())
+    assert metrics["num_videos"] == 3 and pd.read_csv(fsdp / "per_video.csv")["video_id"].is_unique
+    assert all(map(lambda v: v == v, metrics["metrics"].values()))   # no NaN
     assert (wa - wb).abs().max().item() <= 2 * 2 * 1e-3 + 1e-6   # Adam: at most lr per step and run
