@@ -42,7 +42,9 @@ def test_fsdp_strategy_from_the_trainer_config(compose_cfg):
     assert type(strategy) is FSDPStrategy and str(strategy.sharding_strategy).endswith("FULL_SHARD")
     from diffusers.models.resnet import ResnetBlock2D
 
-    assert strategy._activation_checkpointing_kwargs["check_fn"](ResnetBlock2D(in_channels=8, temb_channels=None, groups=4))
+    recompute = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]   # Lightning's ModuleWrapPolicy
+    units = strategy.kwargs["auto_wrap_policy"]
+    assert set(recompute._module_classes) == set(units._module_classes) == {ResnetBlock2D}
     assert cfg.trainer.precision == "bf16-mixed"
     cpu = build_strategy(compose_cfg("train", ["trainer=fsdp", "trainer.accelerator=cpu", "run_dir=/x"]).trainer)
     assert isinstance(cpu, FSDPStrategy) and type(cpu) is not FSDPStrategy and cpu._determine_device_ids() is None
