@@ -60,7 +60,8 @@ def test_fsdp_on_two_cpu_processes_trains_like_ddp(synth_root, tmp_path):
     fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
     run(synth_root, fsdp, "trainer=fsdp", "evaluate_after_train=true", "eval_protocol.max_videos=3",
         "eval_protocol.num_frames=4", "eval_protocol.metrics=[l1,psnr,ssim]")
-    run(synth_root, ddp, "trainer=ddp_cpu")
+    run(synth_root, ddp, "trainer=ddp_cpu", "trainer.strategy=ddp_find_unused_parameters_true")   # X-NeMo: some
+    # parameters get no gradient in a training step (e.g. the unconditional null tokens when no condition is dropped)
     a, b = state(fsdp), state(ddp)
     assert a["global_step"] == b["global_step"] == 2
     # the full (consolidated) state dict: every parameter, unsharded, same names as DDP's
