@@ -172,8 +172,11 @@ def activation_bytes(model: nn.Module, cfg, act_bytes: int) -> tuple[float | Non
     if not callable(fn):
         return None, f"{type(model).__name__} has no compute_losses to trace"
     total = [0]
+    params = {id(p) for p in model.parameters()}
 
     def pack(t: torch.Tensor):
+        if id(t) in params or (t._base is not None and id(t._base) in params):
+            return t   # a parameter (or a view of one) kept for backward: no memory beyond the weights
         if t.is_floating_point():
             total[0] += t.numel() * min(t.element_size(), act_bytes)
         else:
