@@ -37,6 +37,11 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -m "slow and not gpu" -q
 
+# GPU tier (tests/gpu: bf16 / 16-mixed training of every tiny config, full-size forward+backward at batch 1 with
+# activation checkpointing; skipped without CUDA). On a GPU machine without this venv (Python 3.12, no network):
+#   bash benchmarks/gpu_wheels.sh      # here: missing packages as py3.12 wheels into .whl/ (~41 MiB)
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu.sh
+# (benchmarks/gpu.sh runs `python3 -m pytest -m gpu tests/gpu` and `python3 -m benchmarks.gpu`, ≤ 8 minutes.)
 test-gpu: venv
 	$(BIN)/python -m pytest -m gpu -q
 

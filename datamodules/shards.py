@@ -18,7 +18,21 @@ Reading (``ShardClipSource(url_or_dir)``): the ``datamodules.video.ClipSource`` 
 ``ShardClipRecord``), ``open(record) -> VideoReader`` (random access PyAV decoding from the in-memory bytes with
 the same keyframe-seeking reader as local files), ``load_meta``, ``load_crop``. The litdata ``StreamingDataset`` is
 opened lazily per process, so the source pickles into DataLoader workers; a ``s3://`` (or ``gs://``, ``r2://``)
-URL is streamed through litdata's downloaders into ``cache_dir``.
+URL is streamed through litdata's downloaders into ``cache_dir`` (default ``$PORTRAITLAB_SHARD_CACHE``, else
+litdata's own).
+
+Object storage (``data=shards data.root=s3://bucket/prefix``). What researchers upload is exactly the folder that
+``python -m datamodules.prepare shards ROOT OUT`` wrote, under one prefix::
+
+    s3://bucket/prefix/index.json                 litdata's chunk index (written by litdata.optimize)
+    s3://bucket/prefix/chunk-<worker>-<n>.bin     the chunks (item = one clip: video bytes, meta npz, info JSON)
+    s3://bucket/prefix/portraitlab_clips.json     the clip index (ids, frame counts): setup() reads only this file
+
+e.g. ``aws s3 sync OUT s3://bucket/prefix`` (or ``upload_shards(OUT, "s3://bucket/prefix")``), or write straight to
+the URL: ``write_shards(ROOT, "s3://bucket/prefix")``. Credentials come from the environment as for any boto3
+client — ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``), ``AWS_PROFILE``, or the
+instance role — and an S3-compatible store (MinIO, Ceph, R2 with s3://) is reached with ``AWS_ENDPOINT_URL``
+(plus ``AWS_DEFAULT_REGION`` when the store needs one). Nothing secret goes into configs.
 """
 from __future__ import annotations
 
@@ -105,7 +119,7 @@ class ShardClipSource:
     def __init__(self, url_or_dir: str | os.PathLike, cache_dir: Optional[str] = None, decoder: str = "pyav",
                  threads: int = 0, storage_options: Optional[dict] = None, max_cache_size: str = "20GB"):
         self.url = str(url_or_dir).rstrip("/")
-        self.cache_dir = cache_dir
+        self.cache_dir = cache_dir or (os.environ.get("PORTRAITLAB_SHARD_CACHE") if is_remote(self.url) else None)
         self.decoder = decoder
         self.threads = threads
         self.storage_options = dict(storage_options or {})
@@ -215,6 +229,26 @@ def _clip_item(record: dict) -> dict:
             "split_hint": record.get("split_hint") or "", "num_frames": int(num_frames), "fps": float(fps),
             "height": int(h), "width": int(w), "container": container, "crop_json": crop, "source_path": str(path)}
     return {"video_bytes": data, "meta_npz": meta, "info": json.dumps(info)}
+
+
+def upload_shards(out: str | os.PathLike, url: str, storage_options: Optional[dict] = None) -> list[str]:
+    """Copy a local shard folder (``write_shards`` output) to ``url`` (``s3://bucket/prefix``), the clip index
+    last (a reader never sees an index without its chunks); returns the uploaded keys. Credentials / endpoint from
+    the environment (see the module docstring)."""
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    out = Path(out)
+    if not (out / "index.json").exists() or not (out / INDEX_NAME).exists():
+        raise FileNotFoundError(f"{out} is not a shard folder (needs index.json and {INDEX_NAME}; write it with "
+                                "`python -m datamodules.prepare shards ROOT OUT`)")
+    if not is_remote(url):
+        raise ValueError(f"{url!r} is not an object-storage URL (s3://bucket/prefix)")
+    provider = _get_fs_provider(url, dict(storage_options or {}))
+    files = sorted(out.glob("chunk-*.bin")) + [out / "index.json", out / INDEX_NAME]
+    url = url.rstrip("/")
+    for f in files:
+        provider.upload_file(str(f), f"{url}/{f.name}")
+    return [f.name for f in files]
 
 
 def item_info(item: dict) -> dict:

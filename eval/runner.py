@@ -116,11 +116,24 @@ class _Guarded:
             return {"_error": f"{type(err).__name__}: {err}"[:500]}
 
 
-def _samples_of(ds, datamodule, skip: set[str]) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of an initialised ``torch.distributed`` process group (DDP), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _samples_of(ds, datamodule, skip: set[str], shard: tuple[int, int] = (0, 1)
+                ) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
+    """(video id, sample) pairs of ``ds`` not in ``skip``, and the set's size when known. ``shard=(rank, world)``:
+    only the videos ``rank, rank + world, …`` of the ones to do (DDP: each rank scores a disjoint stride, no padding,
+    so every video is scored exactly once over the ranks)."""
     ids = _item_ids(ds)
     if ids is not None:
         ids = _dedup(ids)
-        todo = [i for i, v in enumerate(ids) if v not in skip]
+        todo = [i for i, v in enumerate(ids) if v not in skip][shard[0]::shard[1]]
         from torch.utils.data import DataLoader, Subset
 
         workers = int(getattr(getattr(datamodule, "cfg", None), "num_workers", 0) or 0)
@@ -130,12 +143,15 @@ def _samples_of(ds, datamodule, skip: set[str]) -> tuple[Iterable[tuple[str, dic
 
     def stream():
         seen: dict[str, int] = {}
+        k = 0
         for i, sample in enumerate(ds):
             vid = _id_from(sample.get("meta"), i)
             seen[vid] = seen.get(vid, 0) + 1
             vid = vid if seen[vid] == 1 else f"{vid}#{seen[vid] - 1}"
             if vid not in skip:
-                yield vid, sample
+                if k % shard[1] == shard[0]:
+                    yield vid, sample
+                k += 1
 
     try:
         total = len(ds)  # type: ignore[arg-type]
@@ -144,13 +160,14 @@ def _samples_of(ds, datamodule, skip: set[str]) -> tuple[Iterable[tuple[str, dic
     return stream(), total
 
 
-def eval_samples(datamodule: Any, protocol, skip: set[str]) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
+def eval_samples(datamodule: Any, protocol, skip: set[str], shard: tuple[int, int] = (0, 1)
+                 ) -> tuple[Iterable[tuple[str, dict]], Optional[int]]:
     """(video id, sample) pairs of the protocol's test set not in ``skip``, and the set's size when known.
 
     ``datamodule``: a ``VideoClipDataModule`` (its ``eval_dataset`` at native size; decoded by a DataLoader with
     the data config's workers), anything else with ``eval_dataset``, or an iterable of samples. A sample that failed
     to decode is ``{"_error": message}``."""
-    return _samples_of(_eval_dataset(datamodule, protocol), datamodule, skip)
+    return _samples_of(_eval_dataset(datamodule, protocol), datamodule, skip, shard)
 
 
 RESIZE_METHODS = {"bilinear_antialias": ("bilinear", True), "bilinear": ("bilinear", False),
@@ -419,7 +436,11 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with DirLock(run_dir, purpose="evaluation"):
+    import contextlib
+
+    # one writer: rank 0 writes the files (under DDP the other ranks only score their shard and hand it over)
+    lock = DirLock(run_dir, purpose="evaluation") if distributed()[0] == 0 else contextlib.nullcontext()
+    with lock:
         return _run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers, ckpt, overrides, device,
                                dataset_key, keypoint_locator, progress, suite, log_step)
 
@@ -448,8 +469,14 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
     ds = _eval_dataset(datamodule, protocol)
     model_id, data_id = model_identity(model), data_fingerprint(ds, dataset_key)
     files = ResultFiles(run_dir, phash, names, model_id=model_id, data_id=data_id)
-    done, state = files.load_done()
-    if state is not None:
+    rank, world = distributed()
+    if world > 1 and any(int(getattr(m, "num_samples", 0) or 0) > 0 for m in suite.dataset_metrics):
+        raise ValueError(f"protocol {protocol.name}: fid_num_samples > 0 takes the first N frames in test-set order, "
+                         "which a sharded (DDP) evaluation does not have; use fid_num_samples=0 or evaluate in one process")
+    done, state = files.load_done() if rank == 0 else ([], None)
+    if world > 1:   # rank 0 read the finished and skipped videos (and rewrote the files); every rank skips them
+        done, files.skipped = _broadcast((done, dict(files.skipped)))
+    if state is not None:   # (DDP: rank 0 only — the other ranks' dataset states start empty and are summed)
         for m in suite.dataset_metrics:
             if m.name in state.get("dataset_metrics", {}):
                 m.load_state_dict(state["dataset_metrics"][m.name])
@@ -464,8 +491,10 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
             if not hasattr(m, "load_reference"):
                 continue
             ref_paths[m.name] = reference_cache_path(phash, key, m.name + "_" + m.backend)
-            if not done and not m.reference_loaded and m.load_reference(ref_paths[m.name]):
+            if rank == 0 and not done and not m.reference_loaded and m.load_reference(ref_paths[m.name]):
                 log.info("%s: reference statistics from %s", m.name, ref_paths[m.name])
+            if world > 1:   # the reference is added once (rank 0); no rank adds real frames on top of it
+                m.reference_loaded = _broadcast(m.reference_loaded)
 
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -474,14 +503,17 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
     model_res = model_resolution(model)
     grid_rows: list[np.ndarray] = []
     n_grid = int(protocol.get("num_grid_videos", 4))
-    samples, total = _samples_of(ds, datamodule, skip=set(done) | set(files.skipped))
+    samples, total = _samples_of(ds, datamodule, skip=set(done) | set(files.skipped), shard=(rank, world))
+    pending: list[tuple] = []   # DDP: (vid, per_frame, frame_idx, grid row, nonfinite frames), gathered on rank 0
+    progress = progress and rank == 0
 
     def good(stream):
         for vid, sample in stream:
             if "_error" in sample:    # could not be decoded: skipped, counted and named in metrics.json
                 log.warning("eval %s: skipping video %s (%s)", protocol.name, vid, sample["_error"])
                 files.skipped[vid] = str(sample["_error"])
-                files.save_state(done, suite)
+                if world == 1:   # (DDP: rank 0 merges every rank's skipped videos at the end)
+                    files.save_state(done, suite)
                 continue
             yield vid, sample
 
@@ -534,17 +566,27 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
                     if len(keep):
                         for n, vals in suite.evaluate(fb).items():
                             per_frame[n][keep.numpy()] = vals
-                    files.append(vid, per_frame, frame_idx, nonfinite_frames=n_bad)
-                    done.append(vid)
-                    files.save_state(done, suite)
-                    if len(grid_rows) < n_grid and len(keep):
+                    row = None
+                    if len(grid_rows) + sum(q[3] is not None for q in pending) < n_grid and len(keep):
                         from lit_models.common.visual import grid_frames
 
-                        grid_rows.append(grid_frames(fb.source[None], fb.driving[None], fb.pred[None],
-                                                     None if fb.target is None else fb.target[None], max_frames=16))
+                        row = grid_frames(fb.source[None], fb.driving[None], fb.pred[None],
+                                          None if fb.target is None else fb.target[None], max_frames=16)
+                    if world > 1:
+                        pending.append((vid, per_frame, frame_idx, row, n_bad))
+                    else:
+                        files.append(vid, per_frame, frame_idx, nonfinite_frames=n_bad)
+                        done.append(vid)
+                        files.save_state(done, suite)
+                        if row is not None:
+                            grid_rows.append(row)
                     bar.update()
     if was_training and hasattr(model, "train"):
         model.train()
+    if world > 1:
+        _gather_on_rank0(pending, files, done, suite, grid_rows, n_grid, rank, world)
+        if rank != 0:   # rank 0 aggregates and writes; the others get its result
+            return _broadcast(None)
     if not done:
         raise RuntimeError(f"protocol {protocol.name}: the test set yielded no videos"
                            + (f" ({len(files.skipped)} could not be decoded: {files.skipped})" if files.skipped else ""))
@@ -592,7 +634,63 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
         result["dataset_metric_facts"] = dataset_facts
     atomic_write_json(run_dir / METRICS, result, strict=True)
     _log_results(loggers, str(protocol.name), metrics, run_dir, grid, step=log_step)
+    if world > 1:
+        _broadcast(result)
     return result
+
+
+# ---- DDP: shard the test set over the ranks, gather on rank 0 ---------------------------------------------------
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (a picklable object)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather_on_rank0(pending, files: "ResultFiles", done: list[str], suite: Suite, grid_rows: list, n_grid: int,
+                     rank: int, world: int) -> None:
+    """Collect every rank's scored videos on rank 0 and write them in test-set order (rank r scored the videos
+    r, r + world, …, so video k is ``gathered[k % world][k // world]``); sum the dataset metrics' running states
+    (FID's feature sums / counts) over the ranks into rank 0's metric. Every video lands exactly once: the shards
+    are disjoint strides with no padding, and a video id seen twice is an error."""
+    import torch.distributed as dist
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, pending)
+    notes = [None] * world   # per-rank bookkeeping: clips that failed to decode, clips smaller than the protocol's
+    dist.all_gather_object(notes, {"skipped": dict(files.skipped), "upscaled": list(files.upscaled)})
+    states = [None] * world
+    dist.all_gather_object(states, {m.name: m.state_dict() for m in suite.dataset_metrics})
+    if rank != 0:
+        return None
+    total = sum(len(g) for g in gathered)
+    ordered = [gathered[k % world][k // world] for k in range(total)]
+    ids = [v for v, *_ in ordered]
+    if len(set(ids)) != len(ids) or set(ids) & set(done):
+        raise RuntimeError("DDP evaluation: a video was scored twice (ranks' shards overlap)")
+    for note in notes:
+        files.skipped.update(note["skipped"])
+        files.upscaled.extend(v for v in note["upscaled"] if v not in files.upscaled)
+    for vid, per_frame, frame_idx, row, n_bad in ordered:
+        if n_bad:
+            files.nonfinite[vid] = int(n_bad)
+        files.append(vid, per_frame, frame_idx, nonfinite_frames=n_bad)
+        done.append(vid)
+        if row is not None and len(grid_rows) < n_grid:
+            grid_rows.append(row)
+    for m in suite.dataset_metrics:
+        merged = {k: v for k, v in states[0][m.name].items()}
+        for other in states[1:]:
+            for k, v in other[m.name].items():
+                if torch.is_tensor(v):
+                    merged[k] = merged[k] + v
+        m.load_state_dict(merged)
+        if hasattr(getattr(m, "metric", None), "distributed_available_fn"):   # already summed: no second sync
+            m.metric.distributed_available_fn = lambda: False
+    files.save_state(done, suite)
+    return None
 
 
 def merge_extra_protocols(run_dir, extra: dict[str, dict]) -> dict:

@@ -401,6 +401,81 @@ def atomic_checkpoint_io():
             atomic_write_bytes_with(path, lambda f: torch.save(checkpoint, f))
 
     return AtomicCheckpointIO()
+class SampleIndexRecorder(L.Callback):
+    """``trainer.record_sample_indices``: appends ``{"step", "index": [...]}`` per training batch to
+    ``run_dir/samples/rank<r>.jsonl`` (the ``meta.index`` of each sample), so a DDP run can show which samples
+    every rank consumed (disjoint strides of one stream) and a resumed run that it continued the stream."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir) / "samples"
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        index = (batch.get("meta") or {}).get("index") if isinstance(batch, dict) else None
+        if index is None:
+            return
+        import json
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        values = index.tolist() if hasattr(index, "tolist") else list(index)
+        with open(self.dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": int(trainer.global_step), "index": [int(v) for v in values]}) + "\n")
+
+
+def _import_class(path: str) -> type:
+    import importlib
+
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"trainer.fsdp_wrap_modules / activation_checkpointing: cannot import {path!r} ({e})") from e
+
+
+def build_strategy(tc: DictConfig):
+    """``trainer.strategy`` as Lightning takes it: a registered name, or — for ``fsdp`` — an ``FSDPStrategy`` with
+    the wrap / activation-checkpointing classes, sharding strategy and CPU offload of the trainer config (on CPU a
+    subclass that runs torch's FSDP on gloo processes)."""
+    name = str(tc.strategy)
+    if name != "fsdp":
+        if tc.get("activation_checkpointing") or tc.get("fsdp_wrap_modules"):
+            raise ConfigError(f"trainer.activation_checkpointing / trainer.fsdp_wrap_modules need trainer.strategy=fsdp "
+                              f"(got {name!r}; use trainer=fsdp)")
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    allowed = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+    if str(tc.fsdp_sharding_strategy) not in allowed:
+        raise ConfigError(f"trainer.fsdp_sharding_strategy={tc.fsdp_sharding_strategy!r} is not one of {', '.join(allowed)}")
+    classes = {_import_class(p) for p in tc.fsdp_wrap_modules or []}
+    recompute = {_import_class(p) for p in tc.activation_checkpointing or []}
+    cls = FSDPStrategy
+    if str(tc.accelerator) == "cpu":
+        class CPUFSDPStrategy(FSDPStrategy):
+            """FSDP on CPU processes (gloo): torch's FSDP runs there for small models (tests, dry runs); Lightning
+            refuses the plain ``FSDPStrategy`` without a GPU (it checks the exact type), and its barrier passes
+            CUDA device ids, which gloo has none of."""
+
+            def _determine_device_ids(self):
+                return None
+
+            def _setup_model(self, model):
+                from lightning.pytorch.strategies import fsdp as lfsdp
+                from torch.distributed.fsdp import FullyShardedDataParallel
+
+                if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+                    return super()._setup_model(model)
+                model = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                                 mixed_precision=self.mixed_precision_config,
+                                                 sharding_strategy=self.sharding_strategy,
+                                                 device_id=torch.device("cpu"), **self.kwargs)
+                lfsdp._setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+                return model
+
+        cls = CPUFSDPStrategy
+    return cls(auto_wrap_policy=classes or None,
+                        activation_checkpointing_policy=recompute or None,
+                        sharding_strategy=str(tc.fsdp_sharding_strategy), cpu_offload=bool(tc.fsdp_cpu_offload),
+                        state_dict_type="full")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
@@ -439,8 +514,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
             callbacks.append(RichProgressBar(leave=True))
         elif mode == "lines":
             callbacks.append(lightning_progress_bar())
+    if tc.get("record_sample_indices"):
+        callbacks.append(SampleIndexRecorder(run_dir))
     return L.Trainer(
-        default_root_dir=str(run_dir), accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy,
+        default_root_dir=str(run_dir), accelerator=tc.accelerator, devices=tc.devices, strategy=build_strategy(tc),
+        sync_batchnorm=bool(tc.get("sync_batchnorm", False)),
         num_nodes=tc.num_nodes, precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
         val_check_interval=tc.val_check_interval, check_val_every_n_epoch=None,
         limit_val_batches=tc.limit_val_batches, log_every_n_steps=tc.log_every_n_steps,

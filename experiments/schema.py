@@ -42,6 +42,16 @@ class TrainerConfig:
     keep_every_n_steps: int = 0               # also keep keep-stepNNNNNNN.ckpt every k steps, never deleted (0: off)
     finite_check: bool = True       # stop at the first non-finite loss/parameter, before it is checkpointed
     detect_anomaly: bool = False    # torch anomaly mode (slow): names the op that made the first NaN gradient
+    sync_batchnorm: bool = False              # DDP: BatchNorm statistics over the global batch (GPU only in torch)
+    # trainer=fsdp (Lightning FSDPStrategy): the classes (dotted import paths) that become FSDP units, and those
+    # recomputed in the backward pass (activation checkpointing; only stateless blocks: the diffusion methods'
+    # self-attention reads a reference-feature bank); sharding FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
+    fsdp_wrap_modules: list[str] = field(default_factory=list)
+    activation_checkpointing: list[str] = field(default_factory=list)
+    fsdp_sharding_strategy: str = "FULL_SHARD"
+    fsdp_cpu_offload: bool = False
+    # write run_dir/samples/rank<r>.jsonl: the training sample indices each rank consumed per step (DDP checks)
+    record_sample_indices: bool = False
 
 
 @dataclass
@@ -80,6 +90,9 @@ class RunConfig:
     evaluate_after_train: bool = True
     sweep_name: Optional[str] = None
     axes: list[str] = field(default_factory=list)   # config keys that form the ablation axes (table columns)
+    # the metric `python -m experiments.train` returns (Hydra sweepers such as Optuna optimise it); null = the main
+    # protocol's first metric (eval_protocol.metrics[0]); `<name>/<metric>` for an extra_eval protocol's metric
+    objective: Optional[str] = None
     # animate
     source: Optional[str] = None
     driving: Optional[str] = None

@@ -58,6 +58,8 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
         log.info("extra evaluation protocol %s", name)
         extra[str(name)] = run_evaluation(model, datamodule, proto, run_dir / "eval" / str(name), loggers=loggers,
                                           ckpt=ckpt, overrides=overrides, log_step=step)
+    if _global_rank() != 0:   # under DDP the runner gathered every video on rank 0, which writes the merged files
+        return result
     if extra:
         result = merge_extra_protocols(run_dir, extra)
     values = run_probes(model, datamodule, cfg.eval_protocol)   # a model's probes (eval.probes), e.g. MRFA motion errors
@@ -65,6 +67,24 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
         result = merge_model_diagnostics(run_dir, values, probe_source(model))
     log_final_metrics(loggers, result, step)
     return result
+
+
+def _global_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def objective_value(cfg: DictConfig, results: dict) -> float | None:
+    """The number a sweeper optimises: ``cfg.objective`` (default: the main protocol's first metric) from the run's
+    metrics; None without an evaluation. Fails naming the key when the metric is not among the run's metrics."""
+    metrics = results.get("metrics")
+    if metrics is None:
+        return None
+    name = cfg.get("objective") or str(cfg.eval_protocol.metrics[0])
+    if name not in metrics:
+        raise KeyError(f"objective={name!r} is not a metric of this run ({', '.join(sorted(metrics))})")
+    return float(metrics[name])
 
 
 def train(cfg: DictConfig) -> dict:
@@ -116,6 +136,11 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
             from eval.dashboard import log_checkpoints
 
             log_checkpoints(loggers, last.parent)
+        if str(cfg.trainer.strategy) == "fsdp" and cfg.evaluate_after_train:
+            # FSDP left the parameters sharded over the ranks: evaluate a copy with the full (consolidated) weights
+            from lit_models.registry import load_model
+
+            model = load_model(str(last)).to(trainer.strategy.root_device)
     else:
         log.info("%s has no trainable parameters: nothing to train", cfg.model.name)
         save_untrained_checkpoint(model, last)
@@ -123,8 +148,11 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
     results: dict = {"run_dir": str(run_dir), "ckpt": str(last)}
     if cfg.evaluate_after_train:
         results.update(evaluate_run(cfg, model, datamodule, run_dir, loggers, str(last), step=step))
+    results["objective"] = objective_value(cfg, results)
     wandb_dir = runtime.wandb_run_dir(loggers)
     runtime.finish_loggers(loggers)
+    if _global_rank() != 0:
+        return results
     runtime.mark_finished(cfg, run_dir, results)
     print(f"run directory: {run_dir}")
     if (run_dir / "metrics.json").exists():
@@ -135,10 +163,11 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the run's objective metric (``objective``), which Hydra's Optuna sweeper optimises."""
     runtime.setup_logging()
     with runtime.short_errors():
-        train(cfg)
+        return train(cfg).get("objective")
 
 
 if __name__ == "__main__":
