@@ -189,7 +189,8 @@ def test_trains_with_falling_loss(compose_cfg):
 
 
 def test_region_metrics():
-    from lit_models.interanimate.metrics import contact_region, masked_l1, masked_ssim
+    """The contact-region metrics InterAnimate is scored with (``eval.regions``; the model package has no copy)."""
+    from eval.regions import contact_region, masked_l1, masked_ssim
 
     hand = torch.zeros(1, 1, 32, 32)
     hand[..., 4:14, 4:14] = 1
