@@ -143,6 +143,26 @@ def test_lambda_ortho_changes_the_trained_output_only_through_the_quantized_late
     assert {"quantized_abs_cos_spatial", "quantized_abs_cos_temporal", "latent_abs_cos_spatial"} <= set(stats)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients_with_the_quantized_ortho_loss(compose_cfg):
+    """Backward's recomputation repeats the interaction blocks (region mask, ortho terms) exactly. Without the
+    ReferenceNet: the core clears its reference bank before backward, which checkpointing cannot recompute."""
+    from benchmarks.interanimate_ortho import synthetic_batch
+
+    batch = synthetic_batch(1, 2, 16)
+    grads = []
+    for gc in ("false", "true"):
+        torch.manual_seed(0)
+        m = build_model(compose_cfg("train", SMALL + ["model.use_reference_net=false", "model.use_id_preserver=false",
+                                                      "model.lambda_ortho=1", f"model.gradient_checkpointing={gc}"]).model)
+        m.train()
+        terms = m.compute_losses(batch)
+        assert terms["loss_ortho"] > 0
+        m.weighted_total(terms).backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "spatial_latents" in grads[0]
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
 @torch.no_grad()
 def test_id_tokens_change_the_output(small_model):
     m = small_model.eval()
