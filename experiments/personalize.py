@@ -7,8 +7,9 @@ The pairs CSV has columns ``source, source_caption, driving, driving_caption, ta
 relative to the CSV or absolute). For each pair a fresh model (``model=imposter`` by default: SD-2.1-base) is
 fine-tuned for ``--steps`` steps on the pair (Lightning trainer from the ``trainer`` config group), then sampled
 with the target prompt and frequency guidance. Per pair (× seed, ``--seeds 0,1``) the output folder holds
-``output.png``, ``strip.png`` (source | driving | output) and an ``eval.table`` run (``metrics.json`` under protocol
-``imposter_personalize``, ``config.yaml`` with axes ``model.backbone, pair``); the batch ends in ``eval.table``'s
+``output.png``, ``strip.png`` (source | driving | output), with ``model.finetune=lora`` the adapter in ``lora/``
+(peft ``save_pretrained``: ``adapter_config.json`` + ``adapter_model.safetensors``), and an ``eval.table`` run
+(``metrics.json`` under protocol ``imposter_personalize``, ``config.yaml`` with axes ``model.backbone, pair``); the batch ends in ``eval.table``'s
 ``table.md`` / ``table.csv`` / ``table.tex`` (mean ± std over seeds; mirrored to W&B unless ``--no-wandb``), and
 ``results.csv`` / ``results.md`` keep the raw per-run rows. Re-running skips pairs already done (``--overwrite``).
 Columns:
@@ -150,6 +151,8 @@ def personalize_pair(cfg, pair, steps: int, pair_dir: Path, progress_bar: bool =
     trainer.fit(model, data)
     save_lora(model, pair_dir / "lora")
     final = trainer.callback_metrics.get("train/loss")
+    if cfg.model.finetune == "lora":  # the personalization itself: peft adapter folder (PeftModel.from_pretrained)
+        print(f"[personalize] LoRA adapter: {model.save_adapter(pair_dir / 'lora')}", file=sys.stderr)
     model.eval()
     out = model.sample(src[None], drv[None], target_prompts=[pair.target_prompt],
                        driving_prompts=[pair.driving_caption])[0].cpu()

@@ -52,7 +52,7 @@ class ImPosterConfig(ModelConfig):
     _target_: str = "lit_models.imposter.ImPoster"
     name: str = "imposter"
     resolution: int = 512
-    lr: float = 1e-4
+    lr: float = 2e-6                  # the released train1.py: Adam over unet.parameters(), lr 2e-6
     # ---- backbone -------------------------------------------------------------------------------------------
     # pretrained: diffusers folder layout (unet/ vae/ text_encoder/ tokenizer/ scheduler/) from a local path or hub id
     # random_init: U-Net and text encoder built from `unet` / `text` with random weights (tiny tests; labelled so)
@@ -64,11 +64,16 @@ class ImPosterConfig(ModelConfig):
     unet: UNetSpec = field(default_factory=UNetSpec)
     text: TextSpec = field(default_factory=TextSpec)
     # ---- fine-tuning ----------------------------------------------------------------------------------------
-    use_lora: bool = True             # peft LoRA on the U-Net's attention projections
-    use_full_unet: bool = False       # train every U-Net weight (with or without LoRA)
+    # full: every U-Net weight is trained (the released code: Adam over unet.parameters(), lr 2e-6; default)
+    # lora: only peft LoRA adapters on `lora_target_modules` (U-Net frozen); saved with peft's save_pretrained
+    # full_lora: the released code's exact parameter set — rank-`lora_rank` LoRA on every attention projection AND
+    #            the whole U-Net unfrozen (its LoRA up-weights start at zero there; ours start gaussian)
+    finetune: str = "full"
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # the released code denoises the source and the driving latent with the SAME noise and timestep in each step
+    shared_noise: bool = True
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
@@ -82,11 +87,14 @@ class ImPosterConfig(ModelConfig):
     target_prompt: str = "a photo of the person touching their forehead"
     # ---- sampling -------------------------------------------------------------------------------------------
     num_inference_steps: int = 50
-    driving_prompt_steps: int = 10    # the first k DDIM steps use the driving prompt, the rest the target prompt
+    driving_prompt_steps: int = 6     # K: the first K DDIM steps use the driving prompt, the rest the target (official 6)
     cfg_scale: float = 7.5            # classifier-free text guidance (1 = off)
     eta: float = 0.0
     sample_seed: int = 0
     # ---- frequency guidance: z <- z - step * grad_z(w_phase * L_phase + w_amp * L_amp) after every DDIM step ---
+    # OURS, not the released one: the released pipeline computes its phase/amplitude losses under no_grad and
+    # re-wraps them in Variable(requires_grad=True), so latents.grad stays None and its Adam step never moves the
+    # latent (METHODS.md §5). Here the gradient reaches the latent; 0 = the released behaviour (plain sampling).
     freq_guidance_scale: float = 0.05 # the explicit step size η; 0 = plain sampling
     freq_phase_weight: float = 1.0    # L_phase: 1 - amplitude-weighted cos(phase(x0_hat) - phase(driving))
     freq_amp_weight: float = 0.1      # L_amp: mean |log1p|F(x0_hat)| - log1p|F(source)||

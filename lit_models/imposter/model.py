@@ -2,11 +2,13 @@
 Personalization using Diffusion Models", 2024).
 
 Training (per pair): ``L = λ_source·E‖ε − ε_θ(z_t^S, t, τ(c_S))‖² + λ_driving·E‖ε − ε_θ(z_t^D, t, τ(c_D))‖²`` on
-the source image S with its caption c_S and the driving image D with c_D; LoRA on the U-Net's attention layers
-(optionally the full U-Net).
+the source image S with its caption c_S and the driving image D with c_D, the same ε and t for both
+(``shared_noise``, as released). ``finetune``: ``full`` (default, as released: every U-Net weight, lr 2e-6),
+``lora`` (peft LoRA adapters only; :meth:`ImPoster.save_adapter` writes them with peft's ``save_pretrained``) or
+``full_lora`` (the released code's parameter set: LoRA adapters and the whole U-Net).
 
-Sampling (DDIM): the first ``driving_prompt_steps`` steps are conditioned on c_D, the rest on the target prompt
-c_T; after every step the latent takes an explicit gradient step of frequency guidance
+Sampling (DDIM): the first K = ``driving_prompt_steps`` steps (released: 6) are conditioned on c_D, the rest on the
+target prompt c_T; after every step the latent takes an explicit gradient step of frequency guidance
 
     z_{t-1} <- z_{t-1} - η g / rms(g),   g = ∇_z [ w_φ L_phase(x̂_0(z), z^D) + w_A L_amp(x̂_0(z), z^S) ],
     x̂_0(z) = (z - sqrt(1-ᾱ_{t-1}) ε̂) / sqrt(ᾱ_{t-1})   (ε̂ from the step's prediction, held fixed)
@@ -17,6 +19,7 @@ without gradients and detaches it), the latent moves.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -25,6 +28,8 @@ import torch.nn.functional as F
 from lit_models.base import AnimationModule
 from lit_models.imposter.backbone import build_backbone
 from lit_models.imposter.frequency import frequency_guidance_loss
+
+FINETUNE_MODES = ("full", "lora", "full_lora")
 
 
 class ImPoster(AnimationModule):
@@ -38,21 +43,35 @@ class ImPoster(AnimationModule):
         self.text_encoder.requires_grad_(False).eval()
         if self.vae is not None:
             self.vae.requires_grad_(False).eval()
-        self.unet.requires_grad_(bool(self.cfg.use_full_unet))
-        if self.cfg.use_lora:
-            from peft import LoraConfig
+        mode = self.cfg.finetune
+        if mode not in FINETUNE_MODES:
+            raise ValueError(f"model.finetune must be one of {', '.join(FINETUNE_MODES)}, got {mode!r}")
+        self.unet.requires_grad_(mode != "lora")
+        if mode in ("lora", "full_lora"):
+            from peft import LoraConfig, get_peft_model
 
-            self.unet.add_adapter(LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha,
-                                             init_lora_weights="gaussian",
-                                             target_modules=list(self.cfg.lora_target_modules)))
-        if not (self.cfg.use_lora or self.cfg.use_full_unet):
-            raise ValueError("ImPoster trains nothing: set model.use_lora=true and/or model.use_full_unet=true")
+            # a peft PeftModel around the U-Net (same call signature), so the adapters save with save_pretrained
+            self.unet = get_peft_model(self.unet, LoraConfig(
+                r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, init_lora_weights="gaussian",
+                target_modules=list(self.cfg.lora_target_modules)))
+            if mode == "full_lora":
+                self.unet.requires_grad_(True)   # get_peft_model froze the base weights
         sched = dict(bb.scheduler_config)
         if self.cfg.backbone == "random_init":
             sched.setdefault("clip_sample", not self.cfg.use_vae)
         self.scheduler_config = sched
         self.noise_scheduler = DDPMScheduler.from_config(sched)
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """``finetune=lora``: the personalized LoRA through peft's ``PeftModel.save_pretrained`` (adapter_config.json +
+        adapter_model.safetensors); ``PeftModel.from_pretrained(base_unet, path)`` restores it on the base U-Net."""
+        if self.cfg.finetune != "lora":
+            raise ValueError(f"save_adapter needs model.finetune=lora (got {self.cfg.finetune!r}: the U-Net itself "
+                             "was trained, an adapter alone does not reproduce it)")
+        path = Path(path)
+        self.unet.save_pretrained(str(path))
+        return path
 
     # ---- frozen parts stay in eval mode ----------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -116,8 +135,13 @@ class ImPoster(AnimationModule):
         with torch.no_grad():
             z0 = self.encode_images(imgs, sample=True)
             emb = self.encode_prompts(caps)
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device)
+        T = self.noise_scheduler.config.num_train_timesteps
+        if self.cfg.shared_noise:  # released: one ε and one t per step, used for the source and the driving image
+            noise = torch.randn_like(z0[:B]).repeat(len(items), 1, 1, 1)
+            t = torch.randint(0, T, (B,), device=z0.device).repeat(len(items))
+        else:
+            noise = torch.randn_like(z0)
+            t = torch.randint(0, T, (z0.shape[0],), device=z0.device)
         zt = self.noise_scheduler.add_noise(z0, noise, t)
         pred = self.unet(zt, t, encoder_hidden_states=emb).sample
         if self.noise_scheduler.config.prediction_type == "epsilon":

@@ -27,7 +27,11 @@ class InterAnimateConfig(DiffusionConfig):
     use_spatial_interaction: bool = True    # a block after every spatial transformer of the denoiser
     use_temporal_interaction: bool = True   # a block after every temporal motion module (needs temporal.use_temporal)
     use_zero_init: bool = True          # zero W_o: the denoiser starts unchanged
-    lambda_ortho: float = 0.01          # ‖L̂L̂ᵀ − I‖² on each latent set; 0 skips it (the ablation axis)
+    lambda_ortho: float = 0.01          # ‖X̂X̂ᵀ − I‖²/n² on each latent set; 0 skips it (the ablation axis)
+    # X: `quantized` = the quantized latents L̃ every block's attention reads its keys/values from (per row, mean over
+    # blocks; the backbone features detached); `raw` = L_s / L_t themselves (near-orthogonal at random init and
+    # behind a zero-initialised W_o: no effect on the samples at the full-size init; benchmarks/interanimate_ortho.py)
+    ortho_target: str = "quantized"
     # ---- regions: masks from the batch (`masks` hand/face) at training; predicted at animate ----------------
     mask_regions: list[str] = field(default_factory=lambda: ["hand", "face"])
     use_mask_predictor: bool = True     # a small conv head predicting the regions from the driving frame

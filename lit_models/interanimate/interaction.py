@@ -14,7 +14,13 @@ One block, for tokens ``h ∈ R^{N×P×C}`` (P tokens per row: pixels of a frame
 
 ``W_o`` is zero-initialised (``use_zero_init``): the denoiser starts unchanged.
 
-``orthogonality_loss(L) = ‖L̂ L̂ᵀ − I‖²_F / n²`` on row-normalised latents ``L̂``.
+``orthogonality_loss(L) = ‖L̂ L̂ᵀ − I‖²_F / n²`` on row-normalised latents ``L̂`` (batched: mean over rows). Where it
+acts (``ortho_target``): ``raw`` on the learned ``L_s`` / ``L_t``; ``quantized`` (default) on the quantized latents
+``L̃`` of every block — what the attention's keys and values are read from. At the full-size initialisation the raw
+latents are already near-orthogonal (mean |cos| ≈ 0.045 for d = 320) while ``L̃ ≈ L + f̄`` is dominated by the
+features assigned to every latent alike (mean |cos| near 1), so a loss on ``L`` barely constrains what attention
+reads (``benchmarks/interanimate_ortho.py``). The quantized loss is computed on ``L̃`` rebuilt from the detached
+U-Net features: it trains ``L``, ``W_f`` and the block's norm, never the backbone.
 """
 from __future__ import annotations
 
@@ -31,20 +37,30 @@ def soft_quantization_weights(features: torch.Tensor, latents: torch.Tensor, tem
     return torch.softmax(sim / temperature, dim=-1)
 
 
+ORTHO_TARGETS = ("raw", "quantized")
+
+
 def orthogonality_loss(latents: torch.Tensor) -> torch.Tensor:
-    """``‖L̂L̂ᵀ − I‖²_F / n²`` with ``L̂`` the row-normalised latents (n×d)."""
-    n = latents.shape[0]
+    """``‖L̂L̂ᵀ − I‖²_F / n²`` with ``L̂`` the row-normalised latents: n×d, or …×n×d (mean over the leading rows)."""
+    n = latents.shape[-2]
     lh = F.normalize(latents, dim=-1)
-    gram = lh @ lh.t()
-    return (gram - torch.eye(n, device=latents.device, dtype=gram.dtype)).pow(2).sum() / (n * n)
+    gram = lh @ lh.transpose(-1, -2)
+    eye = torch.eye(n, device=latents.device, dtype=gram.dtype)
+    return (gram - eye).pow(2).sum((-2, -1)).mean() / (n * n)
+
+
+def mean_abs_cosine_tensor(latents: torch.Tensor) -> torch.Tensor:
+    """Mean |cos| between distinct latents (off-diagonal of L̂L̂ᵀ) of n×d or …×n×d latents, as a 0-d tensor."""
+    n = latents.shape[-2]
+    lh = F.normalize(latents.detach().float(), dim=-1)
+    gram = (lh @ lh.transpose(-1, -2)).abs()
+    off = gram.sum((-2, -1)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return off.mean() / max(n * (n - 1), 1)
 
 
 def mean_abs_cosine(latents: torch.Tensor) -> float:
     """Mean |cos| between distinct latents (off-diagonal of L̂L̂ᵀ): the sweep's latent-correlation number."""
-    n = latents.shape[0]
-    lh = F.normalize(latents.detach().float(), dim=-1)
-    gram = (lh @ lh.t()).abs()
-    return float((gram.sum() - gram.diagonal().sum()) / max(n * (n - 1), 1))
+    return float(mean_abs_cosine_tensor(latents))
 
 
 class InteractionBlock(nn.Module):
@@ -64,16 +80,28 @@ class InteractionBlock(nn.Module):
             nn.init.zeros_(self.to_out.bias)
 
     def quantize(self, h: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage 1: (weights N×P×n summing to 1 over n, quantized latents N×n×d)."""
+        """Stage 1: (weights N×P×n summing to 1 over n, quantized latents L̃ N×n×d)."""
         f = self.to_feat(self.norm(h))
         w = soft_quantization_weights(f, latents, self.temperature)
         assigned = w.transpose(1, 2) @ f                              # N×n×d
         mass = w.sum(dim=1).unsqueeze(-1)                             # N×n×1
         return w, latents.unsqueeze(0) + assigned / (mass + 1.0)
 
-    def forward(self, h: torch.Tensor, latents: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """h N×P×C, latents n×d, mask N×P×1 (or None: everywhere) → (h + M⊙u, quantization weights)."""
+    def forward(self, h: torch.Tensor, latents: torch.Tensor, mask: Optional[torch.Tensor],
+                ctx: Optional["InteractionContext"] = None, name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """h N×P×C, latents n×d, mask N×P×1 (or None: everywhere) → (h + M⊙u, quantization weights).
+
+        ``ctx``: records the quantized latents' mean |cos| under ``name`` and, when ``ctx.ortho`` is set (training
+        with ``ortho_target=quantized``) and autograd is on, their orthogonality loss on L̃ rebuilt from the detached
+        features, kept in ``ctx.ortho_terms`` while that is a dict. (It is computed, not kept, in a gradient
+        checkpoint's recomputation, which must repeat the forward's operations.)"""
         w, lq = self.quantize(h, latents)
+        if ctx is not None:
+            ctx.quantized_cos[name] = mean_abs_cosine_tensor(lq)
+            if ctx.ortho and torch.is_grad_enabled():
+                term = orthogonality_loss(self.quantize(h.detach(), latents)[1])
+                if ctx.ortho_terms is not None:
+                    ctx.ortho_terms[name] = term
         N, P, _ = h.shape
         q = self.to_q(self.norm(h)).view(N, P, self.heads, -1).transpose(1, 2)
         k = self.to_k(lq).view(N, lq.shape[1], self.heads, -1).transpose(1, 2)
@@ -100,6 +128,10 @@ class InteractionContext:
         self.mask: Optional[torch.Tensor] = None
         self.last_weights: dict[str, torch.Tensor] = {}
         self.record = False
+        self.ortho = False                                   # compute the quantized orthogonality terms (training)
+        # block name → ‖L̃̂L̃̂ᵀ − I‖² / n² (mean over rows) while a training forward collects them; None otherwise
+        self.ortho_terms: Optional[dict[str, torch.Tensor]] = None
+        self.quantized_cos: dict[str, torch.Tensor] = {}     # block name → mean |cos| of L̃ in its last forward
 
 
 def _spatial_hook(name: str, block: InteractionBlock, latents: Callable[[], torch.Tensor], ctx: InteractionContext):
@@ -109,7 +141,7 @@ def _spatial_hook(name: str, block: InteractionBlock, latents: Callable[[], torc
         N, C, H, W = x.shape
         m = None if ctx.mask is None else region_mask_at(ctx.mask.to(x.dtype), (H, W)).flatten(2).transpose(1, 2)
         tokens = x.flatten(2).transpose(1, 2)
-        out, w = block(tokens, latents(), m)
+        out, w = block(tokens, latents(), m, ctx, name)
         if ctx.record:
             ctx.last_weights[name] = w.detach()
         y = out.transpose(1, 2).reshape(N, C, H, W)
@@ -136,7 +168,7 @@ def _temporal_hook(name: str, block: InteractionBlock, latents: Callable[[], tor
         if ctx.mask is not None:
             mm = region_mask_at(ctx.mask.to(x.dtype), (H, W)).view(B, T, 1, H, W)
             m = mm.permute(0, 3, 4, 1, 2).reshape(B * H * W, T, 1)
-        out, w = block(tokens, latents(), m)
+        out, w = block(tokens, latents(), m, ctx, name)
         if ctx.record:
             ctx.last_weights[name] = w.detach()
         y = out.view(B, H, W, T, C).permute(0, 3, 4, 1, 2).reshape(N, C, H, W)

@@ -7,8 +7,11 @@ hand/face masks, and the ID preserver's tokens (``identity``); every spatial tra
 followed by a region-aware interaction block reading the spatial latents ``L_s`` (n×d) / temporal latents ``L_t``
 (m×d), whose update is confined to the hand ∪ face region ``M`` (``interaction``).
 
-Losses: ``λ_diffusion·‖ε − ε_θ‖²`` (core) + ``λ_ortho·(‖L̂_sL̂_sᵀ − I‖² + ‖L̂_tL̂_tᵀ − I‖²)`` +
-``λ_mask·BCE(mask predictor, batch masks)``.
+Losses: ``λ_diffusion·‖ε − ε_θ‖²`` (core) + ``λ_ortho·(O_s + O_t)`` + ``λ_mask·BCE(mask predictor, batch masks)``,
+with ``O = ‖X̂X̂ᵀ − I‖²_F / n²`` on ``X`` = the quantized latents ``L̃`` of each spatial (O_s) / temporal (O_t) block,
+averaged over its blocks and rows (``ortho_target=quantized``, default) or ``X`` = ``L_s`` / ``L_t`` themselves
+(``ortho_target=raw``, the earlier design, which cannot reach the samples at the full-size initialisation; see
+``interaction`` and ``benchmarks/interanimate_ortho.py``).
 """
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ from torch import nn
 
 from lit_models.diffusion.module import ReferenceVideoDiffusion, resize
 from lit_models.interanimate.identity import ID_DIMS, IdentityEncoder, IdentityProjector
-from lit_models.interanimate.interaction import (InteractionBlock, InteractionContext, _spatial_hook, _temporal_hook,
-                                                 channels_of, is_motion_module, is_spatial_transformer,
-                                                 mean_abs_cosine, orthogonality_loss)
+from lit_models.interanimate.interaction import (ORTHO_TARGETS, InteractionBlock, InteractionContext, _spatial_hook,
+                                                 _temporal_hook, channels_of, is_motion_module,
+                                                 is_spatial_transformer, mean_abs_cosine, orthogonality_loss)
 
 
 class MotionGuider(nn.Module):
@@ -69,18 +72,23 @@ class InterAnimate(ReferenceVideoDiffusion):
         init_std = float(cfg.get("latent_init_std", 1.0))  # checkpoints from before the knob: loaded weights anyway
         self.spatial_latents = nn.Parameter(torch.randn(cfg.num_spatial_latents, d) * init_std)
         self.temporal_latents = nn.Parameter(torch.randn(cfg.num_temporal_latents, d) * init_std)
+        if cfg.get("ortho_target", "quantized") not in ORTHO_TARGETS:
+            raise ValueError(f"model.ortho_target must be one of {', '.join(ORTHO_TARGETS)}, got {cfg.ortho_target!r}")
         self.spatial_blocks, self.temporal_blocks = nn.ModuleDict(), nn.ModuleDict()
+        self._spatial_names, self._temporal_names = [], []
         self._hooks = []
         for name, module in self.denoiser.named_modules():
             key = name.replace(".", "_")
             if cfg.use_spatial_interaction and is_spatial_transformer(name, module):
                 blk = InteractionBlock(channels_of(module), d, cfg.interaction_heads, cfg.quant_temperature, cfg.use_zero_init)
                 self.spatial_blocks[key] = blk
+                self._spatial_names.append(name)
                 self._hooks.append(module.register_forward_hook(
                     _spatial_hook(name, blk, lambda: self.spatial_latents, self.ctx), with_kwargs=True))
             elif cfg.use_temporal_interaction and self.is_video and is_motion_module(name, module):
                 blk = InteractionBlock(channels_of(module), d, cfg.interaction_heads, cfg.quant_temperature, cfg.use_zero_init)
                 self.temporal_blocks[key] = blk
+                self._temporal_names.append(name)
                 self._hooks.append(module.register_forward_hook(
                     _temporal_hook(name, blk, lambda: self.temporal_latents, self.ctx), with_kwargs=True))
         if cfg.use_spatial_interaction and not self.spatial_blocks:
@@ -154,15 +162,27 @@ class InterAnimate(ReferenceVideoDiffusion):
         B, T = m.shape[:2]
         return resize(m.flatten(0, 1), self.cfg.resolution).view(B, T, -1, self.cfg.resolution, self.cfg.resolution)
 
+    @property
+    def ortho_target(self) -> str:
+        return str(self.cfg.get("ortho_target", "quantized"))   # checkpoints from before the knob: quantized
+
     def latent_terms(self) -> dict[str, torch.Tensor]:
+        """``loss_ortho`` = O_s + O_t (module docstring); quantized: from the terms the blocks recorded in the forward."""
         terms = {}
-        if self.use_loss("ortho"):
-            loss = torch.zeros((), device=self.spatial_latents.device)
+        if not self.use_loss("ortho"):
+            return terms
+        loss = torch.zeros((), device=self.spatial_latents.device)
+        if self.ortho_target == "raw":
             if self.spatial_blocks:
                 loss = loss + orthogonality_loss(self.spatial_latents)
             if self.temporal_blocks:
                 loss = loss + orthogonality_loss(self.temporal_latents)
-            terms["loss_ortho"] = loss
+        else:
+            for names in (self._spatial_names, self._temporal_names):
+                parts = [self.ctx.ortho_terms[n] for n in names if n in (self.ctx.ortho_terms or {})]
+                if parts:
+                    loss = loss + torch.stack(parts).mean()
+        terms["loss_ortho"] = loss
         return terms
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -170,12 +190,16 @@ class InterAnimate(ReferenceVideoDiffusion):
         self._pending = {"masks": masks}
         if self.id_projector is not None:
             self._pending["id"] = self.identity(batch["source"])
+        # ctx.ortho stays set after this call: a gradient checkpoint's recomputation (in backward) repeats the terms
+        self.ctx.ortho = self.use_loss("ortho") and self.ortho_target == "quantized"
+        self.ctx.ortho_terms = {}
         try:
             terms = super().compute_losses(batch)
+            terms.update(self.latent_terms())
         finally:
+            # ctx.mask is kept too (until the next denoiser call sets it): the recomputation needs the same regions
             self._pending = {}
-            self.ctx.mask = None
-        terms.update(self.latent_terms())
+            self.ctx.ortho_terms = None
         if self.use_loss("mask") and self.mask_predictor is not None and masks is not None:
             drv = self.to_model(batch["driving"]).flatten(0, 1)
             logits = self.mask_predictor(drv)
@@ -188,12 +212,19 @@ class InterAnimate(ReferenceVideoDiffusion):
         return loss
 
     def latent_stats(self) -> dict[str, float]:
-        """Mean |cos| between distinct learned latents (the ortho sweep's latent-correlation columns)."""
+        """Mean |cos| between distinct learned latents L (``latent_abs_cos_*``) and between the quantized latents L̃
+        attention read in the last denoiser call, averaged over its blocks and rows (``quantized_abs_cos_*``, once
+        the denoiser has run): the ortho sweep's latent-correlation columns."""
         out = {}
-        if self.spatial_blocks:
-            out["latent_abs_cos_spatial"] = mean_abs_cosine(self.spatial_latents)
-        if self.temporal_blocks:
-            out["latent_abs_cos_temporal"] = mean_abs_cosine(self.temporal_latents)
+        for kind, blocks, latents, names in (("spatial", self.spatial_blocks, self.spatial_latents, self._spatial_names),
+                                             ("temporal", self.temporal_blocks, self.temporal_latents,
+                                              self._temporal_names)):
+            if not blocks:
+                continue
+            out[f"latent_abs_cos_{kind}"] = mean_abs_cosine(latents)
+            seen = [self.ctx.quantized_cos[n] for n in names if n in self.ctx.quantized_cos]
+            if seen:
+                out[f"quantized_abs_cos_{kind}"] = float(torch.stack(seen).mean())
         return out
 
     # ---- sampling ---------------------------------------------------------------------------------------------

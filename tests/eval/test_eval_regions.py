@@ -40,13 +40,6 @@ def test_masked_ssim_matches_torchmetrics_full_image_map():
     assert torch.allclose(l1[:2], torch.stack(by_hand), atol=1e-6) and math.isnan(l1[2])
 
 
-def test_interanimate_reexports_the_eval_functions():
-    import eval.regions as R
-    import lit_models.interanimate.metrics as M
-
-    assert M.masked_ssim is R.masked_ssim and M.contact_region is R.contact_region and callable(M.mean_abs_cosine)
-
-
 class HandsData:
     """Videos whose target carries hand / face masks: a face square, a hand square that moves into it."""
 

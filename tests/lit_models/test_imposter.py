@@ -127,17 +127,114 @@ def test_per_pair_finetuning_lowers_denoising_loss(compose_cfg):
     assert after["loss_source"] < before["loss_source"] and after["loss_driving"] < before["loss_driving"]
 
 
-def test_lora_only_trains_adapters_and_lambda_zero_skips(compose_cfg):
-    cfg = compose_cfg("train", TINY + ["model.use_full_unet=false", "model.lambda_driving=0"])
+def _one_step(m, lr=1e-2, seed=0):
+    """One Adam step of the model's own optimizer (its trainable set) on a fixed pair; returns the old weights."""
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = m.configure_optimizers()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    src, drv = _pair(seed)
+    torch.manual_seed(seed)
+    m.weighted_total(m.compute_losses({"source": src, "driving": drv[:, None]})).backward()
+    opt.step()
+    return before, opt
+
+
+def test_default_finetunes_every_unet_weight_as_released(compose_cfg):
+    full = compose_cfg("train", ["model=imposter"]).model
+    assert full.finetune == "full" and full.lr == pytest.approx(2e-6) and full.driving_prompt_steps == 6
+    assert full.shared_noise and full.num_inference_steps == 50 and full.cfg_scale == 7.5
+    torch.manual_seed(0)
+    m = build_model(compose_cfg("train", TINY).model)
+    assert m.cfg.finetune == "full"
+    before, opt = _one_step(m)
+    opt_ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert opt_ids == {id(p) for p in m.unet.parameters()}  # every U-Net weight, nothing else (no text encoder)
+    assert not any("lora_" in n for n, _ in m.named_parameters())
+    moved = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    unet = {f"unet.{n}" for n, _ in m.unet.named_parameters()}
+    assert moved == unet, sorted(unet ^ moved)[:5]
+
+
+def test_lora_mode_trains_only_adapters_and_saves_them_with_peft(compose_cfg, tmp_path):
+    from peft import PeftModel
+
+    cfg = compose_cfg("train", TINY + ["model.finetune=lora", "model.lambda_driving=0"])
+    torch.manual_seed(0)
     m = build_model(cfg.model)
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any(p.requires_grad for p in m.text_encoder.parameters())
     src, drv = _pair()
-    terms = m.compute_losses({"source": src, "driving": drv[:, None]})
-    assert set(terms) == {"loss_source"}
-    m.weighted_total(terms).backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.named_parameters() if "lora_B" in n)
+    assert set(m.compute_losses({"source": src, "driving": drv[:, None]})) == {"loss_source"}  # λ = 0 skips it
+    before, _ = _one_step(m)
+    moved = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("lora_" in n for n in moved) and any("lora_B" in n for n in moved)
+
+    # the personalized adapter through peft's save_pretrained, restored on a fresh base U-Net by PeftModel
+    folder = m.save_adapter(tmp_path / "lora")
+    assert (folder / "adapter_config.json").exists() and (folder / "adapter_model.safetensors").exists()
+    torch.manual_seed(0)
+    base = build_model(compose_cfg("train", TINY).model).unet  # same seed: the same (untouched) base weights
+    restored = PeftModel.from_pretrained(base, str(folder)).eval()
+    m.eval()
+    z, t, emb = torch.randn(1, 3, 16, 16), torch.tensor([500]), m.encode_prompts(["a man"])
+    with torch.no_grad():
+        ours, theirs = m.unet(z, t, encoder_hidden_states=emb).sample, restored(z, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+    with restored.disable_adapter(), torch.no_grad():
+        plain = restored(z, t, encoder_hidden_states=emb).sample
+    assert (plain - ours).abs().max() > 1e-4  # the adapter is what makes the difference
+    full = build_model(compose_cfg("train", TINY).model)
+    with pytest.raises(ValueError, match="finetune=lora"):
+        full.save_adapter(tmp_path / "nope")
+    with pytest.raises(ValueError, match="model.finetune"):
+        build_model(compose_cfg("train", TINY + ["model.finetune=adapters"]).model)
+
+
+def test_full_lora_trains_the_unet_and_the_adapters(compose_cfg):
+    torch.manual_seed(0)
+    m = build_model(compose_cfg("train", TINY + ["model.finetune=full_lora"]).model)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable)
+    assert trainable == {f"unet.{n}" for n, _ in m.unet.named_parameters()}
+
+
+@torch.no_grad()
+def test_prompt_switch_happens_at_step_k(compose_cfg):
+    """The conditional branch reads c_D for DDIM steps 0..K-1 and c_T from step K on (K = driving_prompt_steps)."""
+    cfg = compose_cfg("train", TINY + ["model.num_inference_steps=8", "model.driving_prompt_steps=6"])
+    torch.manual_seed(0)
+    m = build_model(cfg.model).eval()
+    seen = []
+    hook = m.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    src, drv = _pair()
+    try:
+        m.sample(src, drv, target_prompts=["a photo of the woman waving"], driving_prompts=["a man waving"])
+    finally:
+        hook.remove()
+    emb_d, emb_t = m.encode_prompts(["a man waving"]), m.encode_prompts(["a photo of the woman waving"])
+    assert len(seen) == 8 and not torch.allclose(emb_d, emb_t)
+    cond = [e[1:] for e in seen]  # CFG: [uncond ; cond]
+    used = ["D" if torch.equal(c, emb_d) else "T" if torch.equal(c, emb_t) else "?" for c in cond]
+    assert used == ["D"] * 6 + ["T"] * 2
+
+
+def test_shared_noise_uses_one_noise_and_timestep_for_both_images(compose_cfg, monkeypatch):
+    torch.manual_seed(0)
+    m = build_model(compose_cfg("train", TINY).model)
+    calls = []
+    add_noise = m.noise_scheduler.add_noise
+    monkeypatch.setattr(m.noise_scheduler, "add_noise",
+                        lambda z, n, t: calls.append((n.clone(), t.clone())) or add_noise(z, n, t))
+    src, drv = _pair()
+    m.compute_losses({"source": src, "driving": drv[:, None]})
+    (noise, t), = calls
+    assert torch.equal(noise[0], noise[1]) and t[0] == t[1]
+    m.cfg.shared_noise = False
+    m.compute_losses({"source": src, "driving": drv[:, None]})
+    assert not torch.equal(calls[1][0][0], calls[1][0][1])
 
 
 def test_full_config_is_sd21_base_and_names_missing_weights(compose_cfg, tmp_path):
