@@ -96,10 +96,20 @@ def _architecture_only(model_cfg):
         return original(cls, path, subfolder, local_files_only, what)
 
     networks._from_pretrained = from_config
+    try:   # X-NeMo's reference image encoder: CLIP ViT-L/14 weights → the same architecture (its stand-in)
+        from lit_models.xnemo import model as xnemo_model
+    except ImportError:
+        xnemo_model = None
+    original_encoder = getattr(xnemo_model, "build_image_encoder", None)
+    if original_encoder is not None:
+        xnemo_model.build_image_encoder = lambda kind, path, dim: original_encoder(
+            "clip_standin" if kind == "clip" else kind, path, dim)
     try:
         yield
     finally:
         networks._from_pretrained = original
+        if original_encoder is not None:
+            xnemo_model.build_image_encoder = original_encoder
 
 
 def build_meta_model(cfg) -> nn.Module:
