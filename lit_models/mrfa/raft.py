@@ -215,6 +215,8 @@ class RaftFlow(nn.Module):
             r = self.start * 2 ** i
             id_grid = coords_grid(b, r, r, img)
             d_flow = None
+            if trace is not None:
+                trace[f"iter{i}.flow_in"] = flow
             if i in refined:
                 flow_sample, id_sample, scale = flow, id_grid, 1
                 if i < bri:
@@ -231,7 +233,6 @@ class RaftFlow(nn.Module):
                 corr = CorrBlock(cv, self.corr_levels, self.corr_radius)((flow_sample + id_sample) * scale)
                 if trace is not None:
                     trace[f"iter{i}.corr_lookup"] = corr
-                    trace[f"iter{i}.flow_in"] = flow
                 if i > bri:
                     corr = _up(corr, flow.shape[2])
                 m_f = self.corr_enc(flow, corr)
