@@ -81,6 +81,7 @@ class FOMMKPConfig:
     num_blocks: int = 5
     scale_factor: float = 0.25
     temperature: float = 0.1
+    tps_backbone: str = "resnet18"      # tps: resnet18 (TPSMM) | conv
 
 
 @model_schema("mrfa")

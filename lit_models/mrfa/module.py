@@ -79,7 +79,7 @@ class MRFA(AnimationModule):
                                       k.temperature, k.scale_factor, c.use_jacobian, c.norm)
         else:
             k = c.kp
-            self.encoder = TPSKPDetector(c.num_kp, c.points_per_tps, c.num_channels, "resnet18", k.block_expansion,
+            self.encoder = TPSKPDetector(c.num_kp, c.points_per_tps, c.num_channels, k.tps_backbone, k.block_expansion,
                                          4, c.norm)
         d = c.dense_motion
         if c.prior == "tps":   # TPSMM's sparse motions (lit_models.common; occlusion logits as the official code)

@@ -131,9 +131,10 @@ class RaftFlow(nn.Module):
         self.generator = OcclusionAwareGenerator(**generator)
         S = self.generator.num_up_blocks + 1
         self.num_scales, self.start = S, size // 2 ** (S - 1)
-        if self.start < 1 or self.h % self.start or self.h < self.start:
-            raise ValueError(f"model: the coarsest generator scale {size}/2^{S - 1} must divide the prior resolution "
-                             f"{self.h} (resolution × dense_motion.scale_factor)")
+        if self.start < 2 or self.h % self.start or self.h < self.start:
+            raise ValueError(f"model: the coarsest generator scale {size}/2^{S - 1} must be ≥ 2 px and divide the prior "
+                             f"resolution {self.h} (resolution × dense_motion.scale_factor); "
+                             f"lower model.generator.num_up_blocks or raise model.resolution")
         self.basic_res_index = int(round(math.log2(self.h // self.start)))
         self.refined = refine_scales(refine_iters, S, schedule)
         self.prior_only = not self.refined
