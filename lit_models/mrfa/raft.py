@@ -3,7 +3,7 @@
 Structure correlation volume (Sec. 3.2): keypoint Gaussians (variance 0.1) plus a learned position embedding,
 encoded by two Hourglasses (driving: heatmaps only; source: heatmaps + the ¼-size source image) and projected to
 ``corr_dim`` channels, give ``C = F_D F_S^T / sqrt(corr_dim)`` over all (driving, source) pixel pairs at the prior's
-resolution ``size · dm_scale``.
+resolution ``size · dense_motion.scale_factor`` (official: size / 4).
 
 Refinement (Sec. 3.3) runs coarse to fine over the S = num_up_blocks + 1 generator scales, starting at
 ``size / 2^(S-1)``: at a refined scale the flow ``T̃`` (pixels, B×2×h×w) and occlusion logit ``Õ`` read a

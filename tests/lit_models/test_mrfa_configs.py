@@ -43,3 +43,13 @@ def test_mrfa_reconstruction_protocol_is_the_official_one():
     assert list(p.metrics) == ["l1", "lpips_vgg", "psnr"] and p.include_source_frame   # frame 0 scored as well
     vox = load_protocol("vox_self")
     assert not vox.include_source_frame and vox.max_videos == 0
+
+
+def test_benchmark_without_official_checkout_is_skipped(capsys, monkeypatch, tmp_path):
+    from benchmarks.mrfa import main
+
+    monkeypatch.delenv("MRFA_OFFICIAL", raising=False)
+    assert main([]) == 0 and "skipped" in capsys.readouterr().out
+    assert main(["--official", str(tmp_path / "absent")]) == 0 and "skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="K = 6 and K = 0"):
+        main(["--official", str(tmp_path), "--ks", "4"])
