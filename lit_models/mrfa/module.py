@@ -75,23 +75,28 @@ class MRFA(AnimationModule):
                 estimate_jacobian=c.use_jacobian)
         elif c.prior == "fomm":
             k = c.kp
-            self.encoder = KPDetector(c.num_kp, c.num_channels, k.block_expansion, k.max_features, k.num_blocks,
-                                      k.temperature, k.scale_factor, c.use_jacobian, c.norm)
+            self.encoder = KPDetector(num_kp=c.num_kp, num_channels=c.num_channels, block_expansion=k.block_expansion,
+                                      max_features=k.max_features, num_blocks=k.num_blocks,
+                                      temperature=k.temperature, scale_factor=k.scale_factor,
+                                      estimate_jacobian=c.use_jacobian, norm=c.norm)
         else:
             k = c.kp
-            self.encoder = TPSKPDetector(c.num_kp, c.points_per_tps, c.num_channels, k.tps_backbone, k.block_expansion,
-                                         4, c.norm)
+            self.encoder = TPSKPDetector(num_tps=c.num_kp, points_per_tps=c.points_per_tps,
+                                         num_channels=c.num_channels, backbone=k.tps_backbone,
+                                         block_expansion=k.block_expansion, num_blocks=4, norm=c.norm)
         d = c.dense_motion
         if c.prior == "tps":   # TPSMM's sparse motions (lit_models.common; occlusion logits as the official code)
-            self.dense_motion = TPSDenseMotion("tps", c.num_kp, c.points_per_tps, c.num_channels, d.block_expansion,
-                                               d.num_blocks, d.max_features, d.scale_factor, d.kp_variance, True,
-                                               c.norm)
+            self.dense_motion = TPSDenseMotion(prior="tps", num_kp=c.num_kp, points_per_tps=c.points_per_tps,
+                                               num_channels=c.num_channels, block_expansion=d.block_expansion,
+                                               num_blocks=d.num_blocks, max_features=d.max_features,
+                                               scale_factor=d.scale_factor, kp_variance=d.kp_variance,
+                                               estimate_occlusion=True, norm=c.norm)
         else:
             self.dense_motion = DenseMotionNetwork(num_kp=c.num_kp, num_channels=c.num_channels,
                                                    block_expansion=d.block_expansion, num_blocks=d.num_blocks,
                                                    max_features=d.max_features, scale_factor=d.scale_factor,
                                                    kp_variance=d.kp_variance)
-        self.bg_predictor = BGMotionPredictor(c.num_channels, norm=c.norm) if c.use_bg_motion else None
+        self.bg_predictor = BGMotionPredictor(num_channels=c.num_channels, norm=c.norm) if c.use_bg_motion else None
         r = c.refiner
         self.decoder = RaftFlow(size=c.resolution, num_kp=c.num_kp, generator=dict(num_channels=c.num_channels, **c.generator),
                                 driving_encoder=dict(c.driving_encoder), source_encoder=dict(c.source_encoder),
