@@ -1,211 +1,304 @@
-"""MRFA benchmark (``python -m benchmarks.mrfa``): training-step time and peak memory, inference time, parameters.
+"""Same-run benchmark of our MRFA against the official code (``python -m benchmarks.mrfa --official PATH``).
 
-Full paper configuration (``model=mrfa``: 10 keypoints, 6 generator scales at 256²), batch 2, T = 1:
+PATH is a checkout of https://github.com/JialeTao/MRFA (the user provides it; nothing is downloaded). Both networks
+are built from the official ``config/vox1.yaml`` sizes at ``--res`` (official default 256), our model gets the
+official model's weights (``lit_models.mrfa.import_official``), and the script
 
-1. seconds per training step (forward + all losses + backward + Adam) at 128² and 256², K = 0 (prior only) and
-   the full K (one refinement step per generator scale: 6 at both sizes, 5 down blocks); peak memory of each (CPU: peak RSS of a fresh
-   process, also shown above the process's RSS after building the model; CUDA: ``max_memory_allocated``);
-2. inference seconds per frame at 256² (``animate``, batch 1, full K);
-3. trainable parameters per sub-network.
+1. checks that the two eval forwards give the same prediction (max abs diff printed);
+2. times one training step (forward with the official losses: VGG-19 perceptual pyramid ×4 scales × 5 layers
+   weight 10, equivariance 10, equivariance-Jacobian 10; backward; the official ∞-norm clip 10 on the prior;
+   Adam) of each, *interleaved* in one process — official, ours, official, ours … — for K = 6 and K = 0
+   (``raft_flow.prior_only``), batch ``--batch`` (2), and prints medians, the ratio ours/official and the peak
+   memory of each step (CUDA: ``max_memory_allocated``; CPU: peak RSS above the RSS before the step, sampled
+   every 2 ms). Same machine, same run, identical losses: only the ratios are meaningful across machines.
 
-The perceptual loss in these timings is VGG-19 over the 4-level pyramid as in the paper: with the ImageNet
-weights when present, else a VGG-19 with *random weights, labelled as such, for timing only* (the cost is the
-same; no loss anyone trains with). ``--perceptual pyramid_l1_ssim`` times the offline stand-in instead.
-Each configuration runs in its own process (clean peak-memory figures). ``--json PATH`` writes the figures.
-
-Reference (official implementation, this machine type, 2 threads, random weights): 2.8 s/step at 128², 12.5 s at
-256² (5.1 s prior-only), 1.6 s/frame inference at 256², 114 M parameters, ~7 GiB peak training at 256².
-The machine may be shared: compare ratios measured in the same session.
+The VGG-19 of both losses has random weights unless torchvision's ImageNet file is cached (timing is the same;
+the label says which). Needs ``einops`` to import the official code (``pip install einops``); timm's
+``trunc_normal_`` is replaced by torch's when timm is absent. ``--json PATH`` writes the figures.
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # no OpenMP spin-waiting on a shared, oversubscribed CPU
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import copy
 import json
-import multiprocessing as mp
-import resource
 import statistics
+import sys
+import threading
 import time
+import types
 from pathlib import Path
 
-REFERENCE = {"step_128_fullK": 2.8, "step_256_fullK": 12.5, "step_256_K0": 5.1, "infer_256_per_frame": 1.6,
-             "params_M": 114.0, "peak_256_GiB": 7.0}
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _rss_gib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2 ** 20
-    return float("nan")
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
+class PeakRSS:
+    """Peak resident memory above the value at entry, sampled in a thread (CPU runs). Freed heap memory is handed
+    back to the OS first (glibc ``malloc_trim``), so the figure is the step's own working memory."""
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        _malloc_trim()
+        self.base = self.peak = _rss_bytes()
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop:
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._t.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def gib(self) -> float:
+        return (self.peak - self.base) / 2 ** 30
 
 
-def build(resolution: int, refine_iters: int | None, perceptual: str, device: str):
+def import_official(path: Path, device: str):
+    """The official ``MRFA`` class and vox1 config dict (``.cuda()`` made a no-op on CPU)."""
+    import torch
+    import yaml
+
+    if not (path / "modules" / "model.py").is_file():
+        raise FileNotFoundError(f"--official {path}: not a checkout of JialeTao/MRFA (modules/model.py missing)")
+    try:
+        import einops  # noqa: F401
+    except ImportError as e:
+        raise SystemExit("the official MRFA code needs einops: pip install einops") from e
+    shim = []
+    try:
+        from timm.models.layers.weight_init import trunc_normal_  # noqa: F401
+    except ImportError:   # timm absent (or ≥ 1.0 without the old path): the official code only uses trunc_normal_
+        for name in ("timm", "timm.models", "timm.models.layers", "timm.models.layers.weight_init"):
+            if name not in sys.modules:
+                sys.modules[name] = types.ModuleType(name)
+                shim.append(name)
+        sys.modules["timm.models.layers.weight_init"].trunc_normal_ = torch.nn.init.trunc_normal_
+    if device == "cpu":
+        torch.nn.Module.cuda = lambda self, *a, **k: self
+    import torchvision
+
+    orig = torchvision.models.vgg19
+
+    def vgg19(pretrained=False, **kw):     # the official Vgg19 asks for ImageNet weights: use them only if cached
+        try:
+            return orig(weights="IMAGENET1K_V1") if pretrained and _vgg_cached() else orig(weights=None)
+        except Exception:
+            return orig(weights=None)
+
+    torchvision.models.vgg19 = vgg19
+    sys.path.insert(0, str(path))
+    from modules.model import MRFA as OfficialMRFA
+
+    for name in shim:      # the official modules hold their trunc_normal_; do not leave a fake timm behind
+        del sys.modules[name]
+    cfg = yaml.safe_load((path / "config" / "vox1.yaml").read_text())
+    return OfficialMRFA, cfg
+
+
+def _vgg_cached() -> bool:
+    from lit_models.common.perceptual import vgg19_weights_path
+
+    try:
+        vgg19_weights_path(None)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _attr(d):
+    class A(dict):
+        __getattr__ = dict.__getitem__
+
+    return A({k: _attr(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+
+def official_config(cfg: dict, res: int, prior_only: bool) -> dict:
+    c = copy.deepcopy(cfg)
+    c["dataset_params"]["frame_shape"] = [res, res, 3]
+    c["raft_flow"]["size"] = res
+    c["raft_flow"]["prior_only"] = prior_only
+    m = c["mtia_kp_detector"]["MODEL"]
+    m["IMAGE_SIZE"] = [res, res]
+    m["HEATMAP_SIZE"] = [res // 4, res // 4]
+    return c
+
+
+def build_pair(Official, cfg: dict, res: int, K: int, device: str):
+    """(official model, our model with its weights, label of the VGG used)."""
     import torch
     from omegaconf import OmegaConf
 
-    from lit_models.common.perceptual import MultiScalePerceptualLoss, VGG19Features, vgg19_weights_path
+    from lit_models.common.perceptual import MultiScalePerceptualLoss, VGG19Features
     from lit_models.mrfa import MRFA
+    from lit_models.mrfa.import_official import infer_sizes, normalise_state_dict
+
+    torch.manual_seed(0)
+    c = official_config(cfg, res, prior_only=K == 0)
+    off = Official(_attr(c)).to(device)
+    sd, _ = normalise_state_dict(off.state_dict())
+    sizes = infer_sizes(sd) if K else None
+    from lit_models.mrfa.import_official import sizes_from_official_yaml  # noqa: F401
     from lit_models.mrfa.config import MRFAConfig
 
-    cfg = OmegaConf.merge(OmegaConf.structured(MRFAConfig), {"resolution": resolution})
-    if refine_iters is None:    # full K: one step per generator scale at this resolution
-        refine_iters = cfg.gen_num_down_blocks + 1
-    cfg.refine_iters = refine_iters
-    label = perceptual
-    if perceptual == "vgg19":
-        try:
-            vgg19_weights_path(cfg.vgg_weights)
-        except FileNotFoundError:
-            label = "vgg19 (random weights, timing only)"
-        cfg.perceptual = "pyramid_l1_ssim"      # build the loss below
-    else:
-        cfg.perceptual = perceptual
-    model = MRFA(cfg).to(device)
-    if perceptual == "vgg19":
-        loss = MultiScalePerceptualLoss("pyramid_l1_ssim", cfg.perceptual_scales, cfg.perceptual_layer_weights)
-        loss.backend = "vgg19"
-        if label == "vgg19":
-            loss.vgg = VGG19Features(cfg.vgg_weights)
-        else:
-            from torchvision.models import vgg19
+    ours_cfg = OmegaConf.merge(OmegaConf.structured(MRFAConfig),
+                               sizes or {"resolution": res, "refine_iters": 0},
+                               {"mtia": {"heads": c["mtia_kp_detector"]["MODEL"]["TRANSFORMER_HEADS"]},
+                                "perceptual": "pyramid_l1_ssim"})
+    ours = MRFA(ours_cfg).to(device)
+    ours.load_state_dict(sd, strict=True)
+    # the same frozen VGG-19 (the official one's weights) and the official 4-scale pyramid in our loss
+    loss = MultiScalePerceptualLoss("pyramid_l1_ssim", [1, 0.5, 0.25, 0.125], [10] * 5)
+    loss.backend = "vgg19"
+    import torchvision
 
-            loss.vgg = VGG19Features(net=vgg19(weights=None))
-        model._perceptual.append(loss.to(device))
-    return model, label
+    net = torchvision.models.vgg19(weights=None)
+    src = [m for s in (off.vgg.slice1, off.vgg.slice2, off.vgg.slice3, off.vgg.slice4, off.vgg.slice5)
+           for m in s]
+    for i, m in enumerate(src):
+        net.features[i] = m
+    loss.vgg = VGG19Features(net=net)
+    ours._perceptual.append(loss.to(device))
+    return off, ours, "vgg19 (ImageNet)" if _vgg_cached() else "vgg19 (random weights, timing only)"
 
 
-def _sync(device: str):
+def step_official(model, opt, x, clip=10.0):
+    import math
+
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    _, _, losses, _, _ = model(x, epoch=100, is_train=True)
+    loss = sum(v.mean() for v in losses.values())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), max_norm=clip, norm_type=math.inf)
+    torch.nn.utils.clip_grad_norm_(model.dense_motion.parameters(), max_norm=clip, norm_type=math.inf)
+    opt.step()
+    return float(loss.detach())
+
+
+def step_ours(model, opt, x):
+    opt.zero_grad(set_to_none=True)
+    b = {"source": x["source"], "driving": x["driving"][:, None]}
+    loss = model.weighted_total(model.compute_losses(b))
+    loss.backward()
+    model.configure_gradient_clipping(opt)
+    opt.step()
+    return float(loss.detach())
+
+
+def timed(fn, device):
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def train_job(resolution: int, refine_iters: int | None, perceptual: str, device: str, threads: int, steps: int,
-              batch: int, queue) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model, label = build(resolution, refine_iters, perceptual, device)
-    opt = model.configure_optimizers()
-    b = {"source": torch.rand(batch, 3, resolution, resolution, device=device),
-         "driving": torch.rand(batch, 1, 3, resolution, resolution, device=device)}
-    base = _rss_gib()
-    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(steps + 1):       # the first step warms up (allocator, oneDNN primitives) and is not timed
-        _sync(device)
         t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = model.weighted_total(model.compute_losses(b))
-        loss.backward()
-        opt.step()
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith("cuda") else _peak_rss_gib()
-    queue.put({"resolution": resolution, "refine_iters": model.cfg.refine_iters, "perceptual": label,
-               "s_per_step": statistics.median(times), "s_per_step_all": times,
-               "peak_GiB": peak, "peak_above_model_GiB": (peak - base) if not device.startswith("cuda") else peak})
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2 ** 30
+    with PeakRSS() as m:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+    return dt, m.gib
 
 
-def infer_job(resolution: int, device: str, threads: int, frames: int, queue) -> None:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.mrfa", description=__doc__.split("\n")[0])
+    ap.add_argument("--official", default=os.environ.get("MRFA_OFFICIAL"),
+                    help="checkout of JialeTao/MRFA (default: $MRFA_OFFICIAL); without it the benchmark is skipped")
+    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--ks", type=int, nargs="+", default=[6, 0], help="refinement steps to time (6 and/or 0)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per model (after one warm-up step)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
     import torch
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model, _ = build(resolution, None, "pyramid_l1_ssim", device)
-    model.eval()
-    src = torch.rand(1, 3, resolution, resolution, device=device)
-    drv = torch.rand(1, frames, 3, resolution, resolution, device=device)
-    model.animate(src, drv[:, :1])
-    _sync(device)
-    t = time.perf_counter()
-    model.animate(src, drv, relative=True)
-    _sync(device)
-    groups = {"kp_detector": model.kp_detector, "dense_motion": model.dense_motion,
-              "refiner.structure": model.refiner.structure, "refiner.update+context": [model.refiner.update,
-                                                                                      model.refiner.to_context],
-              "generator (prior path)": [m for n, m in model.generator.named_children() if n != "fuse"],
-              "generator.fuse": model.generator.fuse}
-    counts = {}
-    for name, mods in groups.items():
-        mods = mods if isinstance(mods, list) else [mods]
-        counts[name] = sum(p.numel() for m in mods for p in m.parameters() if p.requires_grad)
-    counts["total"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    queue.put({"s_per_frame": (time.perf_counter() - t) / frames, "frames": frames, "params": counts,
-               "refine_iters": model.cfg.refine_iters})
-
-
-def run(fn, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=fn, args=(*args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
-
-
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--resolutions", type=int, nargs="+", default=[128, 256])
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per configuration (median reported)")
-    ap.add_argument("--frames", type=int, default=4, help="frames for the inference timing")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--perceptual", default="vgg19", choices=["vgg19", "pyramid_l1_ssim"])
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-
-    from rich.console import Console
-    from rich.progress import track
-    from rich.table import Table
-
-    jobs = [(r, k) for r in args.resolutions for k in (0, None)]
-    results = {"train": [], "device": args.device, "threads": args.threads, "batch": args.batch,
-               "reference_official": REFERENCE}
-    for r, k in track(jobs, description="MRFA training steps"):
-        results["train"].append(run(train_job, r, k, args.perceptual, args.device, args.threads, args.steps, args.batch))
-    results["inference"] = run(infer_job, 256, args.device, args.threads, args.frames)
-
-    con = Console()
-    t = Table(title=f"MRFA training step (batch {args.batch}, {args.device}, {args.threads} threads)")
-    for col in ("res", "K", "perceptual", "s/step", "peak GiB", "peak above model GiB", "vs official"):
-        t.add_column(col)
-    for row in results["train"]:
-        ref = {(128, False): REFERENCE["step_128_fullK"], (256, False): REFERENCE["step_256_fullK"],
-               (256, True): REFERENCE["step_256_K0"]}.get((row["resolution"], row["refine_iters"] == 0))
-        t.add_row(str(row["resolution"]), str(row["refine_iters"]), row["perceptual"], f"{row['s_per_step']:.2f}",
-                  f"{row['peak_GiB']:.2f}", f"{row['peak_above_model_GiB']:.2f}",
-                  f"{row['s_per_step'] / ref:.2f}×" if ref else "-")
-    con.print(t)
-    inf = results["inference"]
-    con.print(f"inference at 256² (K={inf['refine_iters']}): {inf['s_per_frame']:.2f} s/frame "
-              f"({inf['s_per_frame'] / REFERENCE['infer_256_per_frame']:.2f}× the official)")
-    p = Table(title="trainable parameters (full config)")
-    p.add_column("sub-network")
-    p.add_column("params (M)")
-    for k, v in inf["params"].items():
-        p.add_row(k, f"{v / 1e6:.2f}")
-    con.print(p)
-    if args.json:
-        from datamodules.utils import atomic_write_json
-
-        atomic_write_json(Path(args.json), results)
-    return results
+    if a.device == "cuda" and not torch.cuda.is_available():
+        a.device = "cpu"
+    torch.set_num_threads(a.threads)
+    if not a.official:
+        print("skipped: pass --official PATH (a checkout of JialeTao/MRFA) or set MRFA_OFFICIAL")
+        return 0
+    path = Path(a.official)
+    if not path.is_dir():
+        print(f"skipped: --official {path} does not exist (a checkout of JialeTao/MRFA)")
+        return 0
+    if any(k not in (0, 6) for k in a.ks):
+        raise SystemExit("--ks: the official code has K = 6 and K = 0 (prior_only) without editing it")
+    Official, cfg = import_official(path, a.device)
+    rows = []
+    for K in a.ks:
+        off, ours, label = build_pair(Official, cfg, a.res, K, a.device)
+        g = torch.Generator().manual_seed(0)
+        x = {"source": torch.rand(a.batch, 3, a.res, a.res, generator=g).to(a.device),
+             "driving": torch.rand(a.batch, 3, a.res, a.res, generator=g).to(a.device)}
+        off.eval(), ours.eval()
+        with torch.no_grad():
+            p_off = off(x, is_train=False)[0]
+            p_ours = ours.generate(x["source"], ours.encoder(x["source"]), ours.encoder(x["driving"]))["prediction"]
+        diff = (p_off - p_ours).abs().max().item()
+        off.train(), ours.train()
+        opt_off = torch.optim.Adam(list(off.encoder.parameters()) + list(off.decoder.parameters())
+                                   + list(off.dense_motion.parameters()), lr=2e-4, betas=(0.5, 0.999))
+        opt_ours = ours.configure_optimizers()
+        t_off, t_ours, m_off, m_ours = [], [], [], []
+        for r in range(a.repeats + 1):        # interleaved; r = 0 warms up both
+            dt, mem = timed(lambda: step_official(off, opt_off, x), a.device)
+            if r:
+                t_off.append(dt), m_off.append(mem)
+            dt, mem = timed(lambda: step_ours(ours, opt_ours, x), a.device)
+            if r:
+                t_ours.append(dt), m_ours.append(mem)
+        row = {"K": K, "res": a.res, "batch": a.batch, "device": a.device, "threads": a.threads, "loss": label,
+               "pred_max_abs_diff": diff, "official_s": statistics.median(t_off), "ours_s": statistics.median(t_ours),
+               "official_peak_GiB": max(m_off), "ours_peak_GiB": max(m_ours),
+               "official_all_s": t_off, "ours_all_s": t_ours}
+        row["time_ratio"] = row["ours_s"] / row["official_s"]
+        row["mem_ratio"] = row["ours_peak_GiB"] / max(row["official_peak_GiB"], 1e-9)
+        rows.append(row)
+        del off, ours, opt_off, opt_ours
+    mem_kind = "max_memory_allocated" if a.device.startswith("cuda") else "peak RSS above the step's start"
+    print(f"MRFA training step, official vs ours, same run, interleaved; {a.res}², batch {a.batch}, {a.device}"
+          f"{'' if a.device.startswith('cuda') else f', {a.threads} threads'}, median of {a.repeats}; loss: "
+          f"{rows[0]['loss']} pyramid ×4 + equivariance ×2; memory: {mem_kind}")
+    print("| K | official s | ours s | ours/official | official GiB | ours GiB | ours/official | pred max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['K']} | {r['official_s']:.3f} | {r['ours_s']:.3f} | {r['time_ratio']:.2f} | "
+              f"{r['official_peak_GiB']:.2f} | {r['ours_peak_GiB']:.2f} | {r['mem_ratio']:.2f} | "
+              f"{r['pred_max_abs_diff']:.2e} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,13 @@
 """Config schema of MRFA (Tao et al., Learning Motion Refinement for Unsupervised Face Animation, NeurIPS 2023).
 
-Ablation axis: ``refine_iters`` (K). Loss weights ``lambda_<name>`` (0 skips computing the term).
+The defaults are the official VoxCeleb network (JialeTao/MRFA ``config/vox1.yaml``, 114,339,206 parameters without
+the loss VGG). Every size of a sub-network lives in its named group (``mtia``, ``dense_motion``, ``generator``,
+``driving_encoder``, ``source_encoder``, ``refiner``) and is passed to the sub-network as keywords; the official
+``reduced_config.yaml`` of the golden fixtures is the same class with smaller values
+(``experiments/configs/model/mrfa_reduced.yaml``).
+
+Ablation axis: ``refine_iters`` (K; 6 = official, K < 6 the official fewer-steps variant, 0 = prior only) with
+``refine_schedule`` (``official`` | ``spread``). Loss weights ``lambda_<name>`` (0 skips computing the term).
 """
 from __future__ import annotations
 
@@ -11,6 +18,72 @@ from lit_models.base import ModelConfig
 from lit_models.registry import model_schema
 
 
+@dataclass
+class MTIAConfig:
+    """MTIA keypoint detector (official ``mtia_kp_detector.MODEL``): HRNet stem + TokenPose transformer."""
+    dim: int = 192                       # DIM
+    depth: int = 12                      # TRANSFORMER_DEPTH
+    heads: int = 8                       # TRANSFORMER_HEADS
+    mlp_ratio: int = 3                   # TRANSFORMER_MLP_RATIO
+    patch_size: int = 4                  # PATCH_SIZE
+    stem_channels: int = 64              # hard-coded in the official HRNET_base
+    stem_blocks: int = 4                 # hard-coded (layer1 bottlenecks)
+    stage2_channels: list[int] = field(default_factory=lambda: [32, 64])
+    stage2_blocks: list[int] = field(default_factory=lambda: [4, 4])
+    stage2_modules: int = 1
+    stage3_channels: list[int] = field(default_factory=lambda: [32, 64, 128])   # [0] = BASE_CHANNEL
+    stage3_blocks: list[int] = field(default_factory=lambda: [4, 4, 4])
+    stage3_modules: int = 4
+
+
+@dataclass
+class DenseMotionConfig:
+    """Prior dense-motion network (official ``dense_motion``)."""
+    block_expansion: int = 64
+    max_features: int = 1024
+    num_blocks: int = 5
+    scale_factor: float = 0.25           # prior flow / correlation resolution = resolution × this (official 1/4)
+    kp_variance: float = 0.01
+
+
+@dataclass
+class GeneratorConfig:
+    """Occlusion-aware generator (official ``raft_flow.generator``); scales S = num_up_blocks + 1."""
+    block_expansion: int = 64
+    max_features: int = 512
+    num_up_blocks: int = 5
+
+
+@dataclass
+class StructureEncoderConfig:
+    """Driving / source structure encoders (official ``raft_flow.driving_encoder`` / ``source_encoder``)."""
+    block_expansion: int = 32
+    max_features: int = 512
+    num_blocks: int = 5
+
+
+@dataclass
+class RefinerConfig:
+    """Correlation volume and update block (``raft_flow.dim``; the widths are hard-coded officially: 128 / 192)."""
+    corr_dim: int = 256                  # raft_flow.dim
+    corr_levels: int = 2
+    corr_radius: int = 3
+    motion_channels: int = 128           # corr_enc / refine width
+    context_channels: int = 192          # to_context output
+    kp_variance: float = 0.1             # structure heatmaps
+
+
+@dataclass
+class FOMMKPConfig:
+    """``prior=fomm``/``tps`` keypoint detector sizes (lit_models.common; not the official default)."""
+    block_expansion: int = 32
+    max_features: int = 1024
+    num_blocks: int = 5
+    scale_factor: float = 0.25
+    temperature: float = 0.1
+    tps_backbone: str = "resnet18"      # tps: resnet18 (TPSMM) | conv
+
+
 @model_schema("mrfa")
 @dataclass
 class MRFAConfig(ModelConfig):
@@ -18,65 +91,42 @@ class MRFAConfig(ModelConfig):
     name: str = "mrfa"
     resolution: int = 256
     num_channels: int = 3
-    norm: str = "batch"                 # batch (paper) | group | instance | none, for every sub-network
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])   # FOMM/MRFA's Adam betas
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])   # official Adam betas
+    gradient_clip_val: float = 10.0       # official clip_grad: true, clip: 10 (grad-norm clipping)
 
-    # ---- prior motion (FOMM keypoints + Jacobians, or TPSMM thin-plate splines) ----
-    prior: str = "fomm"                 # fomm | tps
-    num_kp: int = 10                    # keypoints (fomm) or TPS transforms (tps)
+    # ---- prior motion ----
+    prior: str = "mtia"                  # mtia (official default) | fomm | tps
+    num_kp: int = 10
+    use_jacobian: bool = True
     points_per_tps: int = 5
-    use_jacobian: bool = True           # fomm: local affine Jacobians (False: zeroth-order keypoints)
-    kp_block_expansion: int = 32
-    kp_max_features: int = 1024
-    kp_num_blocks: int = 5
-    kp_scale_factor: float = 0.25
-    kp_temperature: float = 0.1
-    tps_backbone: str = "resnet18"      # resnet18 (TPSMM, trained from scratch) | conv
-    dm_block_expansion: int = 64
-    dm_max_features: int = 1024
-    dm_num_blocks: int = 5
-    dm_scale_factor: float = 0.25       # prior flow / occlusion resolution = resolution × this
-    kp_variance: float = 0.01
-    use_bg_motion: bool = False         # TPSMM background affine (enables lambda_bg)
+    norm: str = "batch"                  # fomm/tps keypoint detectors and bg predictor only
+    use_bg_motion: bool = False          # background affine (official celebvhq / TPSMM)
+    mtia: MTIAConfig = field(default_factory=MTIAConfig)
+    kp: FOMMKPConfig = field(default_factory=FOMMKPConfig)
+    dense_motion: DenseMotionConfig = field(default_factory=DenseMotionConfig)
 
-    # ---- structure correlation volume ----
-    corr_scale: float = 0.25            # correlation resolution = resolution × this (official: size // 4)
-    corr_dim: int = 256                 # projected structure-feature dimension
-    corr_levels: int = 2                # correlation pyramid levels (avg-pooled over the source dims)
-    corr_radius: int = 3                # lookup window (2r+1)² per level
-    struct_kp_variance: float = 0.1
-    struct_block_expansion: int = 32
-    struct_num_blocks: int = 3
-    struct_max_features: int = 256
+    # ---- refinement + generator ----
+    refine_iters: int = 6                # K; 0 = official prior_only
+    refine_schedule: str = "official"    # official (K coarsest scales) | spread (see lit_models/mrfa/raft.py)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    driving_encoder: StructureEncoderConfig = field(default_factory=StructureEncoderConfig)
+    source_encoder: StructureEncoderConfig = field(default_factory=StructureEncoderConfig)
 
-    # ---- refinement ----
-    refine_iters: int = 6               # K; 0 = prior-only model; mapping onto scales: lit_models/mrfa/refine.py
-    refine_schedule: str = "spread"     # spread (K steps spread coarsest→finest) | coarse (the K coarsest scales)
-    refine_channels: int = 64           # width of the update block
-    context_channels: int = 64          # width of the per-scale context projection of warped features
-
-    # ---- generator ----
-    gen_block_expansion: int = 64
-    gen_max_features: int = 512
-    gen_num_down_blocks: int = 5        # scales = down blocks + 1 (6 at 256²: 8² … 256²)
-    gen_num_bottleneck_blocks: int = 2
-    use_source_blend: bool = True       # D̂ = Ô·W(S, T) + (1 - Ô)·G at the finest scale (TPSMM / official MRFA)
-
-    # ---- losses ----
-    perceptual: str = "vgg19"           # vgg19 (needs ImageNet weights) | pyramid_l1_ssim (named offline stand-in)
-    vgg_weights: Optional[str] = None   # default: torchvision cache …/hub/checkpoints/vgg19-dcbb9e9d.pth
+    # ---- losses (official vox1: perceptual [10]*5 over scales [1, .5, .25, .125], equivariance 10 / 10) ----
+    perceptual: str = "vgg19"            # vgg19 (needs ImageNet weights) | pyramid_l1_ssim (named offline stand-in)
+    vgg_weights: Optional[str] = None
     perceptual_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
     perceptual_layer_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 10.0, 10.0, 10.0])
     lambda_perceptual: float = 1.0
-    lambda_prior_perceptual: float = 0.0    # perceptual loss on the prior-only output too (K > 0)
     lambda_equivariance_value: float = 10.0
     lambda_equivariance_jacobian: float = 10.0
-    lambda_bg: float = 0.0              # needs use_bg_motion
-    sigma_affine: float = 0.05          # equivariance transform
+    lambda_bg: float = 0.0               # needs use_bg_motion (official: 10)
+    sigma_affine: float = 0.05
     sigma_tps: float = 0.005
     points_tps: int = 5
 
     # ---- schedule / inference ----
     lr_milestones: list[int] = field(default_factory=list)   # MultiStepLR milestones in optimizer steps
     lr_gamma: float = 0.1
-    animate_chunk: int = 16             # frames per forward in animate()
+    animate_chunk: int = 16

@@ -1,31 +1,35 @@
 """MRFA — Learning Motion Refinement for Unsupervised Face Animation (Tao et al., NeurIPS 2023), as a
-LightningModule. The forward pass follows the paper's Fig. 2:
+LightningModule that *is* the official network (JialeTao/MRFA @ 20f935f; numerically checked against the official
+golden tensors in tests/lit_models/test_mrfa_official.py). The forward pass follows the paper's Fig. 2:
 
-1. prior motion: keypoints ``p^S, p^D`` (FOMM, with Jacobians ``J``; or TPSMM's TPS keypoints) → dense-motion
-   network → coarse flow ``T̂_{S<-D}`` and occlusion ``Ô`` (``lit_models.common``);
-2. structure correlation volume ``C`` from keypoint-structure features of S and D (``structure.py``);
-3. K refinement steps, coarse to fine over the generator scales (``refine.py``, mapping of K documented there);
-4. the generator warps its source features with the prior and the refined motions and decodes ``D̂``
-   (``generator.py``).
+1. prior motion: MTIA keypoints ``p^S, p^D`` with Jacobians ``J`` (``mtia.py``; or ``prior=fomm|tps``) →
+   dense-motion network → coarse backward flow ``T̂_{S<-D}`` and occlusion logit ``Ô`` (``blocks.py``);
+2. structure correlation volume ``C`` from keypoint-structure features of S and D (``raft.py``);
+3. K refinement steps, coarse to fine over the generator scales (``raft.py``, mapping of K documented there);
+4. the occlusion-aware generator decodes the refined-warped and prior-warped source features (``blocks.py``).
 
-``refine_iters = 0`` is exactly the prior-only model (no refiner, no fusion layers are built or called).
-Losses (``loss_<name>`` weighted by ``lambda_<name>``, 0 skips the computation): ``perceptual`` (multi-scale,
-VGG-19 or the named ``pyramid_l1_ssim`` stand-in), ``prior_perceptual`` (same on the prior-only output, K > 0),
-``equivariance_value``, ``equivariance_jacobian``, ``bg`` (``losses.py``).
+``refine_iters = 0`` is the official ``prior_only`` model (no structure encoders, no refiner are built).
+Losses (``loss_<name>`` weighted by ``lambda_<name>``, 0 skips the computation): ``perceptual`` (multi-scale
+VGG-19 as the official code, or the named ``pyramid_l1_ssim`` stand-in), ``equivariance_value``,
+``equivariance_jacobian``, ``bg`` (``losses.py``). Gradients of the prior (``encoder``, ``dense_motion``,
+``bg_predictor``) are clipped to ∞-norm ``gradient_clip_val`` (official ``clip: 10``).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from lit_models.base import AnimationModule
-from lit_models.common.dense_motion import BGMotionPredictor, DenseMotionNetwork
+from lit_models.common.dense_motion import BGMotionPredictor
+from lit_models.common.dense_motion import DenseMotionNetwork as TPSDenseMotion
 from lit_models.common.keypoints import KPDetector, TPSKPDetector
 from lit_models.common.perceptual import MultiScalePerceptualLoss
-from lit_models.common.warp import resize_grid, resize_map, warp
-from lit_models.mrfa.generator import Generator
+from lit_models.mrfa.blocks import AntiAliasInterpolation2d, DenseMotionNetwork
 from lit_models.mrfa.losses import bg_loss, equivariance_losses
-from lit_models.mrfa.refine import MotionRefiner, refine_schedule
+from lit_models.mrfa.mtia import MTIAKeypointDetector
+from lit_models.mrfa.raft import RaftFlow
 
 
 def relative_keypoints(kp_source: dict, kp_driving: dict, kp_driving_initial: dict,
@@ -49,92 +53,90 @@ def relative_keypoints(kp_source: dict, kp_driving: dict, kp_driving_initial: di
 
 
 class MRFA(AnimationModule):
+    """The official MRFA network as a LightningModule. Sub-module names are the official ones (``encoder``,
+    ``dense_motion``, ``decoder``, ``down``), so ``state_dict()`` keys equal an official checkpoint's keys without
+    ``module.`` and without the loss-only ``vgg.*`` / ``pyramid.*`` (``lit_models.mrfa.import_official``)."""
+
     def __init__(self, cfg):
         super().__init__(cfg)
         c = self.cfg
-        if c.prior not in ("fomm", "tps"):
-            raise ValueError(f"model.prior must be fomm or tps, got {c.prior!r}")
+        if c.prior not in ("mtia", "fomm", "tps"):
+            raise ValueError(f"model.prior must be mtia, fomm or tps, got {c.prior!r}")
         if c.lambda_bg > 0 and not c.use_bg_motion:
             raise ValueError("model.lambda_bg > 0 needs model.use_bg_motion=true (the background-motion predictor)")
-        if c.prior == "fomm":
-            self.kp_detector = KPDetector(c.num_kp, c.num_channels, c.kp_block_expansion, c.kp_max_features,
-                                          c.kp_num_blocks, c.kp_temperature, c.kp_scale_factor, c.use_jacobian, c.norm)
-            num_points = c.num_kp
+        if c.prior == "mtia":
+            m = c.mtia
+            self.encoder = MTIAKeypointDetector(
+                c.resolution, num_kp=c.num_kp, dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
+                patch_size=m.patch_size, stem_channels=m.stem_channels, stem_blocks=m.stem_blocks,
+                stage2_channels=list(m.stage2_channels), stage2_blocks=list(m.stage2_blocks),
+                stage2_modules=m.stage2_modules, stage3_channels=list(m.stage3_channels),
+                stage3_blocks=list(m.stage3_blocks), stage3_modules=m.stage3_modules,
+                estimate_jacobian=c.use_jacobian)
+        elif c.prior == "fomm":
+            k = c.kp
+            self.encoder = KPDetector(num_kp=c.num_kp, num_channels=c.num_channels, block_expansion=k.block_expansion,
+                                      max_features=k.max_features, num_blocks=k.num_blocks,
+                                      temperature=k.temperature, scale_factor=k.scale_factor,
+                                      estimate_jacobian=c.use_jacobian, norm=c.norm)
         else:
-            self.kp_detector = TPSKPDetector(c.num_kp, c.points_per_tps, c.num_channels, c.tps_backbone,
-                                             c.kp_block_expansion, 4, c.norm)
-            num_points = c.num_kp * c.points_per_tps
-        self.dense_motion = DenseMotionNetwork(c.prior, c.num_kp, c.points_per_tps, c.num_channels,
-                                               c.dm_block_expansion, c.dm_num_blocks, c.dm_max_features,
-                                               c.dm_scale_factor, c.kp_variance, True, c.norm)
-        self.bg_predictor = BGMotionPredictor(c.num_channels, norm=c.norm) if c.use_bg_motion else None
-        self.generator = Generator(c.num_channels, c.gen_block_expansion, c.gen_max_features, c.gen_num_down_blocks,
-                                   c.gen_num_bottleneck_blocks, c.norm, use_refined=c.refine_iters > 0)
-        self.refiner = None
-        if c.refine_iters > 0:
-            self.refiner = MotionRefiner(
-                num_points, c.num_channels, c.resolution, self.generator.scale_channels, corr_scale=c.corr_scale,
-                corr_dim=c.corr_dim, corr_levels=c.corr_levels, corr_radius=c.corr_radius,
-                struct_kp_variance=c.struct_kp_variance, struct_block_expansion=c.struct_block_expansion,
-                struct_num_blocks=c.struct_num_blocks, struct_max_features=c.struct_max_features,
-                refine_channels=c.refine_channels, context_channels=c.context_channels, norm=c.norm)
+            k = c.kp
+            self.encoder = TPSKPDetector(num_tps=c.num_kp, points_per_tps=c.points_per_tps,
+                                         num_channels=c.num_channels, backbone=k.tps_backbone,
+                                         block_expansion=k.block_expansion, num_blocks=4, norm=c.norm)
+        d = c.dense_motion
+        if c.prior == "tps":   # TPSMM's sparse motions (lit_models.common; occlusion logits as the official code)
+            self.dense_motion = TPSDenseMotion(prior="tps", num_kp=c.num_kp, points_per_tps=c.points_per_tps,
+                                               num_channels=c.num_channels, block_expansion=d.block_expansion,
+                                               num_blocks=d.num_blocks, max_features=d.max_features,
+                                               scale_factor=d.scale_factor, kp_variance=d.kp_variance,
+                                               estimate_occlusion=True, norm=c.norm)
+        else:
+            self.dense_motion = DenseMotionNetwork(num_kp=c.num_kp, num_channels=c.num_channels,
+                                                   block_expansion=d.block_expansion, num_blocks=d.num_blocks,
+                                                   max_features=d.max_features, scale_factor=d.scale_factor,
+                                                   kp_variance=d.kp_variance)
+        self.bg_predictor = BGMotionPredictor(num_channels=c.num_channels, norm=c.norm) if c.use_bg_motion else None
+        r = c.refiner
+        self.decoder = RaftFlow(size=c.resolution, num_kp=c.num_kp, generator=dict(num_channels=c.num_channels, **c.generator),
+                                driving_encoder=dict(c.driving_encoder), source_encoder=dict(c.source_encoder),
+                                refine_iters=c.refine_iters, schedule=c.refine_schedule, corr_dim=r.corr_dim,
+                                corr_levels=r.corr_levels, corr_radius=r.corr_radius,
+                                motion_channels=r.motion_channels, context_channels=r.context_channels,
+                                basic_scale=d.scale_factor, kp_variance=r.kp_variance)
+        self.down = AntiAliasInterpolation2d(c.num_channels, d.scale_factor)
         self._perceptual: list = []   # built lazily, kept out of the state dict (frozen, external weights)
 
+    @property
+    def kp_detector(self):
+        """The prior's keypoint detector (``encoder`` in the official naming)."""
+        return self.encoder
+
+    @property
+    def refiner(self):
+        """The refinement part of ``decoder`` (None for K = 0, the prior-only model)."""
+        return None if self.decoder.prior_only else self.decoder
+
     # ---- the paper's forward pass ----------------------------------------------------------------------------
-    def schedule(self, refine_iters: int | None = None) -> list[int]:
-        k = self.cfg.refine_iters if refine_iters is None else refine_iters
-        if k > 0 and self.refiner is None:
-            raise ValueError("this model was built with refine_iters=0: it has no refiner to run")
-        return refine_schedule(k, self.generator.num_scales, self.cfg.refine_schedule)
-
-    def generate(self, source: torch.Tensor, kp_source: dict, kp_driving: dict, bg_param=None, feats=None,
-                 refine_iters: int | None = None, return_prior: bool = False) -> dict:
-        """One driven frame per source (B×3×H×W each). Returns ``prediction`` and the motions."""
-        steps = self.schedule(refine_iters)
-        dm = self.dense_motion(source, kp_source, kp_driving, bg_param)
-        feats = self.generator.encode(source) if feats is None else feats
-        S = len(feats)
-        prior_grid, prior_logit = dm["deformation"], dm["occlusion_logit"]
-        corr = dgrid = docc = None
-        warped, warped_prior = [None] * S, [None] * S
-        for j in range(S):                                   # coarse → fine
-            level = S - 1 - j
-            f = feats[level]
-            size = f.shape[-2:]
-            g_p, l_p = resize_grid(prior_grid, size), resize_map(prior_logit, size)
-            if dgrid is not None:
-                dgrid, docc = resize_grid(dgrid, size), resize_map(docc, size)
-            for _ in range(steps[j]):
-                if corr is None:
-                    corr = self.refiner.correlation(source, kp_source["value"], kp_driving["value"])
-                g = g_p if dgrid is None else g_p + dgrid
-                lg = l_p if docc is None else l_p + docc
-                dg, do = self.refiner.step(j, corr, g, lg, f)
-                dgrid, docc = (dg, do) if dgrid is None else (dgrid + dg, docc + do)
-            prior = (g_p, torch.sigmoid(l_p))
-            refined = None if dgrid is None else (g_p + dgrid, torch.sigmoid(l_p + docc))
-            warped[level] = self.generator.warp_scale(level, f, prior, refined)
-            if return_prior:
-                warped_prior[level] = warped[level] if refined is None else self.generator.warp_scale(level, f, prior)
-        # finest-scale motion: the refined one when refinement ran, else the prior (g_p, l_p are at the finest scale)
-        if dgrid is not None:
-            grid_f, occ_f = g_p + dgrid, torch.sigmoid(l_p + docc)
-        else:
-            grid_f, occ_f = g_p, torch.sigmoid(l_p)
-        out = {"prediction": self._blend(source, self.generator.decode(warped), grid_f, occ_f),
-               "prior_deformation": prior_grid, "prior_occlusion": dm["occlusion"], "num_refine_steps": sum(steps),
-               "deformation": grid_f, "occlusion": occ_f}
-        if return_prior:
-            out["prior_prediction"] = out["prediction"] if dgrid is None else self._blend(
-                source, self.generator.decode(warped_prior), g_p, torch.sigmoid(l_p))
-        return out
-
-    def _blend(self, source, generated, grid, occ):
-        """TPSMM/MRFA output: ``D̂ = Ô ⊙ W(S, T) + (1 - Ô) ⊙ G`` (visible pixels come from the warped source,
-        occluded ones from the decoder), at the finest scale's motion; off with ``use_source_blend=false``."""
-        if not self.cfg.use_source_blend:
-            return generated
-        return occ * warp(source, grid) + (1 - occ) * generated
+    def generate(self, source: torch.Tensor, kp_source: dict, kp_driving: dict, bg_param=None,
+                 trace: dict | None = None, refine_iters: int | None = None) -> dict:
+        """One driven frame per source (B×3×H×W each), the official eval forward. Returns ``prediction``, the prior
+        motion (``prior_deformation`` grid, ``prior_occlusion``) and the refined one at the finest scale
+        (``deformation`` grid, ``occlusion``); ``trace`` collects the official intermediates."""
+        dm = self.dense_motion(source, kp_source=kp_source, kp_driving=kp_driving, bg_param=bg_param)
+        if trace is not None:
+            trace.update({f"dense_motion.{k}": v for k, v in dm.items()})
+        img_down = self.down(source)
+        kp_s, kp_d = kp_source["value"], kp_driving["value"]
+        if self.cfg.prior == "tps":
+            kp_s = kp_s.view(kp_s.shape[0], -1, self.cfg.points_per_tps, 2).mean(2)
+            kp_d = kp_d.view(kp_d.shape[0], -1, self.cfg.points_per_tps, 2).mean(2)
+        out = self.decoder(kp_s, kp_d, dm, img=img_down, img_full=source, trace=trace,
+                           refine_iters=refine_iters)
+        return {"prediction": out["prediction"], "prior_deformation": dm["deformation"],
+                "prior_occlusion": torch.sigmoid(dm["occlusion_logit"]), "deformation": out["refined_grid"],
+                "occlusion": out["occlusion"], "warp_img": out["warp_img"],
+                "num_refine_steps": len(self.decoder.refined)}
 
     # ---- contract ---------------------------------------------------------------------------------------------
     def eval_diagnostics(self, datamodule, protocol) -> dict[str, float]:
@@ -177,10 +179,9 @@ class MRFA(AnimationModule):
         ``relative=True``: FOMM's relative motion transfer, ``p = p^S + (p^D_t - p^D_init)``, where the initial
         pose is ``driving_initial`` (B×3×H×W; callers animating a long clip in chunks pass the clip's first frame)
         or else ``driving[:, 0]``. Otherwise absolute keypoints (what self-reenactment evaluation uses).
-        ``refine_iters`` overrides K at inference (≤ the trained K makes sense; 0 = the prior-only path)."""
+        ``refine_iters``: run only the first K' ≤ K built refinement steps (0 = the prior-only path)."""
         B, T = driving.shape[:2]
         kp_s = self.kp_detector(source)
-        feats = self.generator.encode(source)
         if relative:
             init = driving[:, 0] if driving_initial is None else driving_initial.reshape(-1, *driving.shape[2:])
             kp_d0 = self.kp_detector(init.expand(B, -1, -1, -1) if init.shape[0] == 1 else init)
@@ -200,7 +201,7 @@ class MRFA(AnimationModule):
                 kp_d = relative_keypoints(kp_src, kp_d, {k: rep(v) for k, v in kp_d0.items()}, adapt_movement_scale)
             src = rep(source)
             bg = self.bg_predictor(src, drv) if self.bg_predictor is not None else None
-            pred = self.generate(src, kp_src, kp_d, bg, feats=[rep(f) for f in feats], refine_iters=refine_iters)
+            pred = self.generate(src, kp_src, kp_d, bg, refine_iters=refine_iters)
             outs.append(pred["prediction"].view(B, n, *pred["prediction"].shape[1:]))
         return torch.cat(outs, 1)
 
@@ -213,7 +214,7 @@ class MRFA(AnimationModule):
         return self._perceptual[0].to(self.device)
 
     def on_fit_start(self) -> None:
-        if self.use_loss("perceptual") or self.use_loss("prior_perceptual"):
+        if self.use_loss("perceptual"):
             self.perceptual_loss   # fail now (naming the missing VGG file), not after the first batch
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -226,20 +227,27 @@ class MRFA(AnimationModule):
         kp_s = {k: v.repeat_interleave(T, 0) for k, v in self.kp_detector(source).items()}
         kp_d = self.kp_detector(drv)
         bg = self.bg_predictor(src, drv) if self.bg_predictor is not None else None
-        need_prior = self.refiner is not None and c.refine_iters > 0 and self.use_loss("prior_perceptual")
-        out = self.generate(src, kp_s, kp_d, bg, return_prior=need_prior)
+        out = self.generate(src, kp_s, kp_d, bg)
         terms: dict[str, torch.Tensor] = {}
         if self.use_loss("perceptual"):
             terms["loss_perceptual"] = self.perceptual_loss(out["prediction"], tgt)
-        if need_prior:
-            terms["loss_prior_perceptual"] = self.perceptual_loss(out["prior_prediction"], tgt)
         terms.update(equivariance_losses(
             self.kp_detector, drv, kp_d, use_value=self.use_loss("equivariance_value"),
-            use_jacobian=self.use_loss("equivariance_jacobian") and c.prior == "fomm" and c.use_jacobian,
+            use_jacobian=self.use_loss("equivariance_jacobian") and c.prior != "tps" and c.use_jacobian,
             sigma_affine=c.sigma_affine, sigma_tps=c.sigma_tps, points_tps=c.points_tps))
         if bg is not None and self.use_loss("bg"):
             terms["loss_bg"] = bg_loss(self.bg_predictor, src, drv, bg)
         return terms
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Official: ``clip_grad_norm_(…, max_norm=10, norm_type=inf)`` on the prior (encoder, dense motion, bg)
+        only; the refiner and generator are not clipped. A trainer-level clip is applied on top if set."""
+        if self.cfg.gradient_clip_val and self.cfg.gradient_clip_val > 0:
+            for part in (self.encoder, self.dense_motion, self.bg_predictor):
+                if part is not None:
+                    torch.nn.utils.clip_grad_norm_(part.parameters(), self.cfg.gradient_clip_val, norm_type=math.inf)
+        if gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         opt = super().configure_optimizers()

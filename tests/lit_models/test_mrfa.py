@@ -1,4 +1,5 @@
-"""MRFA: refinement schedule and call counts, K = 0 ≡ prior-only, loss weights, shapes, training, checkpoints."""
+"""MRFA: refinement call counts, K = 0 ≡ prior-only, loss weights, shapes, priors, clipping, training, checkpoints.
+(Numerical identity with the official code: test_mrfa_official.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,6 @@ import torch
 from omegaconf import OmegaConf
 
 from lit_models.mrfa import MRFA
-from lit_models.mrfa.refine import refine_schedule
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,8 @@ def tiny_model_cfg():
 
 
 def make(cfg, **over):
-    c = OmegaConf.merge(cfg, {"resolution": 32, **over})
+    """The tiny model at 32² with 5 scales (2² … 32²; K ≤ 5) unless overridden (64²: 6 scales as the official)."""
+    c = OmegaConf.merge(cfg, {"resolution": 32, "generator": {"num_up_blocks": 4}, "refine_iters": 5}, over)
     torch.manual_seed(0)
     return MRFA(c)
 
@@ -33,49 +34,33 @@ def count_calls(module):
     return calls, handle
 
 
-# ---- schedule ---------------------------------------------------------------------------------------------------
-def test_refine_schedule_mapping():
-    assert refine_schedule(0, 4) == [0, 0, 0, 0]
-    assert refine_schedule(1, 4) == [1, 0, 0, 0]
-    assert refine_schedule(2, 4) == [1, 0, 0, 1]            # coarsest + finest
-    assert refine_schedule(4, 4) == [1, 1, 1, 1]
-    assert refine_schedule(6, 6) == [1] * 6                  # the official 256² setting
-    assert refine_schedule(2, 4, "coarse") == [1, 1, 0, 0]
-    assert refine_schedule(6, 4) == [2, 2, 1, 1]             # K > S: extra steps at the coarsest scales
-    for k in range(9):
-        assert sum(refine_schedule(k, 4)) == k
-    with pytest.raises(ValueError):
-        refine_schedule(-1, 4)
-
-
 # ---- K changes the computation -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("K", [1, 2, 4, 5])
+@pytest.mark.parametrize("K", [1, 2, 5])
 def test_refine_iters_sets_number_of_refinement_calls(tiny_model_cfg, K):
     m = make(tiny_model_cfg, refine_iters=K).eval()
-    upd, h1 = count_calls(m.refiner.update)
-    corr, h2 = count_calls(m.refiner.structure)
+    upd, h1 = count_calls(m.decoder.refine)
+    corr, h2 = count_calls(m.decoder.kp_img)
     m.animate(*rand_batch(T=1).values())
     h1.remove(), h2.remove()
-    assert len(upd) == K
+    assert len(upd) == K and len(m.decoder.to_context) == K
     assert len(corr) == 1          # the correlation volume is built once per forward, looked up K times
 
 
 def test_k0_is_exactly_the_prior_only_model(tiny_model_cfg):
     m0 = make(tiny_model_cfg, refine_iters=0).eval()
     m2 = make(tiny_model_cfg, refine_iters=2).eval()
-    assert m0.refiner is None and m0.generator.fuse is None           # nothing beyond the prior is built
-    missing, unexpected = m2.load_state_dict(m0.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith(("refiner.", "generator.fuse.")) for k in missing)
+    assert m0.refiner is None                                            # nothing beyond the prior is built
+    missing, unexpected = m0.load_state_dict(m2.state_dict(), strict=False)
+    assert not missing and all(k.startswith(("decoder.kp", "decoder.pos_embedding", "decoder.corr_enc",
+                                             "decoder.refine", "decoder.to_context")) for k in unexpected)
     b = rand_batch(T=2, seed=1)
     out0 = m0.animate(b["source"], b["driving"])
     # the K=2 model with refinement switched off runs the same code path: bit-identical
     assert torch.equal(m2.animate(b["source"], b["driving"], refine_iters=0), out0)
-    # zero-initialised update head + pass-through fusion: an untrained refiner returns the prior
-    torch.testing.assert_close(m2.animate(b["source"], b["driving"]), out0, atol=1e-5, rtol=0)
-    # a non-zero update head changes the motion and the frames
-    with torch.no_grad():
-        m2.refiner.update.head2.bias.copy_(torch.tensor([1.5, -1.0, 0.5]))
-    assert (m2.animate(b["source"], b["driving"]) - out0).abs().max() > 1e-3
+    # refinement changes the frames
+    assert (m2.animate(b["source"], b["driving"]) - out0).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="refinement steps"):
+        m2.animate(b["source"], b["driving"], refine_iters=3)
 
 
 # ---- losses: lambda = 0 removes the term and skips its computation --------------------------------------------
@@ -84,10 +69,9 @@ def test_lambda_zero_skips_terms(tiny_model_cfg, monkeypatch):
     from lit_models.common.perceptual import MultiScalePerceptualLoss
 
     b = rand_batch()
-    m = make(tiny_model_cfg, refine_iters=1, lambda_prior_perceptual=1.0)
+    m = make(tiny_model_cfg, refine_iters=1)
     terms = m.compute_losses(b)
-    assert set(terms) == {"loss_perceptual", "loss_prior_perceptual", "loss_equivariance_value",
-                          "loss_equivariance_jacobian"}
+    assert set(terms) == {"loss_perceptual", "loss_equivariance_value", "loss_equivariance_jacobian"}
     assert all(torch.isfinite(v) for v in terms.values())
 
     def boom(*a, **k):
@@ -105,9 +89,7 @@ def test_lambda_zero_skips_terms(tiny_model_cfg, monkeypatch):
 
     monkeypatch.setattr(MultiScalePerceptualLoss, "forward", boom)
     m = make(tiny_model_cfg, refine_iters=1, lambda_perceptual=0.0, lambda_equivariance_jacobian=0.0)
-    gen_calls, h = count_calls(m.refiner.update)
     assert set(m.compute_losses(b)) == {"loss_equivariance_value"}
-    h.remove()
 
 
 def test_vgg_perceptual_without_weights_names_the_file(tiny_model_cfg, tmp_path):
@@ -132,7 +114,7 @@ def test_pyramid_perceptual_matches_reference():
 
 # ---- shapes -----------------------------------------------------------------------------------------------------
 def test_shapes_64_absolute_and_relative(tiny_model_cfg):
-    m = make(tiny_model_cfg, resolution=64, refine_iters=4).eval()
+    m = make(tiny_model_cfg, resolution=64, refine_iters=4, generator={"num_up_blocks": 5}).eval()
     b = rand_batch(B=2, T=3, res=64)
     out = m.animate(b["source"], b["driving"])
     assert out.shape == (2, 3, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
@@ -146,24 +128,48 @@ def test_shapes_64_absolute_and_relative(tiny_model_cfg):
 
 
 def test_shapes_256_six_scales(tiny_model_cfg):
-    """256² with the full scale layout (5 down blocks → 6 scales, K = 6 one per scale), tiny widths."""
-    m = make(tiny_model_cfg, resolution=256, gen_num_down_blocks=5, refine_iters=6, kp_scale_factor=0.125,
-             dm_scale_factor=0.125, corr_scale=0.0625).eval()
-    calls, h = count_calls(m.refiner.update)
-    out = m.generate(torch.rand(1, 3, 256, 256), *[m.kp_detector(torch.rand(1, 3, 256, 256))] * 2)
+    """256² with the official scale layout (5 up blocks → 6 scales 8² … 256², K = 6 one per scale), tiny widths."""
+    m = make(tiny_model_cfg, resolution=256, refine_iters=6, generator={"num_up_blocks": 5}).eval()
+    calls, h = count_calls(m.decoder.refine)
+    with torch.no_grad():
+        x = torch.rand(1, 3, 256, 256)
+        out = m.generate(x, m.kp_detector(x), m.kp_detector(x.flip(-1)))
     h.remove()
     assert out["prediction"].shape == (1, 3, 256, 256) and len(calls) == 6
     assert out["deformation"].shape == (1, 256, 256, 2) and out["occlusion"].shape == (1, 1, 256, 256)
+    assert [f.shape[-1] for f in m.decoder.generator.encode(x)] == [8, 16, 32, 64, 128, 256]
 
 
-def test_tps_prior_with_background_motion(tiny_model_cfg):
-    m = make(tiny_model_cfg, prior="tps", num_kp=3, tps_backbone="conv", use_bg_motion=True, lambda_bg=10.0,
-             refine_iters=2)
+def test_fomm_and_tps_priors(tiny_model_cfg):
+    m = make(tiny_model_cfg, prior="fomm", refine_iters=2, kp={"block_expansion": 8, "max_features": 32,
+                                                                "num_blocks": 2})
+    assert set(m.compute_losses(rand_batch())) == {"loss_perceptual", "loss_equivariance_value",
+                                                   "loss_equivariance_jacobian"}
+    m = make(tiny_model_cfg, prior="tps", num_kp=3, kp={"tps_backbone": "conv", "block_expansion": 8},
+             use_bg_motion=True, lambda_bg=10.0, refine_iters=2)
     terms = m.compute_losses(rand_batch())
     assert set(terms) == {"loss_perceptual", "loss_equivariance_value", "loss_bg"}      # no Jacobians in TPS
     assert m.eval().animate(*rand_batch(T=2).values(), relative=True).shape == (2, 2, 3, 32, 32)
     with pytest.raises(ValueError, match="use_bg_motion"):
         make(tiny_model_cfg, lambda_bg=1.0)
+    with pytest.raises(ValueError, match="model.prior"):
+        make(tiny_model_cfg, prior="mtia2")
+
+
+def test_gradient_clipping_is_the_official_one(tiny_model_cfg):
+    """Official train.py: ∞-norm clip 10 on the prior's parameters (encoder, dense motion), not on the decoder."""
+    m = make(tiny_model_cfg, refine_iters=1)
+    for p in m.parameters():
+        p.grad = torch.full_like(p, 50.0)
+    m.configure_gradient_clipping(None)
+    assert max(p.grad.abs().max() for p in m.encoder.parameters()) <= 10.0 + 1e-4
+    assert max(p.grad.abs().max() for p in m.dense_motion.parameters()) <= 10.0 + 1e-4
+    assert min(p.grad.abs().min() for p in m.decoder.parameters()) == 50.0
+    m = make(tiny_model_cfg, refine_iters=1, gradient_clip_val=0.0)
+    for p in m.parameters():
+        p.grad = torch.full_like(p, 50.0)
+    m.configure_gradient_clipping(None)
+    assert min(p.grad.abs().min() for p in m.encoder.parameters()) == 50.0
 
 
 # ---- training and checkpoints -----------------------------------------------------------------------------------
@@ -186,7 +192,7 @@ def blob_batch(B=4, res=32, seed=0):
 
 
 def test_training_steps_reduce_the_loss(tiny_model_cfg):
-    m = make(tiny_model_cfg, refine_iters=2, lr=2e-3, norm="group")
+    m = make(tiny_model_cfg, refine_iters=2, lr=2e-3)
     b = blob_batch()
     opt = m.configure_optimizers()
 
@@ -229,6 +235,8 @@ def test_checkpoint_load_model_animate(tiny_model_cfg, tmp_path):
 def test_configs_compose(compose_cfg):
     full = compose_cfg("train", ["model=mrfa"]).model
     assert (full.resolution, full.num_kp, full.lr, full.refine_iters, full.perceptual) == (256, 10, 2e-4, 6, "vgg19")
+    assert (full.prior, full.refine_schedule, full.gradient_clip_val, tuple(full.betas)) == ("mtia", "official", 10.0,
+                                                                                           (0.5, 0.999))
     exp = compose_cfg("train", ["experiment=mrfa_synthfaces"])
     assert exp.model.name == "mrfa_tiny" and exp.model.perceptual == "pyramid_l1_ssim"
     assert compose_cfg("train", ["experiment=mrfa_real", "data.root=/x"]).model.resolution == 256
@@ -239,32 +247,6 @@ def test_configs_compose(compose_cfg):
 
 
 # ---- building blocks against reference computations ----------------------------------------------------------
-def test_correlation_lookup_matches_direct_dot_products():
-    from lit_models.mrfa.structure import CorrelationVolume
-
-    g = torch.Generator().manual_seed(0)
-    C, r = 8, 1
-    f_d, f_s = torch.randn(1, C, 4, 4, generator=g), torch.randn(1, C, 6, 6, generator=g)
-    vol = CorrelationVolume.from_features(f_d, f_s, num_levels=2, radius=r)
-    # every driving pixel (y, x) looks at source pixel (y + 1, x + 2)
-    ys, xs = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
-    sx, sy = xs + 2, ys + 1
-    grid = torch.stack([sx * 2 / 5 - 1, sy * 2 / 5 - 1], -1)[None].float()
-    feats = vol.lookup(grid)                                    # 1×(2·9)×4×4, window index (dy, dx) row-major
-    assert feats.shape == (1, 2 * (2 * r + 1) ** 2, 4, 4)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            ch = (dy + r) * (2 * r + 1) + (dx + r)
-            px, py = sx + dx, sy + dy
-            inside = (px >= 0) & (px < 6) & (py >= 0) & (py < 6)
-            ref = (f_d[0][:, ys, xs] * f_s[0][:, py.clamp(0, 5), px.clamp(0, 5)]).sum(0) / C ** 0.5
-            torch.testing.assert_close(feats[0, ch], torch.where(inside, ref, torch.zeros_like(ref)), atol=1e-5, rtol=1e-5)
-    # a coarser driving grid reads the volume pooled over the driving dims = correlation of pooled driving features
-    pooled = CorrelationVolume.from_features(torch.nn.functional.avg_pool2d(f_d, 2), f_s, 2, r)
-    coarse = torch.rand(1, 2, 2, 2, generator=g) * 2 - 1
-    torch.testing.assert_close(vol.lookup(coarse), pooled.lookup(coarse), atol=1e-5, rtol=1e-5)
-
-
 def test_fomm_sparse_motion_is_the_first_order_map():
     from lit_models.common.dense_motion import fomm_sparse_motion
     from lit_models.common.warp import make_coordinate_grid
@@ -316,9 +298,7 @@ def test_experiments_animate_real_portrait_and_clip(tiny_model_cfg, real_fixture
 
     from lit_models.registry import load_model
 
-    m = make(tiny_model_cfg, resolution=64, refine_iters=2)
-    with torch.no_grad():                      # a refiner that moves things, so K matters in this check
-        m.refiner.update.head2.bias.copy_(torch.tensor([0.5, -0.5, 0.2]))
+    m = make(tiny_model_cfg, resolution=64, refine_iters=2, generator={"num_up_blocks": 5})
     ckpt = tmp_path / "mrfa.ckpt"
     torch.save({"hyper_parameters": dict(m.hparams), "state_dict": m.state_dict()}, ckpt)
     src_path = real_fixtures / "portraits" / "single_face.jpg"
@@ -345,14 +325,12 @@ def test_experiments_animate_real_portrait_and_clip(tiny_model_cfg, real_fixture
 
 @pytest.mark.slow
 def test_full_paper_config_256(compose_cfg):
-    """model=mrfa as composed (10 keypoints, 6 scales, K = 6): build, one training step, animate; leaner than the
-    official 114 M parameters."""
+    """model=mrfa as composed (the official network, 114.34 M parameters, K = 6): one training step, animate."""
     cfg = compose_cfg("train", ["model=mrfa", "model.perceptual=pyramid_l1_ssim"]).model
     m = MRFA(cfg)
-    n = sum(p.numel() for p in m.parameters())
-    assert 30e6 < n < 114e6
-    calls, h = count_calls(m.refiner.update)
-    loss = m.weighted_total(m.compute_losses(rand_batch(B=1, res=256)))
+    assert sum(p.numel() for p in m.parameters()) == 114_339_206
+    calls, h = count_calls(m.decoder.refine)
+    loss = m.weighted_total(m.compute_losses(rand_batch(B=2, res=256)))
     loss.backward()
     assert len(calls) == 6 and torch.isfinite(loss)
     out = m.eval().animate(*rand_batch(B=1, T=2, res=256).values(), relative=True)
@@ -393,9 +371,6 @@ def test_diagnose_k0_has_no_refinement_shift(tiny_model_cfg):
     assert d0["kp_motion_err_prior"] == pytest.approx(d0["kp_motion_err_refined"], rel=1e-4)
     assert d0["kp_motion_err_zero"] == pytest.approx(float((kp[1:] - kp[0]).norm(dim=-1).mean()), rel=1e-5)
     m2 = make(tiny_model_cfg, refine_iters=2).eval()
-    with torch.no_grad():   # an untrained refiner outputs ~0: give it a visible effect
-        for p in m2.refiner.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
     d2 = diagnose(m2, [sample], 32)
     assert d2["refine_shift"] > 1e-3
     assert abs(d2["kp_motion_err_refined"] - d2["kp_motion_err_prior"]) > 1e-3
