@@ -233,8 +233,8 @@ class ReferenceVideoDiffusion(AnimationModule):
         terms = {}
         if self.use_loss("diffusion"):
             terms["loss_diffusion"] = F.mse_loss(pred.float(), goal.float())
-        if self.bank is not None:
-            self.bank.clear()
+        # the reference bank stays filled until the next write_reference / sampling clears it: with gradient
+        # checkpointing, backward recomputes the self-attention blocks that read it
         return terms
 
     def prepare_driving(self, batch: dict, driving: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -42,12 +42,14 @@ class ReferenceBank:
         self.keep: Optional[torch.Tensor] = None
         self.mask_ratio: float = 0.0
         self.generator: Optional[torch.Generator] = None
+        self._kept: dict[str, torch.Tensor] = {}   # per layer: the kept token indices of this bank (masking)
         self.writing = False
 
     def clear(self) -> None:
         self.features.clear()
         self.index = self.keep = self.generator = None
         self.mask_ratio = 0.0
+        self._kept = {}
 
     def read(self, name: str, hidden_states: torch.Tensor):
         """(reference tokens R×M'×C — one row per reference, not per query; M' = M less the masked tokens —, row
@@ -73,8 +75,13 @@ class ReferenceBank:
             # without a key mask and with fewer keys.
             R, M = ref.shape[:2]
             n_keep = max(1, M - int(round(self.mask_ratio * M)))
-            u = torch.rand(R, M, generator=self.generator).to(ref.device)
-            kept = u.argsort(dim=1)[:, :n_keep].sort(dim=1).values
+            kept = self._kept.get(name)
+            if kept is None or kept.shape != (R, n_keep):
+                # drawn once per written bank and layer: a backward pass with gradient checkpointing recomputes
+                # this read and must see the same tokens (the generator has moved on by then)
+                u = torch.rand(R, M, generator=self.generator).to(ref.device)
+                kept = u.argsort(dim=1)[:, :n_keep].sort(dim=1).values
+                self._kept[name] = kept
             ref = ref.gather(1, kept[..., None].expand(R, n_keep, ref.shape[2]))
         if self.keep is not None:
             keep = self.keep.to(ref.device)[:, None]
