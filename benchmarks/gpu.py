@@ -71,7 +71,7 @@ def tiny_rows(root: Path, steps: int) -> dict:
 
     out = {}
     for method, exp in TINY.items():
-        cfg = compose("train", [f"experiment={exp}", f"data.root={root}", "data.synth=null", "data.num_workers=0",
+        cfg = compose("train", [f"experiment={exp}", f"data.root={root}", "data.synth=null", "data.decoder=pyav", "data.num_workers=0",
                                 "run_dir=/nonexistent"])
         dm = VideoClipDataModule(cfg.data)
         it = iter(dm.train_dataloader())
@@ -139,7 +139,7 @@ def eval_row(root: Path) -> dict:
         insight = "insightface importable (ArcFace/SCRFD weights still needed: eval.weights)"
     except ImportError:
         insight = "insightface not installed: ArcFace/landmark face metrics not measured (no py3.12 wheel; weights absent)"
-    cfg = compose("train", ["model=copy_source", f"data.root={root}", "data.synth=null", "data.num_workers=4",
+    cfg = compose("train", ["model=copy_source", f"data.root={root}", "data.synth=null", "data.decoder=pyav", "data.num_workers=4",
                             "eval_protocol=synthfaces_self", "run_dir=/nonexistent"])
     # no identity metrics: insightface is absent (see above) and the SynthFaces embedder (synthid) trains for
     # minutes on first use, outside this benchmark's budget

@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE WANDB_MODE=disabled WANDB_SILENT=true HYDRA_FULL_ERROR=1 PYTHONUNBUFFERED=1
 export PORTRAITLAB_RUNS=${PORTRAITLAB_RUNS:-/tmp/portraitlab_runs}
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-timeout 230 python3 -m pytest -m gpu tests/gpu -q -s -p no:cacheprovider -o addopts="" 2>&1 | grep -vE "Warning|warn" | tail -40
+timeout 200 python3 -m pytest -m gpu tests/gpu -q -s -p no:cacheprovider -o addopts="" 2>&1 | tee ${OUT:-/tmp}/gpu_pytest.log | grep -vE "Warning|warn" | tail -60
 echo "== benchmark"
-timeout 230 python3 -m benchmarks.gpu --steps 8 ${OUT:+--json "$OUT/gpu_bench.json"}
+timeout 210 python3 -m benchmarks.gpu --steps 8 ${OUT:+--json "$OUT/gpu_bench.json"}

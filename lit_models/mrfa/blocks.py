@@ -198,7 +198,8 @@ class DenseMotionNetwork(nn.Module):
         ident = make_coordinate_grid(h, w, ps).view(1, 1, h, w, 2)
         coord = ident - pd.view(B, self.num_kp, 1, 1, 2)
         if "jacobian" in kp_driving and "jacobian" in kp_source:
-            jac = torch.matmul(kp_source["jacobian"], torch.inverse(kp_driving["jacobian"]))
+            # in float32 (torch.inverse has no half / bfloat16 kernels; the official model runs in float32)
+            jac = torch.matmul(kp_source["jacobian"].float(), torch.inverse(kp_driving["jacobian"].float()))
             coord = torch.matmul(jac[:, :, None, None], coord.unsqueeze(-1)).squeeze(-1)
         motion = coord + ps.view(B, self.num_kp, 1, 1, 2)
         bg = ident.expand(B, 1, h, w, 2)

@@ -22,7 +22,7 @@ def equivariance_losses(kp_detector, driving: torch.Tensor, kp_driving: dict, *,
         terms["loss_equivariance_value"] = (kp_driving["value"] - transform.warp_coordinates(kp_t["value"])).abs().mean()
     if use_jacobian and "jacobian" in kp_t:
         jac_t = transform.jacobian(kp_t["value"]) @ kp_t["jacobian"]
-        value = torch.inverse(kp_driving["jacobian"]) @ jac_t
+        value = torch.inverse(kp_driving["jacobian"].float()) @ jac_t.float()
         eye = torch.eye(2, device=value.device, dtype=value.dtype)
         terms["loss_equivariance_jacobian"] = (eye - value).abs().mean()
     return terms

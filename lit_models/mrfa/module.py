@@ -48,7 +48,8 @@ def relative_keypoints(kp_source: dict, kp_driving: dict, kp_driving_initial: di
                              device=scale.device).view(-1, 1, 1)
     out = {"value": kp_source["value"] + (kp_driving["value"] - kp_driving_initial["value"]) * scale.to(kp_source["value"].dtype)}
     if "jacobian" in kp_driving and "jacobian" in kp_source:
-        out["jacobian"] = kp_driving["jacobian"] @ torch.inverse(kp_driving_initial["jacobian"]) @ kp_source["jacobian"]
+        out["jacobian"] = (kp_driving["jacobian"].float() @ torch.inverse(kp_driving_initial["jacobian"].float())
+                           @ kp_source["jacobian"].float())
     return out
 
 
