@@ -26,6 +26,8 @@ import torch
 
 TINY = {"mrfa": "mrfa_synthfaces", "xportrait": "xportrait_synthfaces", "xnemo": "xnemo_synthfaces",
         "interanimate": "interanimate_synthfaces", "imposter": "imposter_tiny"}
+# the GPU image has no dlib (its face models ship in a 100 MB wheel): InterAnimate's ArcFace/dlib ID preserver is off
+EXTRA = {"interanimate": ["model.use_id_preserver=false"]}
 FULL = {"mrfa": ["model=mrfa", "model.perceptual=pyramid_l1_ssim", "data.resolution=256", "data.num_frames=1"],
         "xportrait": ["model=xportrait", "data.resolution=512", "data.num_frames=8"],
         "xnemo": ["model=xnemo", "data.resolution=512", "data.num_frames=8"]}
@@ -71,7 +73,7 @@ def tiny_rows(root: Path, steps: int) -> dict:
 
     out = {}
     for method, exp in TINY.items():
-        cfg = compose("train", [f"experiment={exp}", f"data.root={root}", "data.synth=null", "data.decoder=pyav", "data.num_workers=0",
+        cfg = compose("train", [f"experiment={exp}", *EXTRA.get(method, []), f"data.root={root}", "data.synth=null", "data.decoder=pyav", "data.num_workers=0",
                                 "run_dir=/nonexistent"])
         dm = VideoClipDataModule(cfg.data)
         it = iter(dm.train_dataloader())

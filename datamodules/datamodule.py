@@ -35,9 +35,10 @@ EVAL_MODES = ("self", "cross", "synth_cross")
 def to_data_config(cfg: Any = None, **overrides) -> DataConfig:
     """DataConfig from a dataclass, DictConfig or dict (plus keyword overrides), validated by the schema."""
     merged = OmegaConf.structured(DataConfig)
+    if OmegaConf.is_config(cfg):   # a node of a run config: resolve interpolations (`${model.resolution}`) in place
+        cfg = OmegaConf.to_container(cfg, resolve=True)
     if cfg is not None:
-        merged = OmegaConf.merge(merged, cfg if (OmegaConf.is_config(cfg) or isinstance(cfg, dict))
-                                 else OmegaConf.structured(cfg))
+        merged = OmegaConf.merge(merged, cfg if isinstance(cfg, dict) else OmegaConf.structured(cfg))
     if overrides:
         merged = OmegaConf.merge(merged, overrides)
     return OmegaConf.to_object(merged)

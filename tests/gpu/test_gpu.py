@@ -14,6 +14,8 @@ pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"mrfa": "mrfa_synthfaces", "xportrait": "xportrait_synthfaces", "xnemo": "xnemo_synthfaces",
         "interanimate": "interanimate_synthfaces", "imposter": "imposter_tiny"}
+# the GPU image has no dlib (its face models ship in a 100 MB wheel): InterAnimate's ArcFace/dlib ID preserver is off
+EXTRA = {"interanimate": ["model.use_id_preserver=false"]}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_tiny_config_trains_in_mixed_precision_on_the_gpu(method, precision, syn
     from experiments.train import train
 
     run = tmp_path / "run"
-    cfg = compose("train", [f"experiment={TINY[method]}", "debug=fast", f"data.root={synth_gpu}", "data.synth=null", "data.decoder=pyav",
+    cfg = compose("train", [f"experiment={TINY[method]}", *EXTRA.get(method, []), "debug=fast", f"data.root={synth_gpu}", "data.synth=null", "data.decoder=pyav",
                             f"run_dir={run}", "logger=csv", "logger.use_wandb=false", "trainer.accelerator=gpu",
                             "trainer.devices=1", f"trainer.precision={precision}", "trainer.max_steps=3",
                             "trainer.limit_val_batches=0", "evaluate_after_train=false", "data.num_workers=0"])
