@@ -34,9 +34,7 @@ FORBIDDEN = {
 # known back-edges being removed elsewhere (issue 17): (file relative to the repo, imported module). Shrink only.
 PENDING = {
     ("lit_models/mrfa/diagnostics.py", "datamodules"),          # diagnose_run builds a VideoClipDataModule
-    ("lit_models/mrfa/diagnostics.py", "datamodules.utils"),    # atomic_write_json (toolbox.io has it)
     ("lit_models/interanimate/identity.py", "eval.faces"),      # DlibFaces / InsightFaces for the ID preserver
-    ("lit_models/interanimate/metrics.py", "eval.regions"),     # re-export shim
 }
 
 

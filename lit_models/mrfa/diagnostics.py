@@ -100,7 +100,7 @@ def diagnose_run(run: Path, max_videos: int = 0, num_frames: int = 16) -> dict:
     from omegaconf import OmegaConf
 
     from datamodules import VideoClipDataModule
-    from datamodules.utils import atomic_write_json
+    from toolbox.io import atomic_write_json
     from lit_models.registry import load_model
 
     cfg = OmegaConf.load(run / "config.yaml")
