@@ -116,6 +116,9 @@ class DiffusionConfig(ModelConfig):
     # blend (linear ramps over fixed windows) | circular (official X-Portrait: random offset per step, windows wrap
     # around the clip, ε averaged)
     window_schedule: str = "blend"
+    # circular: the offset is drawn from [0, window_offset_range) each step; 0 = [0, clip length) (official
+    # X-Portrait); 24 = random.randint(0, 23) (official X-NeMo)
+    window_offset_range: int = 0
     # x_T: noise (N(0, I)) | noised_reference (official X-Portrait: q(z_T | z_ref) at t = T−1, the source latent
     # noised with the sampling noise)
     initial_latent: str = "noise"

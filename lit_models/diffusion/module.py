@@ -320,6 +320,7 @@ class ReferenceVideoDiffusion(AnimationModule):
             latents = sample_clip(denoise, noise, make_sampler(self.cfg, sampler), steps, self.cfg.window_size,
                                   self.cfg.window_overlap, show_progress=show_progress,
                                   window_schedule=self.cfg.window_schedule, generator=gen, init_latents=init,
+                                  offset_range=int(self.cfg.window_offset_range),
                                   init_clean=self.initial_latents(z_src, T))
             frames = self.decode(latents.flatten(0, 1))
             if frames.shape[-2:] != (H, W):

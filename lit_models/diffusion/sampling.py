@@ -166,11 +166,12 @@ def sample_clip(denoise: Callable[..., torch.Tensor], noise: torch.Tensor,
                 scheduler, num_inference_steps: int, window_size: int, window_overlap: int,
                 show_progress: bool = False, window_schedule: str = "blend",
                 generator: Optional[torch.Generator] = None, init_latents: Optional[torch.Tensor] = None,
-                init_clean: Optional[torch.Tensor] = None) -> torch.Tensor:
+                init_clean: Optional[torch.Tensor] = None, offset_range: int = 0) -> torch.Tensor:
     """Run the reverse process on a B×T×C×h×w clip. ``window_schedule=blend``: ``denoise(z_window, t, start, end)``
     returns the (guided) model output for frames ``[start, end)`` and windows are blended with linear ramps;
     ``circular`` (official X-Portrait): ``denoise(z_window, t, indices, None)`` for windows that start at a random
-    offset per step (``generator``) and wrap around, averaged. ``init_latents`` replaces ``noise · σ_init``
+    offset per step (``generator``; drawn from ``[0, offset_range)``, 0: the clip length) and wrap around,
+    averaged. ``init_latents`` replaces ``noise · σ_init``
     (e.g. the noised reference latent, X-Portrait); ``init_clean`` (B×T×C×h×w) is noised to the first timestep with
     ``noise`` instead (e.g. the blurred reference latent, X-NeMo). At most one of the two."""
     from tqdm.auto import tqdm
@@ -190,7 +191,7 @@ def sample_clip(denoise: Callable[..., torch.Tensor], noise: torch.Tensor,
         if window_schedule == "blend":
             eps = blend_windows(lambda s, e: denoise(model_in[:, s:e], t, s, e), T, window_size, window_overlap)
         else:
-            offset = int(torch.randint(0, T, (), generator=generator))
+            offset = int(torch.randint(0, offset_range if offset_range > 0 else T, (), generator=generator))
             windows = circular_windows(T, window_size, window_overlap, offset)
             eps = average_windows(lambda idx: denoise(model_in[:, idx.to(model_in.device)], t, idx, None), windows, T)
         latents = scheduler.step(eps, t, latents).prev_sample

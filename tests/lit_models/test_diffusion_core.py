@@ -372,3 +372,27 @@ def test_gradient_checkpointing_with_reference_net_and_masking_gives_the_same_gr
     assert grads[0].keys() == grads[1].keys() and any(n.startswith("reference_net") for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+def test_circular_windows_draw_their_offset_from_the_configured_range():
+    """`window_schedule=circular`: each step's windows start at an offset drawn from [0, offset_range) (X-NeMo's
+    official randint(0, 23)); offset_range=0 draws from the whole clip (X-Portrait's)."""
+    from diffusers import DDIMScheduler
+
+    from lit_models.diffusion.sampling import sample_clip
+
+    def starts(offset_range, steps=12, T=40):
+        seen = []
+
+        def denoise(z, t, idx, _):
+            seen.append(int(idx[0]))
+            return torch.zeros_like(z)
+
+        sched = DDIMScheduler(num_train_timesteps=1000)
+        sample_clip(denoise, torch.zeros(1, T, 1, 2, 2), sched, steps, 24, 4, window_schedule="circular",
+                    generator=torch.Generator().manual_seed(0), offset_range=offset_range)
+        return seen[::2]      # 40 frames, stride 20: two windows per step, the first starts at the offset
+
+    narrow, wide = starts(3), starts(0)
+    assert len(narrow) == 12 and set(narrow) <= {0, 1, 2} and len(set(narrow)) > 1
+    assert max(wide) >= 3 and max(wide) < 40
