@@ -49,3 +49,14 @@ def atomic_write_json(path: str | os.PathLike, data: Any, *, strict: bool = Fals
         data = _finite_json(data)
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str,
                                               allow_nan=not strict) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints, weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -16,7 +16,6 @@ Lightning checkpoint that ``evaluate``, ``animate`` and ``eval.compare`` load li
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 from pathlib import Path
@@ -24,15 +23,12 @@ from typing import Optional
 
 import torch
 
+from toolbox.io import sha256_file
+
 LOSS_ONLY_PREFIXES = ("vgg.", "pyramid.")
 
 
-def sha256sum(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256sum = sha256_file   # toolbox.io: one chunked sha256 for every importer
 
 
 def normalise_state_dict(raw: dict) -> tuple[dict, dict]:

@@ -28,7 +28,6 @@ Renaming (the official modules are diffusers-shaped; only the block internals an
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from toolbox.io import sha256_file
 
 FILES = {
     "reference_unet": "xnemo_reference_unet.pth",
@@ -130,12 +131,7 @@ def write_fake_official(manifest: dict, out_dir: Path, target: Optional[dict[str
     return paths
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = sha256_file   # toolbox.io: one chunked sha256 for every importer
 
 
 def find_files(root: Path) -> dict[str, Path]:

@@ -29,7 +29,6 @@ sources are cast to the model's dtype; the source's sha256 is recorded in the ch
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import re
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from toolbox.io import sha256_file
 
 UNET = "model.diffusion_model."
 APPEARANCE = "appearance_control_model."
@@ -71,12 +72,6 @@ def family(key: str) -> Optional[str]:
     return None
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_official(path: str | Path) -> dict[str, torch.Tensor]:
