@@ -70,6 +70,24 @@ def resolution_multiple(cfg: Any) -> tuple[int, str]:
             need = Fraction(2 ** int(get(blocks_key))) / scale
             parts.append((need.numerator,   # (resolution × scale) divisible by 2^blocks
                           f"{blocks_key}={get(blocks_key)} at {scale_key}={get(scale_key, 1)}"))
+    # MRFA (official layout): sizes live in named sub-configs
+    def sub(name, key):
+        node = get(name)
+        if node is None:
+            return None
+        return node.get(key) if hasattr(node, "get") else getattr(node, key, None)
+
+    if sub("generator", "num_up_blocks") is not None:
+        n = int(sub("generator", "num_up_blocks"))
+        parts.append((2 ** n, f"generator.num_up_blocks={n}: {n + 1} scales, the coarsest at resolution/2^{n}"))
+    if sub("dense_motion", "num_blocks") is not None:
+        n, scale = int(sub("dense_motion", "num_blocks")), Fraction(str(sub("dense_motion", "scale_factor") or 1))
+        need = Fraction(2 ** n) / scale
+        parts.append((need.numerator, f"dense_motion.num_blocks={n} at dense_motion.scale_factor={float(scale)}"))
+    if get("prior") == "mtia" and sub("mtia", "patch_size") is not None:
+        branches = len(sub("mtia", "stage3_channels") or [0])
+        need = 4 * max(int(sub("mtia", "patch_size")), 2 ** max(branches - 1, 0))
+        parts.append((need, f"mtia: HRNet at resolution/4 with {branches} branches, patch_size={sub('mtia', 'patch_size')}"))
     if get("corr_scale") is not None:
         inv = 1 / Fraction(str(get("corr_scale")))
         parts.append((int(inv.numerator), f"corr_scale={get('corr_scale')}"))

@@ -141,8 +141,12 @@ def test_resolution_divisibility_is_checked_per_model_at_compose_time(compose_cf
     # the multiple follows the model's own down-sampling keys: ×2 space-to-depth then 2× in the U-Net = 4
     validate(compose_cfg("train", ["model=xnemo_tiny", "model.pixel_unshuffle=2", "model.unet.in_channels=12",
                                    "model.unet.out_channels=12", "model.resolution=68", "data.resolution=68"]))
-    with pytest.raises(ConfigError, match=r"model\.resolution=72 must be a multiple of 16 for model=mrfa_tiny"):
+    with pytest.raises(ConfigError, match=r"model\.resolution=72 must be a multiple of 32 for model=mrfa_tiny"):
         validate(compose_cfg("train", ["model=mrfa_tiny", "model.resolution=72", "data.resolution=72"]))
+    # …and a multiple of it builds (MRFA's own checks inside the network agree)
+    from lit_models.registry import build_model
+
+    build_model(compose_cfg("train", ["model=mrfa_tiny", "model.resolution=96", "data.resolution=96"]).model)
 
 
 def test_missing_or_empty_data_root_names_data_root_before_a_run_dir_exists(compose_cfg, tmp_path, monkeypatch):
