@@ -33,7 +33,6 @@ FORBIDDEN = {
 
 # known back-edges being removed elsewhere (issue 17): (file relative to the repo, imported module). Shrink only.
 PENDING = {
-    ("lit_models/mrfa/diagnostics.py", "datamodules"),          # diagnose_run builds a VideoClipDataModule
     ("lit_models/interanimate/identity.py", "eval.faces"),      # DlibFaces / InsightFaces for the ID preserver
 }
 

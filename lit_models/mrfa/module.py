@@ -140,37 +140,6 @@ class MRFA(AnimationModule):
                 "num_refine_steps": len(self.decoder.refined)}
 
     # ---- contract ---------------------------------------------------------------------------------------------
-    def eval_diagnostics(self, datamodule, protocol) -> dict[str, float]:
-        """Keypoint-motion accuracy of the prior vs the refined motion on the protocol's self-reenactment test set
-        when its samples carry ground-truth keypoints (SynthFaces): ``motion_err_zero / _prior / _refined`` and
-        ``refine_shift`` in pixels (see ``lit_models.mrfa.diagnostics``); {} otherwise."""
-        from lit_models.mrfa.diagnostics import diagnose
-
-        if str(protocol.mode) != "self" or not hasattr(datamodule, "eval_dataset"):
-            return {}
-        ds = datamodule.eval_dataset(split=protocol.split, mode="self", num_frames=protocol.num_frames,
-                                     stride=protocol.stride, max_videos=protocol.max_videos)
-        if len(ds) == 0:
-            return {}
-        first = ds[0]
-        if first.get("keypoints") is None:     # real data: no ground-truth keypoints, so nothing to decode further
-            return {}
-
-        def stream():                           # one video at a time (the test set is never held in memory)
-            for i in range(len(ds)):
-                s = first if i == 0 else ds[i]
-                if s.get("keypoints") is not None:
-                    yield {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in s.items()}
-
-        was_training = self.training
-        self.eval()
-        try:
-            res = diagnose(self, stream(), int(first["source"].shape[-1]))
-        finally:
-            self.train(was_training)
-        return {"motion_err_zero": res["kp_motion_err_zero"], "motion_err_prior": res["kp_motion_err_prior"],
-                "motion_err_refined": res["kp_motion_err_refined"], "refine_shift": res["refine_shift"]}
-
     @torch.no_grad()
     def animate(self, source: torch.Tensor, driving: torch.Tensor, relative: bool = False,
                 driving_initial: torch.Tensor | None = None, adapt_movement_scale: bool = False,

@@ -129,28 +129,53 @@ def test_run_probes_labels_standin_models_and_runs_only_for_their_method(tiny_xn
     assert run_probes(other, dm, None) == {} and len(calls) == 2
 
 
-def test_mrfa_probe_delegates_to_the_model_until_its_code_moves():
-    """Transitional MRFA probe: the model's `eval_diagnostics` (keypoint-motion errors) under the probe's declared
-    names; a probe returning a name it does not declare is an error naming it."""
+def test_mrfa_probe_calls_the_models_networks_under_its_declared_names():
+    """The MRFA probe builds the self-test stream itself and calls only the model's networks (``kp_detector``,
+    ``generate``): a fake model whose motion is the identity grid gives motion_err_prior = _refined = _zero, shift 0;
+    a probe returning a name it does not declare is an error naming it."""
+    import torch
     from omegaconf import OmegaConf
 
-    from eval.probes import run_probes
+    from eval.probes import PROBES, run_probes
+    from lit_models.common.warp import make_coordinate_grid
 
-    class FakeMRFA:
+    class FakeMRFA(torch.nn.Module):
         cfg = OmegaConf.create({"name": "mrfa_tiny", "_target_": "lit_models.mrfa.MRFA"})
+        bg_predictor = None
 
-        def __init__(self, res):
-            self.res, self.seen = res, []
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
 
-        def eval_diagnostics(self, datamodule, protocol):
-            self.seen.append((datamodule, protocol))
-            return dict(self.res)
+        def kp_detector(self, x):
+            return {"value": torch.zeros(x.shape[0], 5, 2)}
 
-    vals = {"motion_err_zero": 3.0, "motion_err_prior": 1.5, "motion_err_refined": 1.2, "refine_shift": 0.4}
-    m = FakeMRFA(vals)
-    assert run_probes(m, "dm", "proto") == vals and m.seen == [("dm", "proto")]
-    with pytest.raises(ValueError, match=r"mrfa.keypoint_motion.*'kp_err'"):
-        run_probes(FakeMRFA({"kp_err": 1.0}), "dm", "proto")
+        def generate(self, src, kps, kpd, bg, refine_iters=None):
+            g = make_coordinate_grid(src.shape[-2], src.shape[-1])[None].expand(src.shape[0], -1, -1, -1)
+            return {"prior_deformation": g, "deformation": g}
+
+    class DM:
+        def eval_dataset(self, **kw):
+            g = torch.Generator().manual_seed(0)
+            return [{"source": torch.rand(3, 16, 16, generator=g), "driving": torch.rand(3, 3, 16, 16, generator=g),
+                     "keypoints": 2 + torch.rand(3, 4, 2, generator=g) * 12}]
+
+    proto = OmegaConf.create({"mode": "self", "split": "test", "num_frames": 3, "stride": 1, "max_videos": 0})
+    m = FakeMRFA().train()
+    res = run_probes(m, DM(), proto)
+    kp = DM().eval_dataset()[0]["keypoints"]
+    zero = float((kp[1:] - kp[0]).norm(dim=-1).mean())
+    assert res["motion_err_zero"] == pytest.approx(zero, rel=1e-6)
+    assert res["motion_err_prior"] == pytest.approx(zero, rel=1e-4) == res["motion_err_refined"]
+    assert res["refine_shift"] == pytest.approx(0.0, abs=1e-6) and m.training
+    probe = PROBES["mrfa.keypoint_motion"]
+    bad = type(probe)(name="bad", methods=probe.methods, directions={}, run=lambda *a: {"kp_err": 1.0})
+    PROBES["bad"] = bad
+    try:
+        with pytest.raises(ValueError, match=r"bad.*'kp_err'"):
+            run_probes(m, DM(), proto)
+    finally:
+        del PROBES["bad"]
 
 
 # directions of every probe metric before the move (eval/metrics.py hard-coded them): the declarations keep them

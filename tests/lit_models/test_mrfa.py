@@ -338,12 +338,12 @@ def test_full_paper_config_256(compose_cfg):
     assert out.shape == (1, 2, 3, 256, 256)
 
 
-# ---- motion diagnostics (lit_models.mrfa.diagnostics) -------------------------------------------------------------
+# ---- motion diagnostics (eval.probes.mrfa) -------------------------------------------------------------------
 def test_keypoint_motion_error_of_known_motions():
     """A backward motion T(p) = p + (2, -1) px is exact for keypoints moved by (−2, +1) and 2.24 px off for
     unmoved ones; the identity grid's error is the keypoint displacement itself."""
     from lit_models.common.warp import make_coordinate_grid
-    from lit_models.mrfa.diagnostics import keypoint_motion_error
+    from eval.probes.mrfa import keypoint_motion_error
 
     size = 64
     ident = make_coordinate_grid(size, size)[None]
@@ -360,7 +360,7 @@ def test_keypoint_motion_error_of_known_motions():
 
 
 def test_diagnose_k0_has_no_refinement_shift(tiny_model_cfg):
-    from lit_models.mrfa.diagnostics import diagnose
+    from eval.probes.mrfa import diagnose
 
     g = torch.Generator().manual_seed(1)
     clip = torch.rand(4, 3, 32, 32, generator=g)
@@ -376,9 +376,12 @@ def test_diagnose_k0_has_no_refinement_shift(tiny_model_cfg):
     assert abs(d2["kp_motion_err_refined"] - d2["kp_motion_err_prior"]) > 1e-3
 
 
-def test_eval_diagnostics_reads_the_protocols_self_test_set(tiny_model_cfg):
-    """The training entry point merges `eval_diagnostics` into metrics.json: on samples with ground-truth keypoints
+def test_mrfa_probe_reads_the_protocols_self_test_set(tiny_model_cfg):
+    """The eval probe `mrfa.keypoint_motion` (merged into metrics.json by the entry points): on samples with ground-truth keypoints
     it reports the motion errors; a cross protocol or keypoint-free data gives {} (nothing invented)."""
+    from eval.probes import run_probes
+    from eval.probes.mrfa import diagnose
+
     g = torch.Generator().manual_seed(2)
     clip = torch.rand(3, 3, 32, 32, generator=g)
     with_kp = {"source": clip[0], "driving": clip, "keypoints": 4 + torch.rand(3, 5, 2, generator=g) * 24}
@@ -394,8 +397,11 @@ def test_eval_diagnostics_reads_the_protocols_self_test_set(tiny_model_cfg):
     proto = OmegaConf.create({"mode": "self", "split": "test", "num_frames": 3, "stride": 1, "max_videos": 0})
     model = make(tiny_model_cfg, refine_iters=1)
     dm = DM([with_kp])
-    res = model.eval_diagnostics(dm, proto)
+    res = run_probes(model, dm, proto)
+    ref = diagnose(make(tiny_model_cfg, refine_iters=1).eval(), [with_kp], 32)
+    assert res == {"motion_err_zero": ref["kp_motion_err_zero"], "motion_err_prior": ref["kp_motion_err_prior"],
+                   "motion_err_refined": ref["kp_motion_err_refined"], "refine_shift": ref["refine_shift"]}
     assert set(res) == {"motion_err_zero", "motion_err_prior", "motion_err_refined", "refine_shift"}
     assert dm.calls[0]["mode"] == "self" and dm.calls[0]["num_frames"] == 3 and model.training
-    assert model.eval_diagnostics(DM([{k: v for k, v in with_kp.items() if k != "keypoints"}]), proto) == {}
-    assert model.eval_diagnostics(dm, OmegaConf.merge(proto, {"mode": "synth_cross"})) == {}
+    assert run_probes(model, DM([{k: v for k, v in with_kp.items() if k != "keypoints"}]), proto) == {}
+    assert run_probes(model, dm, OmegaConf.merge(proto, {"mode": "synth_cross"})) == {}
