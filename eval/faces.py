@@ -251,3 +251,74 @@ def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None,
         family, backend = split_face_name(name)
         metrics.append(FaceMetric(family, backend, analyzers[backend]))
     return metrics
+
+
+# ---- the face-embedding φ for models that condition on identity (InterAnimate's ID preserver) -------------------
+class IdentityEncoder:
+    """φ: B×3×H×W images in [0, 1] → (B×E float embeddings, B bool found) through the ``dlib`` (128-d) or
+    ``arcface`` (512-d) backend above; the all-zero embedding with found=False where no face is detected (the model
+    then uses its learned "no identity" tokens, never a made-up embedding). Cached by image content.
+
+    Moved from ``lit_models/interanimate/identity.py`` (a model may not import eval): the entry points build it from
+    the model's request (:func:`attach_identity_encoder`) and inject it."""
+
+    def __init__(self, backend: str, cache_size: int = 4096, resolution: int = 0):
+        """``resolution`` > 0: images smaller than that are upsampled (bicubic) to it before detection."""
+        from lit_models.interanimate.identity import ID_DIMS
+
+        if backend not in ID_DIMS:
+            raise ValueError(f"id_backend must be one of {sorted(ID_DIMS)} (or `none`), got {backend!r}")
+        self.backend_name = backend
+        self.resolution = int(resolution)
+        self.dim = ID_DIMS[backend]
+        self._backend = None
+        self._cache: dict[str, tuple[np.ndarray, bool]] = {}
+        self.cache_size = cache_size
+
+    def _load(self):
+        if self._backend is None:
+            if self.backend_name == "dlib":
+                self._backend = DlibFaces(need_embedding=True)
+            else:
+                self._backend = InsightFaces(need_embedding=True, need_landmarks=False)
+        return self._backend
+
+    def embed_one(self, rgb_u8: np.ndarray) -> tuple[np.ndarray, bool]:
+        import hashlib
+
+        key = hashlib.sha1(rgb_u8.tobytes() + str(rgb_u8.shape).encode()).hexdigest()
+        if key not in self._cache:
+            res = self._load().analyze(np.ascontiguousarray(rgb_u8), need_embedding=True)
+            if res.embedding is None:
+                val = (np.zeros(self.dim, np.float32), False)
+            else:
+                val = (np.asarray(res.embedding, np.float32), True)
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = val
+        return self._cache[key]
+
+    def __call__(self, images01):
+        import torch
+
+        x = images01.detach().float().cpu()
+        if self.resolution and max(x.shape[-2:]) < self.resolution:
+            k = self.resolution / max(x.shape[-2:])
+            size = (round(x.shape[-2] * k), round(x.shape[-1] * k))
+            x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        u8 = (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        out = [self.embed_one(im) for im in u8]
+        emb = torch.from_numpy(np.stack([e for e, _ in out])).to(images01.device)
+        found = torch.tensor([f for _, f in out], dtype=torch.bool, device=images01.device)
+        return emb, found
+
+
+def attach_identity_encoder(model):
+    """Give ``model`` the identity encoder it asks for, if any: a model with ``identity_encoder_request`` (InterAnimate
+    with ``use_id_preserver=true``: ``{"backend": "dlib" | "arcface", "resolution": int}``) gets
+    ``IdentityEncoder(backend, resolution=resolution)`` through ``model.set_identity_encoder``; any other model is
+    returned unchanged. The entry points (train, evaluate, animate, compare) call it after building or loading."""
+    request = getattr(model, "identity_encoder_request", None)
+    if request:
+        model.set_identity_encoder(IdentityEncoder(request["backend"], resolution=int(request.get("resolution", 0))))
+    return model

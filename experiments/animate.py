@@ -153,7 +153,10 @@ def animate(cfg: DictConfig) -> Path:
     for key in ("source", "driving", "out"):
         if not cfg.get(key):
             raise runtime.ConfigError(f"{key}= is required (animate ckpt=PATH source=IMAGE driving=VIDEO out=OUT.mp4)")
-    model = load_model(cfg.ckpt) if cfg.ckpt else build_model(cfg.model)
+    from eval.faces import attach_identity_encoder
+
+    # φ for InterAnimate's ID preserver (else a no-op)
+    model = attach_identity_encoder(load_model(cfg.ckpt) if cfg.ckpt else build_model(cfg.model))
     if not cfg.ckpt and model.trainable:
         raise runtime.ConfigError(f"model={cfg.model.name} has trainable parameters: pass ckpt=PATH")
     model.eval()

@@ -40,7 +40,13 @@ def compare_checkpoints(cfg: DictConfig) -> dict:
     # as experiments.evaluate: frames are read at native size and resized with the protocol's method; every model
     # runs at its own resolution (eval.runner.animate_at_model_resolution)
     datamodule = build_datamodule(cfg.data)
-    return compare(ckpts, cfg.eval_protocol, datamodule, out, use_wandb=bool(cfg.logger.use_wandb),
+    from eval.compare import _labels
+    from eval.faces import attach_identity_encoder
+    from lit_models.registry import load_model
+
+    # every checkpoint loaded here, so that models that need it get their identity encoder (InterAnimate's φ)
+    models = {label: attach_identity_encoder(load_model(c)) for label, c in _labels(ckpts).items()}
+    return compare(ckpts, cfg.eval_protocol, datamodule, out, models=models, use_wandb=bool(cfg.logger.use_wandb),
                    wandb_mode=str(cfg.logger.mode), num_grid_videos=int(cfg.eval_protocol.num_grid_videos),
                    project=str(cfg.logger.project), entity=cfg.logger.entity)
 

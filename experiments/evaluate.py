@@ -22,15 +22,16 @@ register_configs()
 
 
 def load_for_eval(cfg: DictConfig):
+    from eval.faces import attach_identity_encoder
     from lit_models.registry import build_model, load_model
 
     if cfg.ckpt:
-        model = load_model(cfg.ckpt)
+        model = attach_identity_encoder(load_model(cfg.ckpt))   # φ for InterAnimate's ID preserver (else a no-op)
         OmegaConf.set_struct(cfg, False)
         cfg.model = OmegaConf.create(dict(model.hparams["model"]))
         OmegaConf.set_struct(cfg, True)
         return model
-    model = build_model(cfg.model)
+    model = attach_identity_encoder(build_model(cfg.model))
     if model.trainable:
         raise runtime.ConfigError(f"model={cfg.model.name} has trainable parameters: pass ckpt=PATH to evaluate it")
     return model

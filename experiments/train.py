@@ -103,9 +103,10 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
     runtime.save_config(cfg, run_dir)
     runtime.seed_everything(cfg.seed)
 
+    from eval.faces import attach_identity_encoder
     from lit_models.registry import build_model
 
-    model = build_model(cfg.model)
+    model = attach_identity_encoder(build_model(cfg.model))   # φ for InterAnimate's ID preserver (else a no-op)
     datamodule = build_datamodule(cfg.data)
     if cfg.evaluate_after_train:   # weights, decodable evaluation set, protocols: fail now, not after training
         import os
@@ -140,7 +141,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
             # FSDP left the parameters sharded over the ranks: evaluate a copy with the full (consolidated) weights
             from lit_models.registry import load_model
 
-            model = load_model(str(last)).to(trainer.strategy.root_device)
+            model = attach_identity_encoder(load_model(str(last))).to(trainer.strategy.root_device)
     else:
         log.info("%s has no trainable parameters: nothing to train", cfg.model.name)
         save_untrained_checkpoint(model, last)

@@ -15,10 +15,11 @@ SMALL = ["model=interanimate_tiny", "model.resolution=16", "model.unet.block_out
 @pytest.fixture(scope="module")
 def tiny_model():
     from experiments.compose import compose
+    from eval.faces import attach_identity_encoder
     from lit_models.registry import build_model
 
     torch.manual_seed(0)
-    return build_model(compose("train", SMALL).model).eval()
+    return attach_identity_encoder(build_model(compose("train", SMALL).model)).eval()
 
 
 @pytest.mark.fixtures
@@ -26,7 +27,8 @@ def test_animate_identity_tokens_come_from_the_full_resolution_face(compose_cfg,
                                                                     tiny_model):
     from experiments.animate import animate, crop_resize, read_image, square_box
     from experiments.train import save_untrained_checkpoint
-    from lit_models.interanimate.identity import IdentityEncoder, IdentityProjector
+    from eval.faces import IdentityEncoder
+    from lit_models.interanimate.identity import IdentityProjector
 
     ckpt = save_untrained_checkpoint(tiny_model, tmp_path / "last.ckpt")
     seen = []

@@ -32,9 +32,7 @@ FORBIDDEN = {
 }
 
 # known back-edges being removed elsewhere (issue 17): (file relative to the repo, imported module). Shrink only.
-PENDING = {
-    ("lit_models/interanimate/identity.py", "eval.faces"),      # DlibFaces / InsightFaces for the ID preserver
-}
+PENDING: set[tuple[str, str]] = set()   # empty: every back-edge is gone
 
 
 def imported_modules(path: Path, module: str) -> list[tuple[int, str]]:

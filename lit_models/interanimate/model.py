@@ -15,14 +15,14 @@ averaged over its blocks and rows (``ortho_target=quantized``, default) or ``X``
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lit_models.diffusion.module import ReferenceVideoDiffusion, resize
-from lit_models.interanimate.identity import ID_DIMS, IdentityEncoder, IdentityProjector
+from lit_models.interanimate.identity import ID_DIMS, IdentityProjector
 from lit_models.interanimate.interaction import (ORTHO_TARGETS, InteractionBlock, InteractionContext, _spatial_hook,
                                                  _temporal_hook, channels_of, is_motion_module,
                                                  is_spatial_transformer, mean_abs_cosine, orthogonality_loss)
@@ -103,12 +103,13 @@ class InterAnimate(ReferenceVideoDiffusion):
         R = len(cfg.mask_regions)
         self.motion_guider = MotionGuider(3 + R, list(cfg.motion_channels), cfg.motion_grid, D)
         self.mask_predictor = MaskPredictor(R) if cfg.use_mask_predictor else None
-        self.id_encoder: Optional[IdentityEncoder] = None
+        # φ (images → (embedding, found)) is injected by the entry points (`set_identity_encoder`): not a module,
+        # not in the checkpoint
+        self.id_encoder: Optional[Callable] = None
         self.id_projector: Optional[IdentityProjector] = None
         if cfg.use_id_preserver:
             if cfg.id_backend not in ID_DIMS:
                 raise ValueError(f"id_backend must be one of {sorted(ID_DIMS)}, got {cfg.id_backend!r}")
-            self.id_encoder = IdentityEncoder(cfg.id_backend, resolution=int(cfg.get("id_resolution", 0)))
             self.id_projector = IdentityProjector(ID_DIMS[cfg.id_backend], cfg.num_id_tokens, D)
 
     def region_masks(self, driving: torch.Tensor) -> torch.Tensor:
@@ -122,8 +123,28 @@ class InterAnimate(ReferenceVideoDiffusion):
                 return torch.sigmoid(self.mask_predictor(driving.flatten(0, 1))).view(B, T, -1, *driving.shape[-2:])
         return driving.new_ones(B, T, len(self.cfg.mask_regions), *driving.shape[-2:])
 
+    @property
+    def identity_encoder_request(self) -> Optional[dict]:
+        """What the ID preserver needs injected: ``{"backend": id_backend, "resolution": id_resolution}`` while
+        ``use_id_preserver`` and no encoder is set, else None (read by ``eval.faces.attach_identity_encoder``)."""
+        if not self.cfg.use_id_preserver or self.id_encoder is not None:
+            return None
+        return {"backend": str(self.cfg.id_backend), "resolution": int(self.cfg.get("id_resolution", 0))}
+
+    def set_identity_encoder(self, encoder: Callable) -> None:
+        """Inject φ: B×3×H×W images in [0, 1] → (embedding B×E with E = ID_DIMS[id_backend], found B bool)."""
+        if not self.cfg.use_id_preserver:
+            raise ValueError("set_identity_encoder: model.use_id_preserver=false (this model has no ID preserver)")
+        self.id_encoder = encoder
+
     def identity(self, source01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding B×E, found B) of the source face through the configured backend."""
+        """(embedding B×E, found B) of the source face through the injected identity encoder φ."""
+        if self.id_encoder is None:
+            raise RuntimeError(
+                f"InterAnimate has model.use_id_preserver=true (id_backend={self.cfg.id_backend}) but no identity "
+                "encoder was injected: call eval.faces.attach_identity_encoder(model) after build_model / load_model "
+                "(the experiments entry points do), or model.set_identity_encoder(fn), or set "
+                "model.use_id_preserver=false")
         return self.id_encoder(source01)
 
     def encode_motion(self, source, driving, keep_motion, generator=None, keypoints=None):

@@ -18,8 +18,10 @@ SMALL = ["model=interanimate_tiny", "model.resolution=16", "model.unet.block_out
 def small_model():
     from experiments.compose import compose
 
+    from eval.faces import attach_identity_encoder
+
     torch.manual_seed(0)
-    return build_model(compose("train", SMALL).model)
+    return attach_identity_encoder(build_model(compose("train", SMALL).model))
 
 
 def _batch(B=1, T=2, res=16, seed=0):
@@ -191,7 +193,10 @@ def test_id_tokens_change_the_output(small_model):
 def test_trains_with_falling_loss(compose_cfg):
     torch.manual_seed(0)
     # λ_ortho 0.1 (the sweep's "on"): at 0.01 the diffusion steps' change of the features dominates L̃ in 3 steps
-    m = build_model(compose_cfg("train", SMALL + ["model.lr=2e-3", "model.lambda_ortho=0.1"]).model)
+    from eval.faces import attach_identity_encoder
+
+    cfg = compose_cfg("train", SMALL + ["model.lr=2e-3", "model.lambda_ortho=0.1"])
+    m = attach_identity_encoder(build_model(cfg.model))
     m.train()
     opt = m.configure_optimizers()
     batch = _batch(seed=3)
@@ -231,7 +236,7 @@ def test_region_metrics():
 @pytest.mark.fixtures
 def test_dlib_identity_on_real_portrait(real_fixtures):
     from lit_models.imposter.data import load_image
-    from lit_models.interanimate.identity import IdentityEncoder
+    from eval.faces import IdentityEncoder
 
     enc = IdentityEncoder("dlib")
     img = load_image(real_fixtures / "portraits" / "astronaut.png", 256)[None]
@@ -245,7 +250,7 @@ def test_dlib_identity_on_real_portrait(real_fixtures):
 def test_id_resolution_upsamples_small_sources_for_the_detector(real_fixtures):
     """The tiny model's 32² face crop of a real portrait: no face as given, found once upsampled to id_resolution."""
     from experiments.animate import crop_resize, read_image, square_box
-    from lit_models.interanimate.identity import IdentityEncoder
+    from eval.faces import IdentityEncoder
 
     img = read_image(real_fixtures / "portraits" / "astronaut.png")[None]
     small = crop_resize(img, square_box(img, "face"), 32)
@@ -276,3 +281,28 @@ def test_train_then_animate_real_hand_over_face_clip(real_fixtures, tmp_path):
                     f"driving={real_fixtures / 'clips' / 'hand_over_face_pexels.mp4'}", "max_frames=4",
                     f"out={out}"], check=True, env=env)
     assert out.exists() and out.stat().st_size > 0
+
+
+def test_identity_encoder_is_injected_not_built_by_the_model(compose_cfg):
+    """The model asks for φ (`identity_encoder_request`) and never builds it (lit_models may not import eval): without
+    injection `identity` fails naming the fix; `attach_identity_encoder` injects the eval-side dlib encoder (128-d
+    as the projector expects); a model without the ID preserver asks for nothing and refuses an encoder."""
+    from eval.faces import IdentityEncoder, attach_identity_encoder
+
+    torch.manual_seed(0)
+    m = build_model(compose_cfg("train", SMALL + ["model.id_resolution=64"]).model)
+    assert m.id_encoder is None and m.identity_encoder_request == {"backend": "dlib", "resolution": 64}
+    with pytest.raises(RuntimeError, match=r"use_id_preserver=true.*attach_identity_encoder"):
+        m.identity(torch.zeros(1, 3, 16, 16))
+    assert attach_identity_encoder(m) is m and isinstance(m.id_encoder, IdentityEncoder)
+    assert m.id_encoder.backend_name == "dlib" and m.id_encoder.resolution == 64 and m.identity_encoder_request is None
+    emb, found = m.identity(torch.zeros(2, 3, 16, 16))            # a blank image: no face, the zero embedding
+    assert emb.shape == (2, 128) and not found.any() and not any("id_encoder" in k for k in m.state_dict())
+    calls = []
+    m.set_identity_encoder(lambda x: calls.append(x.shape) or (torch.ones(x.shape[0], 128),
+                                                               torch.ones(x.shape[0], dtype=torch.bool)))
+    assert m.identity(torch.zeros(3, 3, 16, 16))[1].all() and calls == [(3, 3, 16, 16)]
+    off = build_model(compose_cfg("train", SMALL + ["model.use_id_preserver=false"]).model)
+    assert off.identity_encoder_request is None and attach_identity_encoder(off).id_encoder is None
+    with pytest.raises(ValueError, match="use_id_preserver=false"):
+        off.set_identity_encoder(IdentityEncoder("dlib"))

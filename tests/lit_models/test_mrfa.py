@@ -377,8 +377,8 @@ def test_diagnose_k0_has_no_refinement_shift(tiny_model_cfg):
 
 
 def test_mrfa_probe_reads_the_protocols_self_test_set(tiny_model_cfg):
-    """The eval probe `mrfa.keypoint_motion` (merged into metrics.json by the entry points): on samples with ground-truth keypoints
-    it reports the motion errors; a cross protocol or keypoint-free data gives {} (nothing invented)."""
+    """The eval probe `mrfa.keypoint_motion` (merged into metrics.json by the entry points): on samples with
+    ground-truth keypoints it reports the motion errors (= `diagnose` on the same sample); a cross protocol or keypoint-free data gives {} (nothing invented)."""
     from eval.probes import run_probes
     from eval.probes.mrfa import diagnose
 
