@@ -203,7 +203,9 @@ def compare(ckpts: list[str], protocol, datamodule, out: str | Path, use_wandb: 
     if models is None:
         from lit_models.registry import load_model
 
-        models = {label: load_model(path) for label, path in labels.items()}
+        from eval.faces import attach_identity_encoder
+
+        models = {label: attach_identity_encoder(load_model(path)) for label, path in labels.items()}
     results, per_video = {}, {}
     for label, model in models.items():
         results[label] = run_evaluation(model, datamodule, protocol, out / label, loggers=[],
