@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
 
 def compose_config(overrides: list[str]):
     from experiments.compose import compose
