@@ -39,17 +39,10 @@ def _sync(device):
 
 
 def build(overrides: list[str]):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
-    from experiments.schema import register_configs
+    from experiments.compose import compose
     from lit_models.registry import build_model
 
-    register_configs()
-    cfg_dir = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-    with initialize_config_dir(config_dir=str(cfg_dir), version_base="1.3"):
-        cfg = compose("train", overrides=["model=xnemo_tiny", *overrides])
+    cfg = compose("train", ["model=xnemo_tiny", *overrides])
     torch.manual_seed(0)
     return build_model(cfg.model)
 

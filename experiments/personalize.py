@@ -31,19 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
 
 def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from experiments.compose import compose
 
-    from experiments.schema import register_configs
-
-    register_configs()
     if not any(o.startswith(("model=", "experiment=")) for o in overrides):
         overrides = ["model=imposter", *overrides]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose("train", overrides)
 
 
 def _save_png(img: torch.Tensor, path: Path) -> None:

@@ -38,6 +38,12 @@ def validate(cfg: DictConfig) -> None:
     if unknown:
         raise ConfigError(f"{unknown[0]} is not a config key{_close_key(unknown[0], cfg)}: `+key=` adds keys that no "
                           f"schema declares and nothing reads" + (f" (also: {', '.join(unknown[1:4])})" if unknown[1:] else ""))
+    for key in (cfg.get("trainer") or {}):
+        if key in _TRAINER_RESERVED:
+            raise ConfigError(f"trainer.{key} is set by the lab; use {_TRAINER_RESERVED[key]}")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and (not isinstance(node, DictConfig) or "_target_" not in node):
+            raise ConfigError(f"callbacks.{name} needs a _target_ (a lightning Callback class path) or null")
     check_resolution(cfg)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
@@ -85,6 +91,8 @@ def _unknown_keys(node: Any, path: str = "") -> list[str]:
     found: list[str] = []
     typ = OmegaConf.get_type(node)
     fields = {f.name for f in dataclasses.fields(typ)} if dataclasses.is_dataclass(typ) else None
+    if fields is not None and path == "trainer":
+        fields = fields | set(trainer_kwargs())
     for key in node.keys():
         name = f"{path}.{key}" if path else str(key)
         if fields is not None and key not in fields:
@@ -103,6 +111,8 @@ def _close_key(name: str, node: Any) -> str:
     parent, _, leaf = name.rpartition(".")
     typ = OmegaConf.get_type(OmegaConf.select(node, parent) if parent else node)
     keys = [f.name for f in dataclasses.fields(typ)] if dataclasses.is_dataclass(typ) else []
+    if parent == "trainer":
+        keys += [k for k in trainer_kwargs() if k not in keys]
     near = difflib.get_close_matches(leaf, keys, n=1)
     return f" (did you mean {parent + '.' if parent else ''}{near[0]}?)" if near else ""
 
@@ -211,6 +221,8 @@ def _run_fingerprint(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in ("resume", "run_dir"):
         container.pop(key, None)
+    if not container.get("callbacks", True):   # no extra callbacks: the same run as before the `callbacks` key
+        container.pop("callbacks")
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True).encode()).hexdigest()
 
 
@@ -478,6 +490,74 @@ def build_strategy(tc: DictConfig):
                         state_dict_type="full")
 
 
+# lightning.Trainer keywords the lab builds itself from other config keys: `+trainer.<kw>` cannot set them
+_TRAINER_RESERVED = {"default_root_dir": "run_dir", "logger": "the logger group (logger=...)",
+                     "callbacks": "the callbacks group (callbacks=early_stopping) or a callbacks: {name: {_target_}} dict",
+                     "plugins": "nothing (the lab's atomic checkpoint IO plugin)"}
+
+
+def trainer_kwargs() -> tuple[str, ...]:
+    """Every keyword ``lightning.Trainer.__init__`` accepts (what ``+trainer.<kw>=`` may set)."""
+    import inspect
+
+    return tuple(n for n, p in inspect.signature(L.Trainer.__init__).parameters.items()
+                 if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _instantiate_value(value: Any) -> Any:
+    """A config value as a Python object: ``{_target_: ...}`` nodes through ``hydra.utils.instantiate``."""
+    from hydra.utils import instantiate
+
+    if OmegaConf.is_config(value):
+        return instantiate(value, _convert_="all")
+    return value
+
+
+def trainer_passthrough(tc: DictConfig) -> dict[str, Any]:
+    """``+trainer.<kw>`` keys the schema does not declare but ``lightning.Trainer`` takes (``profiler``,
+    ``benchmark``, ``overfit_batches``, ``barebones`` …), as Trainer keyword arguments (``_target_`` values
+    instantiated: ``+trainer.profiler={_target_: lightning.pytorch.profilers.SimpleProfiler}``)."""
+    import dataclasses
+
+    from experiments.schema import TrainerConfig
+
+    declared = {f.name for f in dataclasses.fields(TrainerConfig)}
+    accepted = set(trainer_kwargs())
+    out = {}
+    for key in tc.keys():
+        if key in declared:
+            continue
+        if key in _TRAINER_RESERVED:
+            raise ConfigError(f"trainer.{key} is set by the lab; use {_TRAINER_RESERVED[key]}")
+        if key not in accepted:
+            raise ConfigError(f"trainer.{key} is not a config key or lightning.Trainer argument"
+                              f"{_close_key(f'trainer.{key}', OmegaConf.create({'trainer': tc}))}")
+        out[str(key)] = _instantiate_value(tc[key])
+    return out
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """The ``callbacks`` dict (config group ``callbacks/``): each ``name: {_target_: ...}`` built with
+    ``hydra.utils.instantiate``, in the dict's order; ``name: null`` switches an entry off."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import Callback
+
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(f"callbacks.{name} needs a _target_ (a lightning Callback class path)")
+        try:
+            cb = instantiate(node, _convert_="all")
+        except Exception as e:   # hydra wraps import/constructor errors: say which entry
+            raise ConfigError(f"callbacks.{name}: cannot build {node._target_} ({e})") from e
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks.{name}: {node._target_} is not a lightning Callback")
+        out.append(cb)
+    return out
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
@@ -516,7 +596,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
             callbacks.append(lightning_progress_bar())
     if tc.get("record_sample_indices"):
         callbacks.append(SampleIndexRecorder(run_dir))
-    return L.Trainer(
+    callbacks += build_callbacks(cfg)
+    kwargs = dict(
         default_root_dir=str(run_dir), accelerator=tc.accelerator, devices=tc.devices, strategy=build_strategy(tc),
         sync_batchnorm=bool(tc.get("sync_batchnorm", False)),
         num_nodes=tc.num_nodes, precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
@@ -529,6 +610,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
         logger=loggers or False, callbacks=callbacks, detect_anomaly=bool(tc.get("detect_anomaly", False)),
         plugins=[atomic_checkpoint_io()],
     )
+    kwargs.update(trainer_passthrough(tc))   # `+trainer.<kw>`: any other lightning.Trainer argument, as given
+    return L.Trainer(**kwargs)
 
 
 @contextlib.contextmanager

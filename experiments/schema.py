@@ -19,7 +19,10 @@ from eval.protocol import EvalProtocolConfig
 
 @dataclass
 class TrainerConfig:
-    """Subset of ``lightning.Trainer`` arguments; multi-GPU / multi-node through Lightning's own strategies."""
+    """The ``lightning.Trainer`` arguments the lab sets, plus its own (checkpointing, FSDP, checks); multi-GPU /
+    multi-node through Lightning's own strategies. Any other ``lightning.Trainer.__init__`` keyword is accepted as
+    ``+trainer.<kw>=value`` (``+trainer.profiler=simple``) and passed through (``runtime.trainer_passthrough``); a
+    key that is neither is rejected with a "did you mean" hint."""
 
     accelerator: str = "auto"
     devices: Any = "auto"
@@ -81,6 +84,9 @@ class RunConfig:
     # metrics.json as "<name>/<metric>" columns. Add one from a YAML defaults list:
     #   - /eval_protocol@extra_eval.synthfaces_cross: synthfaces_cross
     extra_eval: dict[str, EvalProtocolConfig] = field(default_factory=dict)
+    # extra Lightning callbacks (config group `callbacks/`, lightning-hydra-template style): name -> {_target_: ...},
+    # built with hydra.utils.instantiate and appended after the built-in ones (`callbacks=early_stopping`)
+    callbacks: dict[str, Any] = field(default_factory=dict)
     name: str = "run"               # experiment name (run directory and W&B group)
     seed: int = 0
     run_dir: str = "???"            # set by Hydra: one unique directory per run

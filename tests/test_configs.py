@@ -32,13 +32,7 @@ def test_experiment_composes_and_validates(compose_cfg, name):
 
 @pytest.mark.parametrize("name", names("sweep"))
 def test_sweep_is_one_multirun_grid_over_declared_axes(compose_cfg, name):
-    from hydra import compose, initialize_config_dir
-
-    from experiments.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[f"sweep={name}"], return_hydra_config=True)
+    cfg = compose_cfg("train", [f"sweep={name}"], return_hydra_config=True)
     from hydra.types import RunMode
 
     assert cfg.hydra.mode == RunMode.MULTIRUN
