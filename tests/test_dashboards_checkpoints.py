@@ -104,7 +104,7 @@ def test_personalized_lora_is_saved_with_peft(compose_cfg, tmp_path):
     from experiments.personalize import save_lora
     from lit_models.registry import build_model
 
-    cfg = compose_cfg("train", ["model=imposter_tiny", "model.lora_rank=2"])
+    cfg = compose_cfg("train", ["model=imposter_tiny", "model.finetune=lora", "model.lora_rank=2"])
     model = build_model(cfg.model)
     with torch.no_grad():
         for name, p in model.unet.named_parameters():
