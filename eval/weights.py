@@ -26,7 +26,6 @@ names carry ``_STANDIN`` (see ``eval.metrics``).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -237,12 +236,7 @@ def record_sha256(name: str, digest: str, source: str) -> None:
     atomic_write_json(p, data, strict=True)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+from toolbox.io import sha256_file  # noqa: E402  (one chunked sha256 for the weights and the importers)
 
 
 def resolve(name: str, expected_sha256: Optional[str] = None, verify: bool = False) -> Path:
