@@ -60,7 +60,9 @@ def load_run(run_dir):
     run = Path(run_dir)
     cfg = OmegaConf.load(run / "config.yaml")
     model = build_model(cfg.model)
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    from lit_models.registry import load_checkpoint
+
+    ckpt = load_checkpoint(str(run / "checkpoints" / "last.ckpt"))   # weights_only, like every other load
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), cfg
 

@@ -222,7 +222,28 @@ def animate_at_model_resolution(model, source: torch.Tensor, driving: torch.Tens
 
 def model_identity(model) -> str:
     """sha256 of what produces the outputs: the model class, its hyper-parameters (knobs such as ``refine_iters``
-    that need no parameter) and every tensor of its state dict (names, dtypes, shapes, bytes)."""
+    that need no parameter) and every tensor of its state dict (names, dtypes, shapes, bytes).
+
+    Hashing every byte costs seconds at SD scale, and a run evaluates the same weights under several protocols: the
+    digest is reused while no tensor was replaced or modified in place (same storage, same autograd version)."""
+    import hashlib
+    import json
+
+    state = model.state_dict(keep_vars=True) if hasattr(model, "state_dict") else {}
+    key = tuple((k, v.data_ptr(), v._version, tuple(v.shape)) for k, v in state.items() if torch.is_tensor(v))
+    hp_text = str(getattr(model, "hparams", None))
+    cached = getattr(model, "_identity_cache", None)     # on the object: a new model never inherits it
+    if cached is not None and cached[0] == (key, hp_text):
+        return cached[1]
+    digest = _model_identity(model)
+    try:
+        object.__setattr__(model, "_identity_cache", ((key, hp_text), digest))
+    except (AttributeError, TypeError):   # objects without a __dict__: no cache
+        pass
+    return digest
+
+
+def _model_identity(model) -> str:
     import hashlib
     import json
 

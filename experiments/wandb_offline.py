@@ -83,14 +83,19 @@ def read_history(path: str | Path, wait_s: float = 30.0) -> list[dict]:
             for rec in _records(path, wait_s) if rec.WhichOneof("record_type") == "history"]
 
 
-def read_config(path: str | Path, wait_s: float = 30.0) -> dict:
-    config: dict = {}
+def _updates(path: str | Path, wait_s: float, field: str) -> dict:
+    """``field`` (config | summary) as written: its own records' updates and the run record's, later ones win."""
+    out: dict = {}
     for rec in _records(path, wait_s):
         kind = rec.WhichOneof("record_type")
-        items = rec.config.update if kind == "config" else rec.run.config.update if kind == "run" else []
+        items = getattr(rec, field).update if kind == field else getattr(rec.run, field).update if kind == "run" else []
         for item in items:
-            config[_item_key(item)] = json.loads(item.value_json)
-    return config
+            out[_item_key(item)] = json.loads(item.value_json)
+    return out
+
+
+def read_config(path: str | Path, wait_s: float = 30.0) -> dict:
+    return _updates(path, wait_s, "config")
 
 
 def read_run(path: str | Path, wait_s: float = 30.0) -> dict:
@@ -105,13 +110,7 @@ def read_run(path: str | Path, wait_s: float = 30.0) -> dict:
 
 def read_summary(path: str | Path, wait_s: float = 30.0) -> dict:
     """``wandb.run.summary`` as written (explicit summary updates; later updates win)."""
-    summary: dict = {}
-    for rec in _records(path, wait_s):
-        kind = rec.WhichOneof("record_type")
-        items = rec.summary.update if kind == "summary" else rec.run.summary.update if kind == "run" else []
-        for item in items:
-            summary[_item_key(item)] = json.loads(item.value_json)
-    return summary
+    return _updates(path, wait_s, "summary")
 
 
 def read_artifacts(path: str | Path, wait_s: float = 30.0) -> list[dict]:
