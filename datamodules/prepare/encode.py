@@ -11,6 +11,12 @@ from typing import Iterable
 import numpy as np
 
 
+# x264's macroblock-tree rate control, in the libx264 of PyAV's wheel on an AVX-512 CPU, gave other bytes for the same
+# frames depending on the process's history (datamodules/synthfaces/writer.py, docs/RESULTS.md): every lab encode
+# of training data turns it off, so a prepared or rendered dataset is a function of its inputs
+X264_REPRODUCIBLE = "mbtree=0"
+
+
 def fps_fraction(fps: float) -> Fraction:
     """A rational frame rate for the encoder (29.97 → 30000/1001)."""
     return Fraction(float(fps)).limit_denominator(1001) if fps and fps > 0 else Fraction(25)
@@ -32,7 +38,8 @@ def _encode(frames: Iterable[np.ndarray], target, fps: float, crf: int, preset: 
                     raise ValueError(f"yuv420p needs even frame sizes, got {w}×{h}")
                 stream = out.add_stream("libx264", rate=fps_fraction(fps))
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                stream.options = {"crf": str(int(crf)), "preset": preset, "g": "12"}  # short GOP: cheap random access
+                stream.options = {"crf": str(int(crf)), "preset": preset, "g": "12",   # short GOP: cheap random access
+                                  "x264-params": X264_REPRODUCIBLE}
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 out.mux(packet)
             n += 1

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..prepare.encode import X264_REPRODUCIBLE
 from .renderer import KEYPOINT_NAMES, render_clip, sample_identity, sample_motion
 
 VERSION = "1.1"   # 1.1: x264 mbtree=0 (byte-reproducible encodes)
@@ -102,11 +103,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = 
         st.width, st.height, st.pix_fmt = W, H, "yuv420p"
         st.thread_count = 1                       # small frames: threads cost more than they save
         # a keyframe every 12 frames: random access (training samples) decodes ~2 frames per frame delivered
-        # mbtree=0: with x264's macroblock-tree rate control, this libx264 (PyAV's wheel) on an AVX-512 CPU gave other
-        # bytes for the same frames depending on what the process had done before (asm without AVX-512 did not; a
-        # third of the clips differed between two renders), so renders were not reproducible. Without mb-tree
-        # every clip encodes identically in any process (tests/datamodules/test_synthfaces.py)
-        st.options = {"crf": str(crf), "preset": "fast", "tune": "animation", "g": "12", "x264-params": "mbtree=0"}
+        # x264-params mbtree=0: see datamodules.prepare.encode.X264_REPRODUCIBLE (renders were not reproducible)
+        st.options = {"crf": str(crf), "preset": "fast", "tune": "animation", "g": "12",
+                      "x264-params": X264_REPRODUCIBLE}
         for f in frames:
             for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 out.mux(pkt)
