@@ -496,6 +496,13 @@ _TRAINER_RESERVED = {"default_root_dir": "run_dir", "logger": "the logger group 
                      "plugins": "nothing (the lab's atomic checkpoint IO plugin)"}
 
 
+# TrainerConfig keys the lab reads itself (its checkpoint callbacks, checks, FSDP strategy details): the Trainer node
+# that hydra.utils.instantiate builds is the trainer config without them
+_LAB_TRAINER_KEYS = ("checkpoint_every_n_steps", "keep_last_n", "keep_every_n_steps", "finite_check",
+                     "fsdp_wrap_modules", "activation_checkpointing", "fsdp_sharding_strategy", "fsdp_cpu_offload",
+                     "record_sample_indices")
+
+
 def trainer_kwargs() -> tuple[str, ...]:
     """Every keyword ``lightning.Trainer.__init__`` accepts (what ``+trainer.<kw>=`` may set)."""
     import inspect
@@ -597,21 +604,22 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
     if tc.get("record_sample_indices"):
         callbacks.append(SampleIndexRecorder(run_dir))
     callbacks += build_callbacks(cfg)
-    kwargs = dict(
-        default_root_dir=str(run_dir), accelerator=tc.accelerator, devices=tc.devices, strategy=build_strategy(tc),
-        sync_batchnorm=bool(tc.get("sync_batchnorm", False)),
-        num_nodes=tc.num_nodes, precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
-        val_check_interval=tc.val_check_interval, check_val_every_n_epoch=None,
-        limit_val_batches=tc.limit_val_batches, log_every_n_steps=tc.log_every_n_steps,
-        gradient_clip_val=tc.gradient_clip_val, accumulate_grad_batches=tc.accumulate_grad_batches,
-        deterministic=tc.deterministic,
-        enable_progress_bar=tc.enable_progress_bar and any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks),
-        enable_model_summary=tc.enable_model_summary, num_sanity_val_steps=tc.num_sanity_val_steps,
-        logger=loggers or False, callbacks=callbacks, detect_anomaly=bool(tc.get("detect_anomaly", False)),
-        plugins=[atomic_checkpoint_io()],
-    )
-    kwargs.update(trainer_passthrough(tc))   # `+trainer.<kw>`: any other lightning.Trainer argument, as given
-    return L.Trainer(**kwargs)
+    trainer_passthrough(tc)   # `+trainer.<kw>`: any other lightning.Trainer argument (checked: a typo is an error)
+    node = OmegaConf.masked_copy(tc, [k for k in tc.keys() if k not in _LAB_TRAINER_KEYS])
+    # the lab's parts: the run directory, the built strategy, loggers, callbacks and the atomic checkpoint IO
+    built = dict(default_root_dir=str(run_dir), strategy=build_strategy(tc), check_val_every_n_epoch=None,
+                 enable_progress_bar=tc.enable_progress_bar and any(isinstance(c, L.pytorch.callbacks.ProgressBar)
+                                                                    for c in callbacks),
+                 logger=loggers or False, callbacks=callbacks, plugins=[atomic_checkpoint_io()])
+    from hydra.utils import instantiate
+
+    try:
+        trainer = instantiate(node, _convert_="all", **built)
+    except Exception as e:   # hydra wraps the constructor's error: say which config it was
+        raise ConfigError(f"trainer: cannot build {node.get('_target_')} ({e})") from e
+    if not isinstance(trainer, L.Trainer):
+        raise ConfigError(f"trainer._target_={node.get('_target_')} is not a lightning Trainer")
+    return trainer
 
 
 @contextlib.contextmanager

@@ -24,6 +24,9 @@ class TrainerConfig:
     ``+trainer.<kw>=value`` (``+trainer.profiler=simple``) and passed through (``runtime.trainer_passthrough``); a
     key that is neither is rejected with a "did you mean" hint."""
 
+    # built with hydra.utils.instantiate (runtime.build_trainer): the lab's own keys below (checkpointing, checks,
+    # FSDP details) are taken out, every other key is a keyword of this class
+    _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"          # auto | ddp | ddp_find_unused_parameters_true | fsdp | deepspeed_stage_2 ...
