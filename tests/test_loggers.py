@@ -147,3 +147,21 @@ def test_wandb_entry_gets_group_job_type_tags_and_resume_keeps_id_and_group(comp
     assert len(runs) == 2 and {r["id"] for r in runs} == {run_id}
     assert {r["group"] for r in runs} == {"baseline_direct"} and {r["job_type"] for r in runs} == {"train"}
     assert csv_losses(run).keys() >= {0, 1, 2, 3}     # the resumed run trained on
+
+
+def test_repo_wandb_runs_follow_the_wandb_entry(compose_cfg):
+    """The table / compare / personalize W&B runs read the logger group's W&B entry (eval.dashboard.wandb_settings):
+    none without one, its project / group / mode with one (dryrun → offline)."""
+    from eval.dashboard import wandb_settings
+    from eval.table import SweepTableCallback
+
+    cfg = compose_cfg("train", ["logger.wandb.project=p2", "logger.wandb.group=g2", "logger.wandb.mode=dryrun"],
+                      return_hydra_config=True)
+    ws = wandb_settings(cfg.logger)
+    assert (ws["entry"], ws["project"], ws["group"], ws["mode"]) == ("wandb", "p2", "g2", "offline")
+    assert SweepTableCallback._wandb_on(cfg)
+    table = SweepTableCallback.wandb_settings(cfg)
+    assert (table["project"], table["group"], table["mode"]) == ("p2", "g2", "offline")
+    for off in (["logger=csv"], ["logger=none"], ["logger.wandb=null"], ["logger.wandb.mode=disabled"]):
+        cfg = compose_cfg("train", off, return_hydra_config=True)
+        assert not SweepTableCallback._wandb_on(cfg), off
