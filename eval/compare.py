@@ -10,8 +10,8 @@ the per-video results on video id and reports, for each later checkpoint against
 the share of videos on which B is better, and whether the CI excludes 0. Writes into ``out``: ``report.md``
 (table + plots), ``paired_<metric>.png``, ``paired_differences.csv``, ``compare_grid.mp4`` / ``.png`` (source |
 driving | A | B … | target, the first videos), ``report.html`` (the same as one self-contained page, ``eval.report``), and logs one W&B run (job type
-``compare``, ``logger.project`` / ``logger.entity``; in the checkpoints' sweep group when they share one) with the
-deltas and CIs as a ``wandb.Table``, the per-video results, the plots and the side-by-side video.
+``compare``, ``logger.wandb.project`` / ``logger.wandb.entity``; in the checkpoints' sweep group when they share
+one) with the deltas and CIs as a ``wandb.Table``, the per-video results, the plots and the side-by-side video.
 """
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ The local files are the source of truth; W&B mirrors them (offline unless W&B is
 
 * **group** — a sweep's jobs, its ablation-table run and later evaluations of its checkpoints share one group,
   ``<sweep name>-<sweep timestamp>`` (``sweep_group``), so re-running a sweep never mixes with an earlier one;
-  a single run's group is its experiment name (``logger.group`` overrides both);
+  a single run's group is its experiment name (``logger.wandb.group`` overrides both);
 * **job_type** — ``train`` (a training run, with its end-of-training evaluation), ``eval`` (a later
   ``experiments.evaluate ckpt=…``), ``table`` (the sweep's ablation table), ``compare`` (``eval.compare``);
-* **tags** — ``<axis>=<value>`` for every ablation axis, ``seed=<n>``, the sweep name, plus ``logger.tags``;
+* **tags** — ``<axis>=<value>`` for every ablation axis, ``seed=<n>``, the sweep name, plus ``logger.wandb.tags``;
 * every run directory with a W&B run holds ``wandb_run.json`` (id, project, entity, group, name, tags, job_type):
   ``experiments.evaluate ckpt=RUN/checkpoints/X.ckpt`` reads it and starts a *linked* run — same project, entity and
   group, config ``train_run_id`` / ``train_run_name``, its metrics logged at the checkpoint's ``trainer/global_step``
@@ -67,6 +67,42 @@ def run_dir_of_checkpoint(ckpt: str | Path) -> Path:
 def wandb_mode(mode: Optional[str] = None) -> str:
     mode = str(mode or os.environ.get("WANDB_MODE", "offline"))
     return "offline" if mode == "dryrun" else mode
+
+
+def wandb_entry(logger_cfg) -> Optional[tuple[str, Any]]:
+    """The W&B entry of a run config's ``logger`` group (``name: {_target_: <Lightning Logger>, ...}`` entries):
+    ``(name, node)`` of the first non-null entry whose ``_target_`` is Lightning's ``WandbLogger`` (or a subclass),
+    else None."""
+    for name, node in (logger_cfg or {}).items():
+        if node is not None and hasattr(node, "get") and _is_wandb_target(node.get("_target_")):
+            return str(name), node
+    return None
+
+
+def _is_wandb_target(target: Any) -> bool:
+    if not target:
+        return False
+    try:
+        from hydra._internal.utils import _locate   # hydra.utils.instantiate's importer
+        from lightning.pytorch.loggers import WandbLogger
+
+        obj = _locate(str(target))
+    except Exception:   # not importable: not a W&B logger (the run's validation names the bad entry)
+        return False
+    return isinstance(obj, type) and issubclass(obj, WandbLogger)
+
+
+def wandb_settings(logger_cfg) -> Optional[dict]:
+    """What the repo's own W&B runs (table, compare, personalize) and the W&B logger take from the ``logger`` group's
+    W&B entry: ``entry`` (its name), ``project``, ``entity``, ``mode`` (``wandb_mode``: dryrun → offline, unset → the
+    ``WANDB_MODE`` environment variable or offline), ``group``, ``tags``, ``log_model``; None without a W&B entry."""
+    found = wandb_entry(logger_cfg)
+    if found is None:
+        return None
+    name, node = found
+    return {"entry": name, "project": node.get("project") or "portraitlab", "entity": node.get("entity"),
+            "mode": wandb_mode(node.get("mode")), "group": node.get("group") or None,
+            "tags": [str(t) for t in node.get("tags") or []], "log_model": bool(node.get("log_model") or False)}
 
 
 def init_run(*, project: str, entity: Optional[str], group: Optional[str], job_type: str, name: str, dir: str | Path,
@@ -137,8 +173,8 @@ def log_final_metrics(loggers, result: dict, step: int = 0) -> None:
 
 
 def log_checkpoints(loggers, ckpt_dir: str | Path) -> list[str]:
-    """Every checkpoint in ``ckpt_dir`` as a version of the W&B model artifact ``model-<run id>`` (``logger.log_model
-    =true``; aliases ``latest`` for ``last.ckpt`` and the file's stem). Done here rather than by Lightning's
+    """Every checkpoint in ``ckpt_dir`` as a version of the W&B model artifact ``model-<run id>`` (``logger.wandb.
+    log_model=true``; aliases ``latest`` for ``last.ckpt`` and the file's stem). Done here rather than by Lightning's
     ``WandbLogger(log_model=...)``, which refuses offline mode; offline, the artifacts are uploaded by ``wandb sync``."""
     import wandb
 

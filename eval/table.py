@@ -396,16 +396,19 @@ class SweepTableCallback(_HydraCallback):
     def _wandb_on(config) -> bool:
         from omegaconf import OmegaConf
 
-        return bool(OmegaConf.select(config, "logger.use_wandb", default=True)) and \
-            str(OmegaConf.select(config, "logger.mode", default="offline")) != "disabled"
+        from eval.dashboard import wandb_settings
+
+        ws = wandb_settings(OmegaConf.select(config, "logger", default=None))   # the logger group's W&B entry
+        return ws is not None and ws["mode"] != "disabled"
 
     @staticmethod
     def wandb_settings(config) -> dict:
-        """The table run joins the sweep's story: its group (``eval.dashboard.sweep_group``), ``logger.project`` /
-        ``logger.entity``, and the sweep's config (name, axes, grid, overrides) as its W&B config."""
+        """The table run joins the sweep's story: its group (``eval.dashboard.sweep_group``, or the W&B logger
+        entry's ``group``), that entry's ``project`` / ``entity`` / ``mode`` (``logger.wandb.project`` …), and the
+        sweep's config (name, axes, grid, overrides) as its W&B config."""
         from omegaconf import OmegaConf
 
-        from eval.dashboard import sweep_group
+        from eval.dashboard import sweep_group, wandb_settings
 
         sel = lambda key, default=None: OmegaConf.select(config, key, default=default)  # noqa: E731
         params = sel("hydra.sweeper.params") or {}
@@ -417,12 +420,12 @@ class SweepTableCallback(_HydraCallback):
         sweep_cfg = {"sweep_name": sel("sweep_name"), "name": sel("name"), "axes": list(sel("axes") or []),
                      "grid": grid,
                      "overrides": list(sel("hydra.overrides.task") or []), "sweep_dir": str(sel("hydra.sweep.dir"))}
-        lg = sel("logger") or {}
-        settings = {"group": sel("logger.group") or sweep_group(sel("hydra.sweep.dir"), sel("sweep_name")),
-                    "project": lg.get("project", "portraitlab"), "entity": lg.get("entity"), "config": sweep_cfg,
+        ws = wandb_settings(sel("logger")) or {}
+        settings = {"group": ws.get("group") or sweep_group(sel("hydra.sweep.dir"), sel("sweep_name")),
+                    "project": ws.get("project", "portraitlab"), "entity": ws.get("entity"), "config": sweep_cfg,
                     "tags": [str(sel("sweep_name"))] if sel("sweep_name") else []}
-        if lg.get("mode"):
-            settings["mode"] = str(lg.get("mode"))
+        if ws.get("mode"):
+            settings["mode"] = ws["mode"]
         return settings
 
 

@@ -7,7 +7,8 @@ paired bootstrap 95% CI, share of videos better, verdict. A Hydra CLI like train
 override works (``eval_protocol.max_videos=8``, ``data.root=…``, ``logger=none``, …). Writes into ``out=`` or else
 this run's directory (``runs/compare/<timestamp>``): ``report.md`` / ``report.html``, ``summary.csv``,
 ``paired_differences.csv``, ``paired_<metric>.png``, ``compare_grid.mp4``, one sub-folder of evaluation results per
-checkpoint; one W&B run of job type ``compare`` unless ``logger.use_wandb=false``.
+checkpoint; one W&B run of job type ``compare`` when the logger group has a W&B entry (``logger=wandb``, the default; its
+``project`` / ``entity`` / ``mode``), none with ``logger=none`` / ``logger=csv`` / ``logger.wandb=null``.
 """
 from __future__ import annotations
 
@@ -46,9 +47,12 @@ def compare_checkpoints(cfg: DictConfig) -> dict:
 
     # every checkpoint loaded here, so that models that need it get their identity encoder (InterAnimate's φ)
     models = {label: attach_identity_encoder(load_model(c)) for label, c in _labels(ckpts).items()}
-    return compare(ckpts, cfg.eval_protocol, datamodule, out, models=models, use_wandb=bool(cfg.logger.use_wandb),
-                   wandb_mode=str(cfg.logger.mode), num_grid_videos=int(cfg.eval_protocol.num_grid_videos),
-                   project=str(cfg.logger.project), entity=cfg.logger.entity)
+    from eval.dashboard import wandb_settings
+
+    ws = wandb_settings(cfg.logger)
+    return compare(ckpts, cfg.eval_protocol, datamodule, out, models=models, use_wandb=ws is not None,
+                   wandb_mode=ws["mode"] if ws else "disabled", num_grid_videos=int(cfg.eval_protocol.num_grid_videos),
+                   project=ws["project"] if ws else "portraitlab", entity=ws["entity"] if ws else None)
 
 
 @hydra.main(config_path="configs", config_name="compare", version_base="1.3")

@@ -281,10 +281,13 @@ def main(argv: list[str] | None = None):
         write(tmp)
         tmp.replace(out_dir / name)
     # the table through eval.table: one row per (backbone, pair), mean ± std over seeds (table.md/.csv/.tex, plots)
-    written = make_table([out_dir], out_dir, use_wandb=not args.no_wandb and bool(cfg.logger.use_wandb),
-                         wandb_settings={"project": str(cfg.logger.project), "entity": cfg.logger.entity,
-                                         "mode": str(cfg.logger.mode),
-                                         "group": cfg.logger.group or f"personalize-{out_dir.name}"})
+    from eval.dashboard import wandb_settings
+
+    ws = wandb_settings(cfg.logger) or {}
+    written = make_table([out_dir], out_dir, use_wandb=not args.no_wandb and bool(ws),
+                         wandb_settings={"project": ws.get("project", "portraitlab"), "entity": ws.get("entity"),
+                                         "mode": ws.get("mode", "disabled"),
+                                         "group": ws.get("group") or f"personalize-{out_dir.name}"})
     print(written["md"].read_text())
     print(f"[personalize] table: {written['md']} (+ table.csv, table.tex); per-run rows: {out_dir / 'results.csv'}")
     return table

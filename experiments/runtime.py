@@ -23,9 +23,9 @@ CHOICES = {
     "data.crop": ("none", "center", "meta"),
     "data.decoder": ("pyav", "decord"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
-    "logger.mode": ("offline", "online", "disabled", "dryrun"),  # dryrun: W&B's old name for offline
     "eval_protocol.mode": ("self", "cross", "synth_cross"),
 }
+WANDB_MODES = ("offline", "online", "disabled", "dryrun")   # a W&B logger entry's `mode` (dryrun: W&B's old offline)
 
 
 class ConfigError(ValueError):
@@ -44,6 +44,7 @@ def validate(cfg: DictConfig) -> None:
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is not None and (not isinstance(node, DictConfig) or "_target_" not in node):
             raise ConfigError(f"callbacks.{name} needs a _target_ (a lightning Callback class path) or null")
+    check_loggers(cfg)
     check_resolution(cfg)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
@@ -270,63 +271,184 @@ def wandb_identity(cfg: DictConfig, run_dir: Path, job_type: str = "train", link
     """Project, entity, group, name, tags and job type of this run's W&B run (conventions: ``eval.dashboard``).
 
     A sweep job's group is ``<sweep name>-<sweep timestamp>``; ``link`` (the ``wandb_run.json`` of a checkpoint's
-    training run) puts an evaluation into that run's group. Project and entity are always ``logger.project`` /
-    ``logger.entity``."""
-    from eval.dashboard import axis_tags, sweep_group
+    training run) puts an evaluation into that run's group. Project and entity are always the W&B logger entry's
+    (``logger.wandb.project`` / ``logger.wandb.entity``); its ``group`` overrides the lab's, its ``tags`` are added."""
+    from eval.dashboard import axis_tags, sweep_group, wandb_settings
 
-    lc = cfg.logger
+    ws = wandb_settings(cfg.get("logger")) or {"entry": "wandb", "project": "portraitlab", "entity": None,
+                                               "group": None, "tags": []}
     sdir = sweep_dir()
-    group = lc.group or (link or {}).get("group") or \
+    group = ws["group"] or (link or {}).get("group") or \
         (sweep_group(sdir, cfg.get("sweep_name")) if sdir is not None else None) or cfg.get("sweep_name") or cfg.name
     values = {k: OmegaConf.select(cfg, k) for k in cfg.get("axes") or []}
-    extra = list(lc.tags) + ([str(cfg.sweep_name)] if cfg.get("sweep_name") else [])
+    extra = list(ws["tags"]) + ([str(cfg.sweep_name)] if cfg.get("sweep_name") else [])
     name = f"{cfg.name}-{run_dir.name}" if job_type == "train" or not link else f"{link.get('name')}-eval-{run_dir.name}"
-    if link and (link.get("project"), link.get("entity")) != (lc.project, lc.entity):
+    if link and (link.get("project"), link.get("entity")) != (ws["project"], ws["entity"]):
         log.warning("the checkpoint's training run is in W&B project %s/%s, this evaluation logs to %s/%s "
-                    "(logger.project / logger.entity): the dashboards will not show them together",
-                    link.get("entity"), link.get("project"), lc.entity, lc.project)
-    return {"project": lc.project, "entity": lc.entity, "group": group, "job_type": job_type, "name": name,
+                    "(logger.%s.project / logger.%s.entity): the dashboards will not show them together",
+                    link.get("entity"), link.get("project"), ws["entity"], ws["project"], ws["entry"], ws["entry"])
+    return {"project": ws["project"], "entity": ws["entity"], "group": group, "job_type": job_type, "name": name,
             "tags": (list(link.get("tags") or []) + [f"eval-of:{link.get('id')}"]) if link else
             axis_tags(values, cfg.get("seed"), extra)}
 
 
+# Keywords of a W&B logger entry that the lab sets itself (build_loggers), and where they come from instead
+_WANDB_RESERVED = {"id": "wandb_id.txt in the run directory, so that resume=true continues the run",
+                   "version": "wandb_id.txt in the run directory, so that resume=true continues the run",
+                   "name": "<name>-<run dir>; an evaluation is named after its training run",
+                   "job_type": "the entry point: train / eval", "config": "the run's resolved config",
+                   "resume": "'allow', with the id from wandb_id.txt", "offline": "the entry's mode",
+                   "experiment": "the entry's own keys"}
+# Hydra's instantiate keywords (not constructor arguments)
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _logger_target(name: str, node: Any):
+    """A ``logger.<name>`` entry's ``_target_``, imported: a ``lightning.pytorch.loggers.Logger`` class (or a
+    callable that returns one); a ConfigError naming the entry otherwise."""
+    from hydra._internal.utils import _locate   # what hydra.utils.instantiate imports _target_ with (no error log)
+    from lightning.pytorch.loggers import Logger
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"logger.{name} needs a _target_ (a lightning.pytorch.loggers class path, e.g. "
+                          f"lightning.pytorch.loggers.TensorBoardLogger) or null to switch it off")
+    try:
+        target = _locate(str(node._target_))
+    except Exception as e:
+        why = str(e).strip().splitlines()[-1 if isinstance(e.__cause__, ImportError) else 0]
+        raise ConfigError(f"logger.{name}._target_={node._target_!r} cannot be imported ({why})") from None
+    if isinstance(target, type) and not issubclass(target, Logger) or not callable(target):
+        raise ConfigError(f"logger.{name}._target_={node._target_!r} is not a Lightning logger "
+                          f"(a lightning.pytorch.loggers.Logger class)")
+    return target
+
+
+def _is_wandb(target: Any) -> bool:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(target, type) and issubclass(target, WandbLogger)
+
+
+def _logger_params(target: Any) -> tuple[set[str], bool]:
+    """The keyword arguments a logger entry's target takes, and whether it also takes any (``**kwargs``); a W&B
+    logger's ``**kwargs`` go to ``wandb.init``, whose keywords are taken as its own."""
+    import inspect
+
+    sig = inspect.signature(target.__init__ if isinstance(target, type) else target)
+    params = {n for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    if open_ended and _is_wandb(target):
+        import wandb
+
+        params |= {n for n in inspect.signature(wandb.init).parameters if n != "self"}
+        open_ended = False
+    return params, open_ended
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """The ``logger`` group: every entry null or ``{_target_: <Lightning Logger>, ...}`` whose keys its class takes
+    (a typo names the nearest one), at most one W&B entry, its mode one of WANDB_MODES, none of the keys the lab
+    sets itself (_WANDB_RESERVED)."""
+    import difflib
+
+    wandb_entries = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        target = _logger_target(name, node)
+        params, open_ended = _logger_params(target)
+        if not open_ended:
+            for key in node.keys():
+                if key not in params and key not in _HYDRA_KEYS:
+                    near = difflib.get_close_matches(str(key), sorted(params), n=1)
+                    raise ConfigError(f"logger.{name}.{key} is not an argument of {node._target_}"
+                                      + (f" (did you mean logger.{name}.{near[0]}?)" if near else ""))
+        if _is_wandb(target):
+            wandb_entries.append(str(name))
+            for key in node.keys():
+                if key in _WANDB_RESERVED:
+                    raise ConfigError(f"logger.{name}.{key} is set by the lab ({_WANDB_RESERVED[key]})")
+            mode = node.get("mode")
+            if mode is not None and str(mode) not in WANDB_MODES:
+                raise ConfigError(f"logger.{name}.mode={mode!r} is not one of {', '.join(WANDB_MODES)}")
+    if len(wandb_entries) > 1:
+        raise ConfigError(f"logger.{wandb_entries[0]} and logger.{wandb_entries[1]} are both W&B loggers: a run "
+                          f"logs to one W&B run (set one of them to null)")
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path, job_type: str = "train", link: dict | None = None,
                   extra_config: dict | None = None) -> list:
-    """CSV and/or W&B loggers. ``job_type`` train / eval; ``link``: the training run an evaluation belongs to."""
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    """The ``logger`` group's entries (``name: {_target_: <Lightning Logger>, ...}``, config group ``logger/``), each
+    built with ``hydra.utils.instantiate`` in the dict's order; ``name: null`` switches an entry off. The lab adds
+    only the run-time values it owns: ``save_dir`` = the run directory (when the class takes one and the entry leaves
+    it unset) and, for the W&B entry, the run id (``wandb_id.txt``, kept on resume), name, group, tags and job type
+    (``wandb_identity``; a resumed run keeps its group), the resolved config (plus the linked training run of an
+    evaluation) and offline/online from its ``mode`` (``disabled`` skips it). ``job_type`` train / eval; ``link``:
+    the training run an evaluation belongs to."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import Logger
 
+    check_loggers(cfg)
     loggers: list = []
-    lc = cfg.logger
-    if lc.use_csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
-    if lc.use_wandb and lc.mode != "disabled":
-        from eval.dashboard import read_run_info, write_run_info
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        target = _logger_target(name, node)
+        params, _ = _logger_params(target)
+        lab: dict[str, Any] = {}
+        if "save_dir" in params and node.get("save_dir") is None:
+            lab["save_dir"] = str(run_dir)
+        info = None
+        if _is_wandb(target):
+            from eval.dashboard import wandb_mode
 
-        id_file = run_dir / "wandb_id.txt"
-        if id_file.exists():
-            run_id = id_file.read_text().strip()
-        else:
-            import uuid
+            mode = wandb_mode(node.get("mode"))
+            if mode == "disabled":
+                continue
+            lab.update(_wandb_run_kwargs(cfg, run_dir, job_type, link, extra_config))
+            info = {"id": lab["id"], "run_dir": str(run_dir), **lab.pop("_identity")}
+            lab.update(offline=mode == "offline", mode=mode, resume="allow",
+                       log_model=False)   # checkpoints: eval.dashboard.log_checkpoints (logger.<name>.log_model)
+        try:   # the entry's own keys through Hydra (nested _target_ nodes included), the lab's values as given
+            logger = instantiate(node, _partial_=True, _convert_="all")(**lab)
+        except Exception as e:   # hydra wraps import/constructor errors: say which entry
+            raise ConfigError(f"logger.{name}: cannot build {node._target_} ({type(e).__name__}: {e})") from e
+        if not isinstance(logger, Logger):
+            raise ConfigError(f"logger.{name}: {node._target_} did not return a Lightning logger")
+        loggers.append(logger)
+        if info is not None:
+            from eval.dashboard import write_run_info
 
-            run_id = uuid.uuid4().hex[:8]
-            atomic_write_text(id_file, run_id)
-        ident = wandb_identity(cfg, run_dir, job_type, link)
-        previous = read_run_info(run_dir)
-        if previous and previous.get("id") == run_id:     # resume: the run keeps its group (its sweep's story)
-            ident["group"] = previous.get("group", ident["group"])
-        config = OmegaConf.to_container(cfg, resolve=True)
-        if link:
-            config.update({"train_run_id": link.get("id"), "train_run_name": link.get("name"),
-                           "train_run_dir": link.get("run_dir")})
-        config.update(extra_config or {})
-        os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=ident["project"], entity=ident["entity"], name=ident["name"],
-                                   save_dir=str(run_dir), id=run_id, group=ident["group"], tags=ident["tags"],
-                                   job_type=ident["job_type"], offline=lc.mode in ("offline", "dryrun"),
-                                   mode="offline" if lc.mode == "dryrun" else lc.mode, resume="allow",
-                                   log_model=False, config=config))   # checkpoints: eval.dashboard.log_checkpoints
-        write_run_info(run_dir, {"id": run_id, "run_dir": str(run_dir), **ident})
+            write_run_info(run_dir, info)
     return loggers
+
+
+def _wandb_run_kwargs(cfg: DictConfig, run_dir: Path, job_type: str, link: dict | None,
+                      extra_config: dict | None) -> dict:
+    """The W&B run's id (``wandb_id.txt``), name, group, tags, job type and config (``_identity``: what
+    ``wandb_run.json`` records)."""
+    from eval.dashboard import read_run_info
+
+    id_file = run_dir / "wandb_id.txt"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        import uuid
+
+        run_id = uuid.uuid4().hex[:8]
+        atomic_write_text(id_file, run_id)
+    ident = wandb_identity(cfg, run_dir, job_type, link)
+    previous = read_run_info(run_dir)
+    if previous and previous.get("id") == run_id:     # resume: the run keeps its group (its sweep's story)
+        ident["group"] = previous.get("group", ident["group"])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if link:
+        config.update({"train_run_id": link.get("id"), "train_run_name": link.get("name"),
+                       "train_run_dir": link.get("run_dir")})
+    config.update(extra_config or {})
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return {"id": run_id, "project": ident["project"], "entity": ident["entity"], "name": ident["name"], "group": ident["group"], "tags": ident["tags"],
+            "job_type": ident["job_type"], "config": config, "_identity": ident}
 
 
 def wandb_run_dir(loggers: list) -> str | None:

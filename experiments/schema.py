@@ -61,27 +61,15 @@ class TrainerConfig:
 
 
 @dataclass
-class LoggerConfig:
-    """W&B (offline unless the user logs in and sets mode=online) and a CSV logger beside it."""
-
-    use_wandb: bool = True
-    use_csv: bool = True
-    project: str = "portraitlab"
-    entity: Optional[str] = None
-    mode: str = "offline"           # offline | online | disabled
-    group: Optional[str] = None     # defaults to the sweep or experiment name
-    tags: list[str] = field(default_factory=list)
-    log_model: bool = False
-
-
-@dataclass
 class RunConfig:
     """The top-level config of train / evaluate / animate."""
 
     model: Any = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
-    logger: LoggerConfig = MISSING
+    # Lightning loggers (config group `logger/`, lightning-hydra-template style): name -> {_target_: <Logger class>,
+    # ...}, built with hydra.utils.instantiate (runtime.build_loggers); `logger.<name>=null` switches one off
+    logger: dict[str, Any] = field(default_factory=dict)
     eval_protocol: EvalProtocolConfig = MISSING
     # further protocols evaluated after the main one (each into run_dir/eval/<name>/); their metrics join the main
     # metrics.json as "<name>/<metric>" columns. Add one from a YAML defaults list:
@@ -127,7 +115,6 @@ def register_configs() -> None:
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="data/synth", name="synth_schema", node=SynthConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
     cs.store(group="eval_protocol", name="protocol_schema", node=EvalProtocolConfig)
     for name, schema in discover().items():
         cs.store(group="model", name=f"{name}_schema", node=schema)

@@ -133,9 +133,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
         if not last.exists():  # max_steps not reached a checkpoint interval: keep the final state anyway
             trainer.save_checkpoint(str(last))
         step = int(trainer.global_step)
-        if cfg.logger.log_model and cfg.logger.use_wandb:   # checkpoints as W&B model artifacts
-            from eval.dashboard import log_checkpoints
+        from eval.dashboard import log_checkpoints, wandb_settings
 
+        if (wandb_settings(cfg.logger) or {}).get("log_model"):   # checkpoints as W&B model artifacts
             log_checkpoints(loggers, last.parent)
         if str(cfg.trainer.strategy) == "fsdp" and cfg.evaluate_after_train:
             # FSDP left the parameters sharded over the ranks: evaluate a copy with the full (consolidated) weights

@@ -1,7 +1,7 @@
 """One W&B story per sweep, read back from the offline run files (experiments.wandb_offline): jobs and the table run
 in the sweep's unique group, axis/seed tags, job types, the end-of-training evaluation at the final step with the
 model's diagnostics and a summary under metrics.json's names, a later `evaluate ckpt=` linked to its training run,
-logger.project respected, checkpoints as artifacts behind logger.log_model."""
+logger.wandb.project respected, checkpoints as artifacts behind logger.wandb.log_model."""
 from __future__ import annotations
 
 import json
@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small(synth_root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [f"data.root={synth_root}", "data.synth=null", f"run_dir={run_dir}", "debug=fast",
-            "model.base_channels=4", "model.num_down=2", "logger.use_wandb=true", "logger.mode=offline",
-            "logger.project=dash_proj", *extra]
+            "model.base_channels=4", "model.num_down=2", "logger=wandb", "logger.wandb.mode=offline",
+            "logger.wandb.project=dash_proj", *extra]
 
 
 def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(compose_cfg, synth_root, tmp_path,
@@ -34,7 +34,7 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
     monkeypatch.setattr(runtime, "sweep_dir", lambda: sweep)      # as inside a Hydra multirun job
     steps = 3
     for j, lr in enumerate((1e-3, 2e-3)):
-        extra = ["logger.log_model=true"] if j == 0 else []
+        extra = ["logger.wandb.log_model=true"] if j == 0 else []
         cfg = compose_cfg("train", ["experiment=baseline_direct", "sweep_name=dash", "axes=[model.lr]",
                                     f"model.lr={lr}", "seed=1", f"trainer.max_steps={steps}",
                                     "trainer.checkpoint_every_n_steps=100", "trainer.val_check_interval=100",
@@ -43,7 +43,9 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
     hydra_like = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "sweeper": {"params": {"model.lr": "1e-3,2e-3"}},
                                              "overrides": {"task": ["sweep=dash"]}},
                                    "sweep_name": "dash", "name": "dash", "axes": ["model.lr"],
-                                   "logger": {"project": "dash_proj", "entity": None, "mode": "offline", "use_wandb": True}})
+                                   "logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger"},
+                                              "wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger",
+                                                        "project": "dash_proj", "entity": None, "mode": "offline"}}})
     make_table([sweep], sweep, wandb_settings=SweepTableCallback.wandb_settings(hydra_like))
 
     runs = {read_run(f)["job_type"] + ":" + f.parts[len(sweep.parts)]: f for f in run_files(sweep)}
@@ -70,7 +72,7 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
         assert summary[name] == pytest.approx(value), name
     assert summary["eval_step"] == steps and summary["protocol_hash"] == \
         json.loads((sweep / "0_lr" / "metrics.json").read_text())["protocol_hash"]
-    # checkpoints as artifacts only behind logger.log_model=true
+    # checkpoints as artifacts only behind logger.wandb.log_model=true
     arts = [a for a in read_artifacts(job) if a["type"] == "model"]
     assert arts and any(p == "last.ckpt" for a in arts for p in a["files"]) and "latest" in arts[-1]["aliases"]
     assert [a for a in read_artifacts(runs["train:1_lr"]) if a["type"] == "model"] == []
@@ -133,7 +135,7 @@ def test_cli_multirun_puts_jobs_and_table_in_one_group(synth_root, tmp_path):
            "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "experiments.train", "-m", "experiment=baseline_direct", "debug=fast",
                           f"data.root={synth_root}", "data.synth=null", "model.base_channels=4", "model.num_down=2",
-                          "logger.use_wandb=true", "axes=[model.lr]", "sweep_name=tiny", "model.lr=1e-3,2e-3",
+                          "logger=wandb", "axes=[model.lr]", "sweep_name=tiny", "model.lr=1e-3,2e-3",
                           "+hydra.callbacks.table._target_=eval.table.SweepTableCallback", "trainer.max_steps=3",
                           f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

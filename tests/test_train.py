@@ -80,7 +80,7 @@ def test_wandb_offline_run_reads_back_the_logged_losses(compose_cfg, synth_root,
 
     run = tmp_path / "run"
     cfg = compose_cfg("train", ["experiment=baseline_direct", "evaluate_after_train=false",
-                                *small(synth_root, run, "logger=wandb", "logger.use_wandb=true", "logger.mode=offline", "trainer.max_steps=4",
+                                *small(synth_root, run, "logger=wandb", "logger.wandb.mode=offline", "trainer.max_steps=4",
                                        "trainer.val_check_interval=100")])
     train(cfg)
     rows = read_history(run / "wandb")

@@ -44,7 +44,7 @@ def test_tiny_config_trains_in_mixed_precision_on_the_gpu(method, precision, syn
 
     run = tmp_path / "run"
     cfg = compose("train", [f"experiment={TINY[method]}", *EXTRA.get(method, []), "debug=fast", f"data.root={synth_gpu}", "data.synth=null", "data.decoder=pyav",
-                            f"run_dir={run}", "logger=csv", "logger.use_wandb=false", "trainer.accelerator=gpu",
+                            f"run_dir={run}", "logger=csv", "trainer.accelerator=gpu",
                             "trainer.devices=1", f"trainer.precision={precision}", "trainer.max_steps=3",
                             "trainer.limit_val_batches=0", "evaluate_after_train=false", "data.num_workers=0"])
     torch.cuda.reset_peak_memory_stats()
