@@ -104,6 +104,32 @@ def test_passthrough_trainer_options_reach_the_trainer(compose_cfg, tmp_path):
     assert isinstance(prof, SimpleProfiler) and prof.filename == "prof" and prof.extended is False
 
 
+class RecordingTrainer:   # `trainer._target_` names a class: the lab's keys are out, its own objects are in
+    def __new__(cls, **kwargs):
+        import lightning as L
+
+        trainer = L.Trainer(**kwargs)
+        trainer.received = sorted(kwargs)
+        return trainer
+
+
+def test_trainer_is_instantiated_from_its_config_node(compose_cfg, tmp_path):
+    """build_trainer = hydra.utils.instantiate(trainer node): `trainer._target_` picks the class, which gets the
+    Lightning keys and the lab's built objects but none of the lab's own keys; a target that does not build a
+    Trainer is a ConfigError naming trainer._target_."""
+    from experiments.runtime import _LAB_TRAINER_KEYS, ConfigError, build_trainer
+
+    base = ["debug=fast", "logger=none", f"run_dir={tmp_path}"]
+    cfg = compose_cfg("train", [*base, f"trainer._target_={__name__}.RecordingTrainer", "trainer.max_steps=7"])
+    trainer = build_trainer(cfg, tmp_path, [])
+    assert trainer.max_steps == 7 and trainer.default_root_dir == str(tmp_path)
+    assert {"callbacks", "plugins", "strategy", "logger", "max_steps", "precision"} <= set(trainer.received)
+    assert not set(_LAB_TRAINER_KEYS) & set(trainer.received)
+    cfg = compose_cfg("train", [*base, "trainer._target_=collections.OrderedDict"])
+    with pytest.raises(ConfigError, match="trainer._target_"):
+        build_trainer(cfg, tmp_path, [])
+
+
 def test_callbacks_group_appends_instantiated_callbacks(compose_cfg, tmp_path):
     """`callbacks=[early_stopping,device_stats]` adds those callbacks (with their overrides) after the built-in ones;
     the default (`callbacks: none`) adds nothing; an entry without `_target_` fails validation naming it."""
