@@ -6,6 +6,8 @@ independent, better for tiny CPU batches) or ``none``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,12 +17,27 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     if norm == "batch":
         return nn.BatchNorm2d(channels)
     if norm == "group":
-        return nn.GroupNorm(min(8, channels), channels)
+        groups = min(8, channels)
+        return nn.GroupNorm(groups if channels % groups == 0 else math.gcd(8, channels), channels)
     if norm == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
     if norm == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm {norm!r} (batch | group | instance | none)")
+
+
+def replace_batchnorm(module: nn.Module, norm: str) -> int:
+    """Swap every ``BatchNorm2d`` below ``module`` for ``make_norm(norm, channels)`` (in place); returns how many.
+    For networks whose official blocks hard-code BatchNorm: a per-sample norm computes the same function on a
+    split batch (DDP on CPU, where torch has no SyncBatchNorm)."""
+    n = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, make_norm(norm, child.num_features))
+            n += 1
+        else:
+            n += replace_batchnorm(child, norm)
+    return n
 
 
 class SameBlock2d(nn.Sequential):

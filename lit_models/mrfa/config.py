@@ -99,7 +99,7 @@ class MRFAConfig(ModelConfig):
     num_kp: int = 10
     use_jacobian: bool = True
     points_per_tps: int = 5
-    norm: str = "batch"                  # fomm/tps keypoint detectors and bg predictor only
+    norm: str = "batch"                  # official: batch; group | instance | none replace every BatchNorm2d
     use_bg_motion: bool = False          # background affine (official celebvhq / TPSMM)
     mtia: MTIAConfig = field(default_factory=MTIAConfig)
     kp: FOMMKPConfig = field(default_factory=FOMMKPConfig)

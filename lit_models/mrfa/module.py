@@ -24,6 +24,7 @@ import torch
 from lit_models.base import AnimationModule
 from lit_models.common.dense_motion import BGMotionPredictor
 from lit_models.common.dense_motion import DenseMotionNetwork as TPSDenseMotion
+from lit_models.common.hourglass import replace_batchnorm
 from lit_models.common.keypoints import KPDetector, TPSKPDetector
 from lit_models.common.perceptual import MultiScalePerceptualLoss
 from lit_models.mrfa.blocks import AntiAliasInterpolation2d, DenseMotionNetwork
@@ -106,6 +107,8 @@ class MRFA(AnimationModule):
                                 motion_channels=r.motion_channels, context_channels=r.context_channels,
                                 basic_scale=d.scale_factor, kp_variance=r.kp_variance)
         self.down = AntiAliasInterpolation2d(c.num_channels, d.scale_factor)
+        if c.norm != "batch":   # the official blocks (MTIA stem, dense motion, refiner) hard-code BatchNorm
+            replace_batchnorm(self, c.norm)
         self._perceptual: list = []   # built lazily, kept out of the state dict (frozen, external weights)
 
     @property

@@ -63,6 +63,21 @@ def test_k0_is_exactly_the_prior_only_model(tiny_model_cfg):
         m2.animate(b["source"], b["driving"], refine_iters=3)
 
 
+def test_norm_group_makes_the_network_batch_independent(tiny_model_cfg):
+    """``model.norm=group`` swaps every BatchNorm2d of the official blocks (MTIA stem, dense motion, refiner) for
+    GroupNorm: in training mode a batch of 2 then computes what each sample alone computes (DDP on CPU has no
+    SyncBatchNorm); the official ``batch`` does not."""
+    b = rand_batch(B=2, T=1, seed=2)
+    for norm in ("group", "batch"):
+        m = make(tiny_model_cfg, norm=norm, refine_iters=2).train()
+        assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == (norm == "batch")
+        with torch.no_grad():
+            both = m.animate(b["source"], b["driving"])
+            one = torch.cat([m.animate(b["source"][i:i + 1], b["driving"][i:i + 1]) for i in range(2)])
+        gap = (both - one).abs().max().item()
+        assert (gap < 1e-5) if norm == "group" else (gap > 1e-3), (norm, gap)
+
+
 # ---- losses: lambda = 0 removes the term and skips its computation --------------------------------------------
 def test_lambda_zero_skips_terms(tiny_model_cfg, monkeypatch):
     from lit_models.common.keypoints import RandomTransform
