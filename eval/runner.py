@@ -640,6 +640,7 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
     result = {
         "protocol": str(protocol.name), "protocol_hash": phash, "metrics": metrics,
         "overrides": list(overrides or []), "ckpt": ckpt, "model": _model_name(model),
+        "weights": getattr(model, "loaded_weights", None),   # ema / raw (lit_models.registry.load_model)
         "model_resolution": model_res, "resolution": size, "model_id": model_id, "data_fingerprint": data_id,
         "standin": suite.standin, "num_videos": len(done), "num_frames": int(len(frames)),
         "nonfinite_frames": int(sum(files.nonfinite.values())), "nonfinite_videos": len(files.nonfinite),

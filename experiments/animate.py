@@ -156,7 +156,7 @@ def animate(cfg: DictConfig) -> Path:
     from eval.faces import attach_identity_encoder
 
     # φ for InterAnimate's ID preserver (else a no-op)
-    model = attach_identity_encoder(load_model(cfg.ckpt) if cfg.ckpt else build_model(cfg.model))
+    model = attach_identity_encoder(load_model(cfg.ckpt, weights=cfg.ckpt_weights) if cfg.ckpt else build_model(cfg.model))
     if not cfg.ckpt and model.trainable:
         raise runtime.ConfigError(f"model={cfg.model.name} has trainable parameters: pass ckpt=PATH")
     model.eval()

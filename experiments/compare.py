@@ -46,7 +46,8 @@ def compare_checkpoints(cfg: DictConfig) -> dict:
     from lit_models.registry import load_model
 
     # every checkpoint loaded here, so that models that need it get their identity encoder (InterAnimate's φ)
-    models = {label: attach_identity_encoder(load_model(c)) for label, c in _labels(ckpts).items()}
+    models = {label: attach_identity_encoder(load_model(c, weights=cfg.ckpt_weights))   # ckpt_weights: EMA or raw
+              for label, c in _labels(ckpts).items()}
     from eval.dashboard import wandb_settings
 
     ws = wandb_settings(cfg.logger)

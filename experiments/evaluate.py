@@ -26,7 +26,8 @@ def load_for_eval(cfg: DictConfig):
     from lit_models.registry import build_model, load_model
 
     if cfg.ckpt:
-        model = attach_identity_encoder(load_model(cfg.ckpt))   # φ for InterAnimate's ID preserver (else a no-op)
+        # φ for InterAnimate's ID preserver (else a no-op); ckpt_weights: the EMA or the raw weights
+        model = attach_identity_encoder(load_model(cfg.ckpt, weights=cfg.ckpt_weights))
         OmegaConf.set_struct(cfg, False)
         cfg.model = OmegaConf.create(dict(model.hparams["model"]))
         OmegaConf.set_struct(cfg, True)

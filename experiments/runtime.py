@@ -24,6 +24,7 @@ CHOICES = {
     "data.decoder": ("pyav", "decord"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
     "eval_protocol.mode": ("self", "cross", "synth_cross"),
+    "ckpt_weights": ("auto", "ema", "raw"),          # lit_models.registry.CKPT_WEIGHTS
 }
 WANDB_MODES = ("offline", "online", "disabled", "dryrun")   # a W&B logger entry's `mode` (dryrun: W&B's old offline)
 

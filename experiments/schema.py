@@ -83,6 +83,7 @@ class RunConfig:
     run_dir: str = "???"            # set by Hydra: one unique directory per run
     resume: bool = False            # continue run_dir/checkpoints/last.ckpt exactly
     ckpt: Optional[str] = None      # a checkpoint (evaluate / animate), or an untrained baseline's `model=` instead
+    ckpt_weights: str = "auto"      # auto (the checkpoint's state_dict: EMA when trained with it) | ema | raw
     ckpts: list[str] = field(default_factory=list)  # compare: the checkpoints, the first is the baseline
     evaluate_after_train: bool = True
     sweep_name: Optional[str] = None

@@ -148,16 +148,31 @@ def load_checkpoint(ckpt_path: str, map_location: str = "cpu") -> dict:
             f"file you trust by hand with torch.load(..., weights_only=False) and re-save its state_dict") from None
 
 
-def load_model(ckpt_path: str, map_location: str = "cpu"):
+CKPT_WEIGHTS = ("auto", "ema", "raw")
+
+
+def load_model(ckpt_path: str, map_location: str = "cpu", weights: str = "auto"):
     """Rebuild a model from a checkpoint: its hyper-parameters carry the model config and its ``_target_``.
-    Loaded with ``weights_only=True`` (``load_checkpoint``): a checkpoint someone else made runs no code."""
+    Loaded with ``weights_only=True`` (``load_checkpoint``): a checkpoint someone else made runs no code.
+
+    ``weights``: ``auto`` = the checkpoint's ``state_dict`` (the EMA weights when it was trained with
+    ``model.ema_decay > 0``, Lightning's EMAWeightAveraging; the raw weights otherwise); ``raw`` = the raw training
+    weights (EMAWeightAveraging keeps them as ``current_model_state``); ``ema`` = the averaged weights, an error for
+    a checkpoint trained without EMA. The model's ``loaded_weights`` says which it got (``ema`` / ``raw``)."""
+    if weights not in CKPT_WEIGHTS:
+        raise ValueError(f"ckpt_weights={weights!r} is not one of {', '.join(CKPT_WEIGHTS)}")
     ckpt = load_checkpoint(ckpt_path, map_location=map_location)
     hparams = ckpt.get("hyper_parameters", {})
     model_cfg = hparams.get("model")
     if model_cfg is None or "_target_" not in model_cfg:
         raise KeyError(f"{ckpt_path}: checkpoint hyper-parameters hold no `model._target_`; not a portraitlab checkpoint?")
+    has_ema = "current_model_state" in ckpt
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{ckpt_path}: trained without EMA (model.ema_decay=0), so it holds no averaged weights: "
+                         f"ckpt_weights=ema cannot be served (auto / raw load its weights)")
     cls = _import_target(model_cfg["_target_"])
     model = cls(model_cfg)
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(ckpt["current_model_state"] if weights == "raw" and has_ema else ckpt["state_dict"])
+    model.loaded_weights = "ema" if has_ema and weights != "raw" else "raw"
     model.eval()
     return model

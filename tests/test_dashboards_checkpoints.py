@@ -88,8 +88,29 @@ def test_ema_checkpoint_holds_the_average_of_the_step_weights(compose_cfg, synth
     assert moved, "training did not change the weights"
     for k in moved:
         torch.testing.assert_close(ema[k], d * theta1[k] + (1 - d) * theta2[k], atol=1e-6, rtol=1e-5)
-    loaded = load_model(str(r2 / "checkpoints" / "last.ckpt")).state_dict()
-    torch.testing.assert_close(loaded[moved[0]], ema[moved[0]])
+    loaded = load_model(str(r2 / "checkpoints" / "last.ckpt"))
+    assert loaded.loaded_weights == "ema"
+    torch.testing.assert_close(loaded.state_dict()[moved[0]], ema[moved[0]])
+    # ckpt_weights=raw: the raw training weights θ₂ instead; a checkpoint trained without EMA has no "ema" to serve
+    raw = load_model(str(r2 / "checkpoints" / "last.ckpt"), weights="raw")
+    assert raw.loaded_weights == "raw"
+    for k in moved:
+        torch.testing.assert_close(raw.state_dict()[k], theta2[k], atol=0, rtol=0)
+    assert load_model(str(r2 / "checkpoints" / "last.ckpt"), weights="ema").loaded_weights == "ema"
+    plain = tmp_path / "plain.ckpt"
+    torch.save({k: v for k, v in two.items() if k not in ("current_model_state", "averaging_state")}
+               | {"state_dict": theta2}, plain)
+    assert load_model(str(plain)).loaded_weights == "raw"
+    with pytest.raises(ValueError, match="trained without EMA"):
+        load_model(str(plain), weights="ema")
+    # the evaluation says which weights it scored (metrics.json "weights")
+    from experiments.evaluate import evaluate
+
+    res = evaluate(compose_cfg("evaluate", ["experiment=xnemo_synthfaces", *SHRINK, f"data.root={synth_root}",
+                                           "data.synth=null", "debug=fast", "logger=none", f"run_dir={tmp_path / 'ev'}",
+                                           f"ckpt={r2 / 'checkpoints' / 'last.ckpt'}", "ckpt_weights=raw",
+                                           "eval_protocol.max_videos=1", "eval_protocol.num_frames=2"]))
+    assert res["weights"] == "raw"
 
 
 @pytest.mark.slow
