@@ -143,7 +143,6 @@ def personalize_pair(cfg, pair, steps: int, pair_dir: Path, progress_bar: bool =
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                         gradient_clip_val=t.gradient_clip_val, default_root_dir=str(pair_dir))
     trainer.fit(model, data)
-    save_lora(model, pair_dir / "lora")
     final = trainer.callback_metrics.get("train/loss")
     if cfg.model.finetune == "lora":  # the personalization itself: peft adapter folder (PeftModel.from_pretrained)
         print(f"[personalize] LoRA adapter: {model.save_adapter(pair_dir / 'lora')}", file=sys.stderr)
@@ -151,20 +150,6 @@ def personalize_pair(cfg, pair, steps: int, pair_dir: Path, progress_bar: bool =
     out = model.sample(src[None], drv[None], target_prompts=[pair.target_prompt],
                        driving_prompts=[pair.driving_caption])[0].cpu()
     return src, drv, out, (float(final) if final is not None else float("nan"))
-
-
-def save_lora(model, out: Path) -> Path | None:
-    """The personalized LoRA of the U-Net (``model.use_lora``): weights via diffusers' peft integration
-    (``save_lora_adapter`` → ``pytorch_lora_weights.safetensors``) and its ``LoraConfig`` with peft's
-    ``save_pretrained`` (``adapter_config.json``). Load with ``unet.load_lora_adapter(out, weight_name=
-    "pytorch_lora_weights.safetensors", prefix=None)``."""
-    unet = getattr(model, "unet", None)
-    if unet is None or not getattr(unet, "peft_config", None):
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    unet.save_lora_adapter(str(out))
-    unet.peft_config["default"].save_pretrained(str(out))
-    return out
 
 
 PROTOCOL = "imposter_personalize"

@@ -111,34 +111,3 @@ def test_ema_checkpoint_holds_the_average_of_the_step_weights(compose_cfg, synth
                                            f"ckpt={r2 / 'checkpoints' / 'last.ckpt'}", "ckpt_weights=raw",
                                            "eval_protocol.max_videos=1", "eval_protocol.num_frames=2"]))
     assert res["weights"] == "raw"
-
-
-@pytest.mark.slow
-def test_personalized_lora_is_saved_with_peft(compose_cfg, tmp_path):
-    """experiments.personalize.save_lora writes the U-Net's LoRA tensors (exactly the peft state dict) and its
-    LoraConfig (peft's save_pretrained); a fresh model loads them back (building imposter_tiny takes ~30 s here)."""
-    import json
-
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from experiments.personalize import save_lora
-    from lit_models.registry import build_model
-
-    cfg = compose_cfg("train", ["model=imposter_tiny", "model.finetune=lora", "model.lora_rank=2"])
-    model = build_model(cfg.model)
-    with torch.no_grad():
-        for name, p in model.unet.named_parameters():
-            if "lora_B" in name:
-                p.add_(torch.randn_like(p))            # as after fine-tuning (lora_B starts at 0)
-    out = save_lora(model, tmp_path / "lora")
-    saved = load_file(out / "pytorch_lora_weights.safetensors")
-    want = get_peft_model_state_dict(model.unet)
-    assert set(saved) == set(want) and all(torch.equal(saved[k], want[k]) for k in want)
-    assert json.loads((out / "adapter_config.json").read_text())["r"] == 2
-    fresh = build_model(cfg.model)
-    fresh.unet.delete_adapters("default")
-    fresh.unet.load_lora_adapter(str(out), weight_name="pytorch_lora_weights.safetensors", adapter_name="default",
-                                 prefix=None)
-    back = get_peft_model_state_dict(fresh.unet)
-    assert all(torch.equal(back[k], want[k]) for k in want)

@@ -275,7 +275,8 @@ def test_full_size_video_denoiser_one_forward(compose_cfg_module):
     at 16² (~9 GB of fp32 weights; no backward, to stay within a workstation's memory)."""
     cfg = compose_cfg_module("train", ["model=xnemo", "model.pretrained_model_name_or_path=null", "model.latent=pixel",
                                        "model.unet.in_channels=3", "model.unet.out_channels=3", "model.resolution=16",
-                                       "model.motion_encoder_resolution=32", "model.gradient_checkpointing=false"]).model
+                                       "model.motion_encoder_resolution=32", "model.gradient_checkpointing=false",
+                                       "model.image_encoder=clip_standin"]).model   # no SD weights here
     m = build_model(cfg)
     counts = m.parameter_counts()
     print(counts)
