@@ -117,9 +117,9 @@ def render_identities(num_identities: int, views: int, resolution: int, hand_pro
     frames, labels = [], []
     it = range(num_identities)
     if progress:
-        from rich.progress import track
+        from toolbox.progress import track   # a bar on a terminal, plain lines with an ETA in a log
 
-        it = track(it, description=f"rendering {num_identities}×{views} SynthFaces identity views", transient=True)
+        it = track(it, desc=f"rendering {num_identities}×{views} SynthFaces identity views", unit="identities")
     for i in it:
         idp = sample_identity(rng)
         for _ in range(views):

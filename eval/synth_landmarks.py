@@ -117,9 +117,9 @@ def render_set(num_clips: int, frames_per_clip: int, resolution: int, hand_prob:
     frames, kps = [], []
     it = range(num_clips)
     if progress:
-        from rich.progress import track
+        from toolbox.progress import track   # a bar on a terminal, plain lines with an ETA in a log
 
-        it = track(it, description=f"rendering {num_clips} SynthFaces clips", transient=True)
+        it = track(it, desc=f"rendering {num_clips} SynthFaces clips", unit="clips")
     for _ in it:
         idp = sample_identity(rng)
         motion = sample_motion(rng, frames_per_clip, hand=bool(rng.random() < hand_prob))
