@@ -126,6 +126,13 @@ class MRFAConfig(ModelConfig):
     sigma_tps: float = 0.005
     points_tps: int = 5
 
+    # ---- speed / memory (identical outputs; measured in docs/RESULTS.md, benchmarks/mrfa.py) ----
+    fused_adam: bool = True              # torch's fused Adam kernel (same update as the official foreach Adam up
+                                         # to float rounding, ~1e-7); false = torch's default implementation
+    checkpoint_refiner: bool = False     # recompute each refinement step (correlation lookup, corr_enc,
+                                         # to_context, refine: no BatchNorm, so bit-identical) in backward
+                                         # instead of storing its activations: less memory, more time
+
     # ---- schedule / inference ----
     lr_milestones: list[int] = field(default_factory=list)   # MultiStepLR milestones in optimizer steps
     lr_gamma: float = 0.1
