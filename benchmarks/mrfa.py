@@ -147,7 +147,7 @@ def official_config(cfg: dict, res: int, prior_only: bool) -> dict:
     return c
 
 
-def build_pair(Official, cfg: dict, res: int, K: int, device: str):
+def build_pair(Official, cfg: dict, res: int, K: int, device: str, overrides=()):
     """(official model, our model with its weights, label of the VGG used)."""
     import torch
     from omegaconf import OmegaConf
@@ -167,7 +167,7 @@ def build_pair(Official, cfg: dict, res: int, K: int, device: str):
     ours_cfg = OmegaConf.merge(OmegaConf.structured(MRFAConfig),
                                sizes or {"resolution": res, "refine_iters": 0},
                                {"mtia": {"heads": c["mtia_kp_detector"]["MODEL"]["TRANSFORMER_HEADS"]},
-                                "perceptual": "pyramid_l1_ssim"})
+                                "perceptual": "pyramid_l1_ssim"}, OmegaConf.from_dotlist(list(overrides)))
     ours = MRFA(ours_cfg).to(device)
     ours.load_state_dict(sd, strict=True)
     # the same frozen VGG-19 (the official one's weights) and the official 4-scale pyramid in our loss
@@ -237,6 +237,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per model (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides of our model config (e.g. checkpoint_refiner=true fused_adam=false)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     import torch
@@ -256,7 +258,7 @@ def main(argv=None) -> int:
     Official, cfg = import_official(path, a.device)
     rows = []
     for K in a.ks:
-        off, ours, label = build_pair(Official, cfg, a.res, K, a.device)
+        off, ours, label = build_pair(Official, cfg, a.res, K, a.device, a.set)
         g = torch.Generator().manual_seed(0)
         x = {"source": torch.rand(a.batch, 3, a.res, a.res, generator=g).to(a.device),
              "driving": torch.rand(a.batch, 3, a.res, a.res, generator=g).to(a.device)}
@@ -280,7 +282,7 @@ def main(argv=None) -> int:
         row = {"K": K, "res": a.res, "batch": a.batch, "device": a.device, "threads": a.threads, "loss": label,
                "pred_max_abs_diff": diff, "official_s": statistics.median(t_off), "ours_s": statistics.median(t_ours),
                "official_peak_GiB": max(m_off), "ours_peak_GiB": max(m_ours),
-               "official_all_s": t_off, "ours_all_s": t_ours}
+               "official_all_s": t_off, "ours_all_s": t_ours, "ours_overrides": list(a.set)}
         row["time_ratio"] = row["ours_s"] / row["official_s"]
         row["mem_ratio"] = row["ours_peak_GiB"] / max(row["official_peak_GiB"], 1e-9)
         rows.append(row)
@@ -288,7 +290,8 @@ def main(argv=None) -> int:
     mem_kind = "max_memory_allocated" if a.device.startswith("cuda") else "peak RSS above the step's start"
     print(f"MRFA training step, official vs ours, same run, interleaved; {a.res}², batch {a.batch}, {a.device}"
           f"{'' if a.device.startswith('cuda') else f', {a.threads} threads'}, median of {a.repeats}; loss: "
-          f"{rows[0]['loss']} pyramid ×4 + equivariance ×2; memory: {mem_kind}")
+          f"{rows[0]['loss']} pyramid ×4 + equivariance ×2; memory: {mem_kind}"
+          f"{'; ours with ' + ' '.join(a.set) if a.set else ''}")
     print("| K | official s | ours s | ours/official | official GiB | ours GiB | ours/official | pred max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -26,7 +26,7 @@ from lit_models.common.dense_motion import BGMotionPredictor
 from lit_models.common.dense_motion import DenseMotionNetwork as TPSDenseMotion
 from lit_models.common.keypoints import KPDetector, TPSKPDetector
 from lit_models.common.perceptual import MultiScalePerceptualLoss
-from lit_models.mrfa.blocks import AntiAliasInterpolation2d, DenseMotionNetwork
+from lit_models.mrfa.blocks import AntiAliasInterpolation2d, DenseMotionNetwork, checkpointed
 from lit_models.mrfa.losses import bg_loss, equivariance_losses
 from lit_models.mrfa.mtia import MTIAKeypointDetector
 from lit_models.mrfa.raft import RaftFlow
@@ -120,6 +120,7 @@ class MRFA(AnimationModule):
                                 motion_channels=r.motion_channels, context_channels=r.context_channels,
                                 basic_scale=d.scale_factor, kp_variance=r.kp_variance)
         self.decoder.checkpoint = bool(c.checkpoint_refiner)
+        self.decoder.checkpoint_generator = bool(c.checkpoint_generator)
         self.down = AntiAliasInterpolation2d(c.num_channels, d.scale_factor)
         self._perceptual: list = []   # built lazily, kept out of the state dict (frozen, external weights)
 
@@ -132,6 +133,13 @@ class MRFA(AnimationModule):
     def refiner(self):
         """The refinement part of ``decoder`` (None for K = 0, the prior-only model)."""
         return None if self.decoder.prior_only else self.decoder
+
+    def _kp(self, x: torch.Tensor) -> dict:
+        """The prior's keypoints of ``x`` for the training losses (recomputed in backward when
+        ``checkpoint_kp_detector``)."""
+        if self.cfg.checkpoint_kp_detector and torch.is_grad_enabled():
+            return checkpointed(self.encoder, self.encoder, x)
+        return self.encoder(x)
 
     # ---- the paper's forward pass ----------------------------------------------------------------------------
     def generate(self, source: torch.Tensor, kp_source: dict, kp_driving: dict, bg_param=None,
@@ -209,15 +217,15 @@ class MRFA(AnimationModule):
         T = driving.shape[1]
         drv, tgt = driving.flatten(0, 1), target.flatten(0, 1)
         src = source.repeat_interleave(T, 0)
-        kp_s = {k: v.repeat_interleave(T, 0) for k, v in self.kp_detector(source).items()}
-        kp_d = self.kp_detector(drv)
+        kp_s = {k: v.repeat_interleave(T, 0) for k, v in self._kp(source).items()}
+        kp_d = self._kp(drv)
         bg = self.bg_predictor(src, drv) if self.bg_predictor is not None else None
         out = self.generate(src, kp_s, kp_d, bg)
         terms: dict[str, torch.Tensor] = {}
         if self.use_loss("perceptual"):
             terms["loss_perceptual"] = self.perceptual_loss(out["prediction"], tgt)
         terms.update(equivariance_losses(
-            self.kp_detector, drv, kp_d, use_value=self.use_loss("equivariance_value"),
+            self._kp, drv, kp_d, use_value=self.use_loss("equivariance_value"),
             use_jacobian=self.use_loss("equivariance_jacobian") and c.prior != "tps" and c.use_jacobian,
             sigma_affine=c.sigma_affine, sigma_tps=c.sigma_tps, points_tps=c.points_tps))
         if bg is not None and self.use_loss("bg"):

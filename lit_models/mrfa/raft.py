@@ -33,10 +33,10 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
-from lit_models.mrfa.blocks import Hourglass, OcclusionAwareGenerator, bilinear_sampler, coords_grid, kp2gaussian
+from lit_models.mrfa.blocks import (Hourglass, OcclusionAwareGenerator, bilinear_sampler, checkpointed, coords_grid,
+                                   kp2gaussian)
 
 
 def refine_scales(num_iters: int, num_scales: int, schedule: str = "official") -> list[int]:
@@ -163,7 +163,15 @@ class RaftFlow(nn.Module):
             self.to_context = nn.ModuleList(nn.Conv2d(ch[i], context_channels, 1)
                                             for i in range(self.refined[-1] + 1))
         self.scale = corr_dim ** -0.5
-        self.checkpoint = False   # model.checkpoint_refiner
+        self.checkpoint = False             # model.checkpoint_refiner
+        self.checkpoint_generator = False   # model.checkpoint_generator
+
+    def _gen(self, name: str, *args):
+        """``generator.encode`` / ``generator.decode``, recomputed in backward when ``checkpoint_generator``."""
+        fn = getattr(self.generator, name)
+        if self.checkpoint_generator and torch.is_grad_enabled():
+            return checkpointed(fn, self.generator, *args)
+        return fn(*args)
 
     # ---- prior only (official ``prior_only: True``) --------------------------------------------------------------
     def _prior_only(self, dm, feature, img_full, trace):
@@ -176,7 +184,7 @@ class RaftFlow(nn.Module):
             occs.append(torch.sigmoid(oc))
         grid = fr.permute(0, 2, 3, 1)
         warp_img = F.grid_sample(img_full, grid, align_corners=False)
-        out = self.generator.decode(warp_f, warp_img, occs)
+        out = self._gen("decode", warp_f, warp_img, occs)
         return {"prediction": out, "warp_img": warp_img, "grid": grid, "refined_grid": grid, "occlusion": occs[-1],
                 "occlusions": occs}
 
@@ -232,7 +240,7 @@ class RaftFlow(nn.Module):
             if refine_iters > len(self.refined) or refine_iters < 0:
                 raise ValueError(f"refine_iters={refine_iters}: this model has {len(self.refined)} refinement steps")
             refined = self.refined[:refine_iters]
-        feature = self.generator.encode(img_full)
+        feature = self._gen("encode", img_full)
         if trace is not None:
             trace.update({f"decoder.feature[{i}]": f for i, f in enumerate(feature)})
         if not refined:
@@ -262,8 +270,7 @@ class RaftFlow(nn.Module):
             if i in refined:
                 if self.checkpoint and trace is None and torch.is_grad_enabled():
                     # no BatchNorm / randomness inside: the recomputation in backward is exact
-                    d_flow = torch.utils.checkpoint.checkpoint(self._refine_step, i, corr_volume, flow, feature[i],
-                                                               use_reentrant=False)
+                    d_flow = checkpointed(self._refine_step, None, i, corr_volume, flow, feature[i])
                 else:
                     d_flow = self._refine_step(i, corr_volume, flow, feature[i], trace)
                 flow_w = flow + d_flow[:, :2]
@@ -306,7 +313,7 @@ class RaftFlow(nn.Module):
                 occlusion = _up(occlusion)
         grid_px = (flow + id_grid).permute(0, 2, 3, 1)
         warp_img = bilinear_sampler(img_full, grid_px)
-        out = self.generator.decode(warp_f, warp_img, occs, warp_f_c)
+        out = self._gen("decode", warp_f, warp_img, occs, warp_f_c)
         if trace is not None:
             trace["decoder.warp_img"] = warp_img
             vis = occs + [torch.sigmoid(init_occ)]
