@@ -113,20 +113,10 @@ class RefineFlow(nn.Module):
         self.conv2 = nn.Conv2d(c, 2, 3, padding=1)
         self.convo1 = nn.Conv2d(2 * c, c, 3, padding=1)
         self.convo2 = nn.Conv2d(c, 1, 3, padding=1)
-        self.fused = True
 
     def forward(self, m_f, warp_f):
         inp = torch.cat([m_f, F.relu(self.convc1(warp_f))], 1)
-        if not self.fused:
-            return torch.cat([self.conv2(F.relu(self.conv1(inp))), self.convo2(F.relu(self.convo1(inp)))], 1)
-        # the two heads read the same input: one conv with the stacked weights [conv1; convo1], then one
-        # block-diagonal conv [[conv2, 0], [0, convo2]] (same sums up to float rounding, one pass over ``inp``)
-        w1 = torch.cat([self.conv1.weight, self.convo1.weight])
-        hid = F.relu(F.conv2d(inp, w1, torch.cat([self.conv1.bias, self.convo1.bias]), padding=1))
-        c, z2, zo = self.conv1.out_channels, self.conv2.weight.new_zeros(()), self.convo2.weight.new_zeros(())
-        w2 = torch.cat([torch.cat([self.conv2.weight, z2.expand(2, c, 3, 3)], 1),
-                        torch.cat([zo.expand(1, c, 3, 3), self.convo2.weight], 1)])
-        return F.conv2d(hid, w2, torch.cat([self.conv2.bias, self.convo2.bias]), padding=1)
+        return torch.cat([self.conv2(F.relu(self.conv1(inp))), self.convo2(F.relu(self.convo1(inp)))], 1)
 
 
 class RaftFlow(nn.Module):
