@@ -129,8 +129,6 @@ class MRFAConfig(ModelConfig):
     # ---- speed / memory (identical outputs; measured in docs/RESULTS.md, benchmarks/mrfa.py) ----
     fused_adam: bool = True              # torch's fused Adam kernel (same update as the official foreach Adam up
                                          # to float rounding, ~1e-7); false = torch's default implementation
-    channels_last_vgg: bool = True       # the loss VGG-19 in channels-last memory format (same sums up to float
-                                         # rounding; ~30% faster on CPU at 128², both passes)
     # activation checkpointing: recompute in backward instead of storing activations (less memory, more time;
     # exact: BatchNorm uses batch statistics in training and its running statistics are not updated twice)
     checkpoint_refiner: bool = False     # each refinement step (correlation lookup, corr_enc, to_context, refine)

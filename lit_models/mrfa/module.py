@@ -205,15 +205,11 @@ class MRFA(AnimationModule):
 
     @property
     def perceptual_loss(self) -> MultiScalePerceptualLoss:
-        c = self.cfg
         if not self._perceptual:
+            c = self.cfg
             self._perceptual.append(MultiScalePerceptualLoss(c.perceptual, c.perceptual_scales,
                                                              c.perceptual_layer_weights, c.vgg_weights))
-        loss = self._perceptual[0].to(self.device)
-        if c.channels_last_vgg and loss.vgg is not None:
-            # frozen VGG, input gradients only: oneDNN's channels-last kernels (a no-op once converted)
-            loss.vgg.to(memory_format=torch.channels_last)
-        return loss
+        return self._perceptual[0].to(self.device)
 
     def on_fit_start(self) -> None:
         if self.use_loss("perceptual"):
