@@ -8,9 +8,9 @@ official model's weights (``lit_models.mrfa.import_official``), and the script
 2. times one training step (forward with the official losses: VGG-19 perceptual pyramid ×4 scales × 5 layers
    weight 10, equivariance 10, equivariance-Jacobian 10; backward; the official ∞-norm clip 10 on the prior;
    Adam) of each, *interleaved* in one process — official, ours, official, ours … — for K = 6 and K = 0
-   (``raft_flow.prior_only``), batch ``--batch`` (2), and prints medians, the ratio ours/official and the peak
-   memory of each step (CUDA: ``max_memory_allocated``; CPU: peak RSS above the RSS before the step, sampled
-   every 2 ms) and the process CPU time (steadier than wall time when other processes share the machine).
+   (``raft_flow.prior_only``), batch ``--batch`` (2), and prints medians, the ratio ours/official, the peak
+   memory (max of 2 further steps each, measured apart from the timed ones — CUDA: ``max_memory_allocated``;
+   CPU: peak RSS above the RSS before the step, sampled every 2 ms) and the process CPU time (steadier than wall time when other processes share the machine).
    Same machine, same run, the same loss terms: only the ratios are meaningful across machines. (Both losses run
    the same VGG-19 on the same image sizes; the pyramid's down-sampling differs — ours: torch's antialiased
    bilinear, official: Gaussian blur + nearest — and so does the equivariance warp's ``align_corners``; neither
@@ -218,21 +218,31 @@ def step_ours(model, opt, x):
 
 
 def timed(fn, device):
+    """(wall s, process CPU s) of ``fn()``; no memory sampling (its thread and the heap trim perturb timing)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def peak_memory(fn, device) -> float:
+    """Peak memory of ``fn()`` in GiB (CUDA: ``max_memory_allocated``; CPU: peak RSS above the start)."""
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
         fn()
         torch.cuda.synchronize()
-        return time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2 ** 30
+        return torch.cuda.max_memory_allocated() / 2 ** 30
     with PeakRSS() as m:
-        t, c = time.perf_counter(), time.process_time()
         fn()
-        dt, dc = time.perf_counter() - t, time.process_time() - c
-    timed.cpu_s = dc        # process CPU time of the step (less sensitive than wall time to other processes)
-    return dt, m.gib
+    return m.gib
 
 
 def main(argv=None) -> int:
@@ -279,14 +289,18 @@ def main(argv=None) -> int:
         opt_off = torch.optim.Adam(list(off.encoder.parameters()) + list(off.decoder.parameters())
                                    + list(off.dense_motion.parameters()), lr=2e-4, betas=(0.5, 0.999))
         opt_ours = ours.configure_optimizers()
-        t_off, t_ours, m_off, m_ours, c_off, c_ours = [], [], [], [], [], []
+        t_off, t_ours, c_off, c_ours = [], [], [], []
         for r in range(a.repeats + 1):        # interleaved; r = 0 warms up both
-            dt, mem = timed(lambda: step_official(off, opt_off, x), a.device)
+            dt, dc = timed(lambda: step_official(off, opt_off, x), a.device)
             if r:
-                t_off.append(dt), m_off.append(mem), c_off.append(getattr(timed, "cpu_s", float("nan")))
-            dt, mem = timed(lambda: step_ours(ours, opt_ours, x), a.device)
+                t_off.append(dt), c_off.append(dc)
+            dt, dc = timed(lambda: step_ours(ours, opt_ours, x), a.device)
             if r:
-                t_ours.append(dt), m_ours.append(mem), c_ours.append(getattr(timed, "cpu_s", float("nan")))
+                t_ours.append(dt), c_ours.append(dc)
+        m_off, m_ours = [], []
+        for _ in range(2):                    # memory: separate steps (the sampler would perturb the timing)
+            m_off.append(peak_memory(lambda: step_official(off, opt_off, x), a.device))
+            m_ours.append(peak_memory(lambda: step_ours(ours, opt_ours, x), a.device))
         row = {"K": K, "res": a.res, "batch": a.batch, "device": a.device, "threads": a.threads, "loss": label,
                "pred_max_abs_diff": diff, "official_s": statistics.median(t_off), "ours_s": statistics.median(t_ours),
                "official_peak_GiB": max(m_off), "ours_peak_GiB": max(m_ours),
