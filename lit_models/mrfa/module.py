@@ -16,8 +16,6 @@ VGG-19 as the official code, or the named ``pyramid_l1_ssim`` stand-in), ``equiv
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
