@@ -8,9 +8,16 @@ official model's weights (``lit_models.mrfa.import_official``), and the script
 2. times one training step (forward with the official losses: VGG-19 perceptual pyramid ×4 scales × 5 layers
    weight 10, equivariance 10, equivariance-Jacobian 10; backward; the official ∞-norm clip 10 on the prior;
    Adam) of each, *interleaved* in one process — official, ours, official, ours … — for K = 6 and K = 0
-   (``raft_flow.prior_only``), batch ``--batch`` (2), and prints medians, the ratio ours/official and the peak
-   memory of each step (CUDA: ``max_memory_allocated``; CPU: peak RSS above the RSS before the step, sampled
-   every 2 ms). Same machine, same run, identical losses: only the ratios are meaningful across machines.
+   (``raft_flow.prior_only``), batch ``--batch`` (2), and prints medians, the ratio ours/official, the peak
+   memory (max of 2 further steps each, measured apart from the timed ones — CUDA: ``max_memory_allocated``;
+   CPU: peak RSS above the RSS before the step, sampled every 2 ms) and the process CPU time (steadier than wall time when other processes share the machine).
+   Same machine, same run, the same loss terms: only the ratios are meaningful across machines. (Both losses run
+   the same VGG-19 on the same image sizes; the pyramid's down-sampling differs — ours: torch's antialiased
+   bilinear, official: Gaussian blur + nearest — and so does the equivariance warp's ``align_corners``; neither
+   changes the cost.)
+
+``--set KEY=VALUE …`` overrides our model config (e.g. the memory knobs ``checkpoint_refiner=true
+checkpoint_kp_detector=true checkpoint_generator=true``, or ``fused_adam=false``).
 
 The VGG-19 of both losses has random weights unless torchvision's ImageNet file is cached (timing is the same;
 the label says which). Needs ``einops`` to import the official code (``pip install einops``); timm's
@@ -147,7 +154,7 @@ def official_config(cfg: dict, res: int, prior_only: bool) -> dict:
     return c
 
 
-def build_pair(Official, cfg: dict, res: int, K: int, device: str):
+def build_pair(Official, cfg: dict, res: int, K: int, device: str, overrides=()):
     """(official model, our model with its weights, label of the VGG used)."""
     import torch
     from omegaconf import OmegaConf
@@ -167,7 +174,7 @@ def build_pair(Official, cfg: dict, res: int, K: int, device: str):
     ours_cfg = OmegaConf.merge(OmegaConf.structured(MRFAConfig),
                                sizes or {"resolution": res, "refine_iters": 0},
                                {"mtia": {"heads": c["mtia_kp_detector"]["MODEL"]["TRANSFORMER_HEADS"]},
-                                "perceptual": "pyramid_l1_ssim"})
+                                "perceptual": "pyramid_l1_ssim"}, OmegaConf.from_dotlist(list(overrides)))
     ours = MRFA(ours_cfg).to(device)
     ours.load_state_dict(sd, strict=True)
     # the same frozen VGG-19 (the official one's weights) and the official 4-scale pyramid in our loss
@@ -211,20 +218,31 @@ def step_ours(model, opt, x):
 
 
 def timed(fn, device):
+    """(wall s, process CPU s) of ``fn()``; no memory sampling (its thread and the heap trim perturb timing)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def peak_memory(fn, device) -> float:
+    """Peak memory of ``fn()`` in GiB (CUDA: ``max_memory_allocated``; CPU: peak RSS above the start)."""
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
         fn()
         torch.cuda.synchronize()
-        return time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2 ** 30
+        return torch.cuda.max_memory_allocated() / 2 ** 30
     with PeakRSS() as m:
-        t = time.perf_counter()
         fn()
-        dt = time.perf_counter() - t
-    return dt, m.gib
+    return m.gib
 
 
 def main(argv=None) -> int:
@@ -237,6 +255,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per model (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides of our model config (e.g. checkpoint_refiner=true fused_adam=false)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     import torch
@@ -256,7 +276,7 @@ def main(argv=None) -> int:
     Official, cfg = import_official(path, a.device)
     rows = []
     for K in a.ks:
-        off, ours, label = build_pair(Official, cfg, a.res, K, a.device)
+        off, ours, label = build_pair(Official, cfg, a.res, K, a.device, a.set)
         g = torch.Generator().manual_seed(0)
         x = {"source": torch.rand(a.batch, 3, a.res, a.res, generator=g).to(a.device),
              "driving": torch.rand(a.batch, 3, a.res, a.res, generator=g).to(a.device)}
@@ -269,18 +289,24 @@ def main(argv=None) -> int:
         opt_off = torch.optim.Adam(list(off.encoder.parameters()) + list(off.decoder.parameters())
                                    + list(off.dense_motion.parameters()), lr=2e-4, betas=(0.5, 0.999))
         opt_ours = ours.configure_optimizers()
-        t_off, t_ours, m_off, m_ours = [], [], [], []
+        t_off, t_ours, c_off, c_ours = [], [], [], []
         for r in range(a.repeats + 1):        # interleaved; r = 0 warms up both
-            dt, mem = timed(lambda: step_official(off, opt_off, x), a.device)
+            dt, dc = timed(lambda: step_official(off, opt_off, x), a.device)
             if r:
-                t_off.append(dt), m_off.append(mem)
-            dt, mem = timed(lambda: step_ours(ours, opt_ours, x), a.device)
+                t_off.append(dt), c_off.append(dc)
+            dt, dc = timed(lambda: step_ours(ours, opt_ours, x), a.device)
             if r:
-                t_ours.append(dt), m_ours.append(mem)
+                t_ours.append(dt), c_ours.append(dc)
+        m_off, m_ours = [], []
+        for _ in range(2):                    # memory: separate steps (the sampler would perturb the timing)
+            m_off.append(peak_memory(lambda: step_official(off, opt_off, x), a.device))
+            m_ours.append(peak_memory(lambda: step_ours(ours, opt_ours, x), a.device))
         row = {"K": K, "res": a.res, "batch": a.batch, "device": a.device, "threads": a.threads, "loss": label,
                "pred_max_abs_diff": diff, "official_s": statistics.median(t_off), "ours_s": statistics.median(t_ours),
                "official_peak_GiB": max(m_off), "ours_peak_GiB": max(m_ours),
-               "official_all_s": t_off, "ours_all_s": t_ours}
+               "official_all_s": t_off, "ours_all_s": t_ours, "ours_overrides": list(a.set),
+               "official_cpu_s": statistics.median(c_off), "ours_cpu_s": statistics.median(c_ours)}
+        row["cpu_time_ratio"] = row["ours_cpu_s"] / row["official_cpu_s"]
         row["time_ratio"] = row["ours_s"] / row["official_s"]
         row["mem_ratio"] = row["ours_peak_GiB"] / max(row["official_peak_GiB"], 1e-9)
         rows.append(row)
@@ -288,13 +314,15 @@ def main(argv=None) -> int:
     mem_kind = "max_memory_allocated" if a.device.startswith("cuda") else "peak RSS above the step's start"
     print(f"MRFA training step, official vs ours, same run, interleaved; {a.res}², batch {a.batch}, {a.device}"
           f"{'' if a.device.startswith('cuda') else f', {a.threads} threads'}, median of {a.repeats}; loss: "
-          f"{rows[0]['loss']} pyramid ×4 + equivariance ×2; memory: {mem_kind}")
-    print("| K | official s | ours s | ours/official | official GiB | ours GiB | ours/official | pred max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{rows[0]['loss']} pyramid ×4 + equivariance ×2; memory: {mem_kind}"
+          f"{'; ours with ' + ' '.join(a.set) if a.set else ''}")
+    print("| K | official s | ours s | ours/official | CPU-time ours/official | official GiB | ours GiB | "
+          "ours/official | pred max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['K']} | {r['official_s']:.3f} | {r['ours_s']:.3f} | {r['time_ratio']:.2f} | "
-              f"{r['official_peak_GiB']:.2f} | {r['ours_peak_GiB']:.2f} | {r['mem_ratio']:.2f} | "
-              f"{r['pred_max_abs_diff']:.2e} |")
+              f"{r['cpu_time_ratio']:.2f} | {r['official_peak_GiB']:.2f} | {r['ours_peak_GiB']:.2f} | "
+              f"{r['mem_ratio']:.2f} | {r['pred_max_abs_diff']:.2e} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

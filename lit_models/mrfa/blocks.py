@@ -11,7 +11,10 @@ Conventions that matter for numerical parity with the official code (all reprodu
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -45,6 +48,37 @@ def bilinear_sampler(img: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     x, y = coords.split([1, 1], dim=-1)
     grid = torch.cat([2 * x / (W - 1) - 1, 2 * y / (H - 1) - 1], dim=-1)
     return F.grid_sample(img, grid, align_corners=True)
+
+
+# ---- activation checkpointing ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _scratch_batchnorm_stats(module: nn.Module | None):
+    """While recomputing in backward, BatchNorm layers of ``module`` update copies of their running statistics
+    (thrown away on exit): the batch is not counted twice, and the real buffers are never written (their
+    versions, which autograd checks, stay as they are). Train-mode output uses batch statistics only, so the
+    recomputation is identical to the first pass."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if module is not None else []
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    real = [[getattr(m, n) for n in names] for m in bns]
+    for m, bufs in zip(bns, real):
+        for n, b in zip(names, bufs):
+            if b is not None:
+                setattr(m, n, b.clone())
+    try:
+        yield
+    finally:
+        for m, bufs in zip(bns, real):
+            for n, b in zip(names, bufs):
+                setattr(m, n, b)
+
+
+def checkpointed(fn, module: nn.Module | None, *args):
+    """``fn(*args)`` under ``torch.utils.checkpoint`` (non-reentrant): its activations are recomputed in backward
+    instead of stored. Exact for deterministic code; ``module``: the one holding the BatchNorm layers ``fn`` runs
+    (None if none), whose statistics the recomputation must not update."""
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False,
+                                             context_fn=lambda: (contextlib.nullcontext(),
+                                                                 _scratch_batchnorm_stats(module)))
 
 
 # ---- blocks (official key names: conv / norm / pool, conv1 / norm1 …) -------------------------------------------

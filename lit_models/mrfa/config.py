@@ -126,6 +126,15 @@ class MRFAConfig(ModelConfig):
     sigma_tps: float = 0.005
     points_tps: int = 5
 
+    # ---- speed / memory (identical outputs; measured in docs/RESULTS.md, benchmarks/mrfa.py) ----
+    fused_adam: bool = True              # torch's fused Adam kernel (same update as the official foreach Adam up
+                                         # to float rounding, ~1e-7); false = torch's default implementation
+    # activation checkpointing: recompute in backward instead of storing activations (less memory, more time;
+    # exact: BatchNorm uses batch statistics in training and its running statistics are not updated twice)
+    checkpoint_refiner: bool = False     # each refinement step (correlation lookup, corr_enc, to_context, refine)
+    checkpoint_kp_detector: bool = False  # the prior's keypoint detector (3 passes: source, driving, equivariance)
+    checkpoint_generator: bool = False   # the generator's encoder and decoder
+
     # ---- schedule / inference ----
     lr_milestones: list[int] = field(default_factory=list)   # MultiStepLR milestones in optimizer steps
     lr_gamma: float = 0.1

@@ -16,8 +16,6 @@ VGG-19 as the official code, or the named ``pyramid_l1_ssim`` stand-in), ``equiv
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -27,7 +25,7 @@ from lit_models.common.dense_motion import DenseMotionNetwork as TPSDenseMotion
 from lit_models.common.hourglass import replace_batchnorm
 from lit_models.common.keypoints import KPDetector, TPSKPDetector
 from lit_models.common.perceptual import MultiScalePerceptualLoss
-from lit_models.mrfa.blocks import AntiAliasInterpolation2d, DenseMotionNetwork
+from lit_models.mrfa.blocks import AntiAliasInterpolation2d, DenseMotionNetwork, checkpointed
 from lit_models.mrfa.losses import bg_loss, equivariance_losses
 from lit_models.mrfa.mtia import MTIAKeypointDetector
 from lit_models.mrfa.raft import RaftFlow
@@ -52,6 +50,25 @@ def relative_keypoints(kp_source: dict, kp_driving: dict, kp_driving_initial: di
         out["jacobian"] = (kp_driving["jacobian"].float() @ torch.inverse(kp_driving_initial["jacobian"].float())
                            @ kp_source["jacobian"].float())
     return out
+
+
+def clip_grad_inf_norm_(parameters, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=inf)`` with the same result, ~6× faster on
+    CPU: the ∞-norm is a max (order-free, exact), read per tensor with one ``aminmax`` pass (``max(|g|) =
+    max(max g, -min g)``) instead of ``vector_norm``; the gradients are scaled by ``max_norm / (norm + 1e-6)`` only
+    when that is < 1 (torch multiplies by the clamped 1.0 otherwise, which changes nothing)."""
+    grads = [p.grad for p in parameters if p.grad is not None and p.grad.numel()]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = []
+    for g in grads:
+        lo, hi = torch.aminmax(g)
+        norms.append(torch.maximum(hi, -lo))
+    total = torch.stack([n.to(norms[0].device) for n in norms]).max()
+    coef = max_norm / (total + 1e-6)
+    if not bool(coef >= 1.0):   # NaN norm: scaled by NaN, as torch does
+        torch._foreach_mul_(grads, coef.to(grads[0].device))
+    return total
 
 
 class MRFA(AnimationModule):
@@ -106,6 +123,8 @@ class MRFA(AnimationModule):
                                 corr_levels=r.corr_levels, corr_radius=r.corr_radius,
                                 motion_channels=r.motion_channels, context_channels=r.context_channels,
                                 basic_scale=d.scale_factor, kp_variance=r.kp_variance)
+        self.decoder.checkpoint = bool(c.checkpoint_refiner)
+        self.decoder.checkpoint_generator = bool(c.checkpoint_generator)
         self.down = AntiAliasInterpolation2d(c.num_channels, d.scale_factor)
         if c.norm != "batch":   # the official blocks (MTIA stem, dense motion, refiner) hard-code BatchNorm
             replace_batchnorm(self, c.norm)
@@ -120,6 +139,13 @@ class MRFA(AnimationModule):
     def refiner(self):
         """The refinement part of ``decoder`` (None for K = 0, the prior-only model)."""
         return None if self.decoder.prior_only else self.decoder
+
+    def _kp(self, x: torch.Tensor) -> dict:
+        """The prior's keypoints of ``x`` for the training losses (recomputed in backward when
+        ``checkpoint_kp_detector``)."""
+        if self.cfg.checkpoint_kp_detector and torch.is_grad_enabled():
+            return checkpointed(self.encoder, self.encoder, x)
+        return self.encoder(x)
 
     # ---- the paper's forward pass ----------------------------------------------------------------------------
     def generate(self, source: torch.Tensor, kp_source: dict, kp_driving: dict, bg_param=None,
@@ -197,15 +223,15 @@ class MRFA(AnimationModule):
         T = driving.shape[1]
         drv, tgt = driving.flatten(0, 1), target.flatten(0, 1)
         src = source.repeat_interleave(T, 0)
-        kp_s = {k: v.repeat_interleave(T, 0) for k, v in self.kp_detector(source).items()}
-        kp_d = self.kp_detector(drv)
+        kp_s = {k: v.repeat_interleave(T, 0) for k, v in self._kp(source).items()}
+        kp_d = self._kp(drv)
         bg = self.bg_predictor(src, drv) if self.bg_predictor is not None else None
         out = self.generate(src, kp_s, kp_d, bg)
         terms: dict[str, torch.Tensor] = {}
         if self.use_loss("perceptual"):
             terms["loss_perceptual"] = self.perceptual_loss(out["prediction"], tgt)
         terms.update(equivariance_losses(
-            self.kp_detector, drv, kp_d, use_value=self.use_loss("equivariance_value"),
+            self._kp, drv, kp_d, use_value=self.use_loss("equivariance_value"),
             use_jacobian=self.use_loss("equivariance_jacobian") and c.prior != "tps" and c.use_jacobian,
             sigma_affine=c.sigma_affine, sigma_tps=c.sigma_tps, points_tps=c.points_tps))
         if bg is not None and self.use_loss("bg"):
@@ -218,12 +244,15 @@ class MRFA(AnimationModule):
         if self.cfg.gradient_clip_val and self.cfg.gradient_clip_val > 0:
             for part in (self.encoder, self.dense_motion, self.bg_predictor):
                 if part is not None:
-                    torch.nn.utils.clip_grad_norm_(part.parameters(), self.cfg.gradient_clip_val, norm_type=math.inf)
+                    clip_grad_inf_norm_(part.parameters(), self.cfg.gradient_clip_val)
         if gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        opt = super().configure_optimizers()
+        params = [p for p in self.parameters() if p.requires_grad]
+        # fused: one kernel per tensor instead of ~10 full-size foreach passes and temporaries (same update)
+        opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+                               weight_decay=self.cfg.weight_decay, fused=bool(self.cfg.fused_adam) or None)
         if not self.cfg.lr_milestones:
             return opt
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(self.cfg.lr_milestones), self.cfg.lr_gamma)

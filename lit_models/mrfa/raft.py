@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_models.mrfa.blocks import Hourglass, OcclusionAwareGenerator, bilinear_sampler, coords_grid, kp2gaussian
+from lit_models.mrfa.blocks import (Hourglass, OcclusionAwareGenerator, bilinear_sampler, checkpointed, coords_grid,
+                                   kp2gaussian)
 
 
 def refine_scales(num_iters: int, num_scales: int, schedule: str = "official") -> list[int]:
@@ -152,6 +153,15 @@ class RaftFlow(nn.Module):
             self.to_context = nn.ModuleList(nn.Conv2d(ch[i], context_channels, 1)
                                             for i in range(self.refined[-1] + 1))
         self.scale = corr_dim ** -0.5
+        self.checkpoint = False             # model.checkpoint_refiner
+        self.checkpoint_generator = False   # model.checkpoint_generator
+
+    def _gen(self, name: str, *args):
+        """``generator.encode`` / ``generator.decode``, recomputed in backward when ``checkpoint_generator``."""
+        fn = getattr(self.generator, name)
+        if self.checkpoint_generator and torch.is_grad_enabled():
+            return checkpointed(fn, self.generator, *args)
+        return fn(*args)
 
     # ---- prior only (official ``prior_only: True``) --------------------------------------------------------------
     def _prior_only(self, dm, feature, img_full, trace):
@@ -164,7 +174,7 @@ class RaftFlow(nn.Module):
             occs.append(torch.sigmoid(oc))
         grid = fr.permute(0, 2, 3, 1)
         warp_img = F.grid_sample(img_full, grid, align_corners=False)
-        out = self.generator.decode(warp_f, warp_img, occs)
+        out = self._gen("decode", warp_f, warp_img, occs)
         return {"prediction": out, "warp_img": warp_img, "grid": grid, "refined_grid": grid, "occlusion": occs[-1],
                 "occlusions": occs}
 
@@ -179,6 +189,37 @@ class RaftFlow(nn.Module):
         corr = torch.bmm(q_d.flatten(2).transpose(1, 2), k_s.flatten(2)) * self.scale
         return corr, {"decoder.fe_s": fe_s, "decoder.fe_d": fe_d, "decoder.k_s": k_s, "decoder.q_d": q_d}
 
+    def _refine_step(self, i: int, corr_volume: torch.Tensor, flow: torch.Tensor, feature: torch.Tensor,
+                     trace: dict | None = None) -> torch.Tensor:
+        """One refinement step at scale ``i``: correlation lookup around ``flow`` (B×2×r×r, pixels), motion
+        encoding, context from ``feature`` warped by ``flow``, and the residual ``(ΔT, ΔO)`` B×3×r×r.
+
+        ``corr_volume`` is B×(H·W driving)×(H·W source). The lookup reads, for each (pooled) driving pixel, an
+        H×W source map: scales coarser than the prior's resolution average-pool the driving dims by k = 2^(bri-i)
+        (done on a channels-last view, so the pooled volume comes out already laid out as (B·h'·w')×1×H×W: no
+        transposed copies of the volume); finer scales sample at the prior's resolution and up-sample the lookup."""
+        b, _, r, _ = flow.shape
+        H, bri = self.h, self.basic_res_index
+        id_grid = coords_grid(b, r, r, flow)
+        flow_sample, id_sample, scale = flow, id_grid, 1
+        if i < bri:
+            k = scale = 2 ** (bri - i)
+            pooled = F.avg_pool2d(corr_volume.view(b, H, H, H * H).permute(0, 3, 1, 2), k, stride=k)
+            cv = pooled.permute(0, 2, 3, 1).reshape(-1, 1, H, H)
+        else:
+            cv = corr_volume.reshape(-1, 1, H, H)
+            if i > bri:
+                flow_sample = _up(flow, H) * 0.5 ** (i - bri)
+                id_sample = coords_grid(b, H, H, flow)
+        corr = CorrBlock(cv, self.corr_levels, self.corr_radius)((flow_sample + id_sample) * scale)
+        if trace is not None:
+            trace[f"iter{i}.corr_lookup"] = corr
+        if i > bri:
+            corr = _up(corr, r)
+        m_f = self.corr_enc(flow, corr)
+        ctx = F.relu(self.to_context[i](bilinear_sampler(feature, (flow + id_grid).permute(0, 2, 3, 1))))
+        return self.refine(m_f, ctx)
+
     def forward(self, kp_s: torch.Tensor, kp_d: torch.Tensor, dm: dict, img: torch.Tensor, img_full: torch.Tensor,
                 trace: dict | None = None, refine_iters: int | None = None) -> dict:
         """kp_s / kp_d: keypoint values B×K×2; dm: the prior (``deformation`` grid, ``occlusion_logit``); img: the
@@ -189,7 +230,7 @@ class RaftFlow(nn.Module):
             if refine_iters > len(self.refined) or refine_iters < 0:
                 raise ValueError(f"refine_iters={refine_iters}: this model has {len(self.refined)} refinement steps")
             refined = self.refined[:refine_iters]
-        feature = self.generator.encode(img_full)
+        feature = self._gen("encode", img_full)
         if trace is not None:
             trace.update({f"decoder.feature[{i}]": f for i, f in enumerate(feature)})
         if not refined:
@@ -206,8 +247,6 @@ class RaftFlow(nn.Module):
         f0 = self.h // self.start
         flow = F.interpolate(init_flow, scale_factor=1.0 / f0, mode="bilinear", align_corners=True) / f0
         occlusion = F.interpolate(init_occ, scale_factor=1.0 / f0, mode="bilinear", align_corners=True)
-        # (b·n_source)×1×h×w: pooling over the driving dims gives the volume of a coarser driving grid
-        corr_volume = corr_volume.transpose(1, 2).reshape(b * H * H, 1, H, H)
         bri, last = self.basic_res_index, refined[-1]
         warp_f, occs, warp_f_c = [], [], []
         d_pre = o_pre = None
@@ -219,26 +258,11 @@ class RaftFlow(nn.Module):
             if trace is not None:
                 trace[f"iter{i}.flow_in"] = flow
             if i in refined:
-                flow_sample, id_sample, scale = flow, id_grid, 1
-                if i < bri:
-                    k = 2 ** (bri - i)
-                    cv, scale = F.avg_pool2d(corr_volume, k, stride=k), k
-                elif i == bri:
-                    cv = corr_volume
+                if self.checkpoint and trace is None and torch.is_grad_enabled():
+                    # no BatchNorm / randomness inside: the recomputation in backward is exact
+                    d_flow = checkpointed(self._refine_step, None, i, corr_volume, flow, feature[i])
                 else:
-                    cv = corr_volume
-                    flow_sample = _up(flow, H) * 0.5 ** (i - bri)
-                    id_sample = coords_grid(b, H, H, img)
-                hp, wp = cv.shape[-2:]
-                cv = cv.view(b, H * H, hp * wp).transpose(1, 2).reshape(b * hp * wp, 1, H, H)
-                corr = CorrBlock(cv, self.corr_levels, self.corr_radius)((flow_sample + id_sample) * scale)
-                if trace is not None:
-                    trace[f"iter{i}.corr_lookup"] = corr
-                if i > bri:
-                    corr = _up(corr, flow.shape[2])
-                m_f = self.corr_enc(flow, corr)
-                ctx = F.relu(self.to_context[i](bilinear_sampler(feature[i], (flow + id_grid).permute(0, 2, 3, 1))))
-                d_flow = self.refine(m_f, ctx)
+                    d_flow = self._refine_step(i, corr_volume, flow, feature[i], trace)
                 flow_w = flow + d_flow[:, :2]
                 occlusion = occlusion + d_flow[:, 2:]
                 if trace is not None:
@@ -248,13 +272,15 @@ class RaftFlow(nn.Module):
                 flow_w = flow
             warp_f.append(bilinear_sampler(feature[i], (flow_w + id_grid).permute(0, 2, 3, 1)))
             occs.append(torch.sigmoid(occlusion))
-            if i != bri:
-                fr = _up(dm["deformation"].permute(0, 3, 1, 2), feature[i].shape[2:])
-                oc = _up(init_occ, feature[i].shape[2:])
+            # prior-warped features; the generator never reads the finest scale's (official code computes it)
+            if i < self.num_scales - 1:
+                fr = _up(dm["deformation"].permute(0, 3, 1, 2), feature[i].shape[2:]) if i != bri else \
+                    dm["deformation"].permute(0, 3, 1, 2)
+                warp_f_c.append(F.grid_sample(feature[i], fr.permute(0, 2, 3, 1), align_corners=False))
             else:
-                fr, oc = dm["deformation"].permute(0, 3, 1, 2), init_occ
-            warp_f_c.append(F.grid_sample(feature[i], fr.permute(0, 2, 3, 1), align_corners=False))
+                warp_f_c.append(None)
             if trace is not None:
+                oc = _up(init_occ, feature[i].shape[2:]) if i != bri else init_occ
                 trace[f"iter{i}.occlusion_prob"] = occs[-1]
                 trace[f"iter{i}.occlusion_prob_prior"] = torch.sigmoid(oc)
             if i < last:
@@ -277,7 +303,7 @@ class RaftFlow(nn.Module):
                 occlusion = _up(occlusion)
         grid_px = (flow + id_grid).permute(0, 2, 3, 1)
         warp_img = bilinear_sampler(img_full, grid_px)
-        out = self.generator.decode(warp_f, warp_img, occs, warp_f_c)
+        out = self._gen("decode", warp_f, warp_img, occs, warp_f_c)
         if trace is not None:
             trace["decoder.warp_img"] = warp_img
             vis = occs + [torch.sigmoid(init_occ)]
