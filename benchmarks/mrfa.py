@@ -11,10 +11,10 @@ official model's weights (``lit_models.mrfa.import_official``), and the script
    (``raft_flow.prior_only``), batch ``--batch`` (2), and prints medians, the ratio ours/official, the peak
    memory (max of 2 further steps each, measured apart from the timed ones — CUDA: ``max_memory_allocated``;
    CPU: peak RSS above the RSS before the step, sampled every 2 ms) and the process CPU time (steadier than wall time when other processes share the machine).
-   Same machine, same run, the same loss terms: only the ratios are meaningful across machines. (Both losses run
-   the same VGG-19 on the same image sizes; the pyramid's down-sampling differs — ours: torch's antialiased
-   bilinear, official: Gaussian blur + nearest — and so does the equivariance warp's ``align_corners``; neither
-   changes the cost.)
+   Same machine, same run, the same loss terms: only the ratios are meaningful across machines. (The losses are
+   the official ones: the pyramid is the official ImagePyramide — Gaussian blur + nearest — and the equivariance
+   Transform is the official one — L1-distance radial term, ``align_corners=False`` warp; see
+   ``tests/lit_models/test_mrfa.py::test_equivariance_transform_and_loss_pyramid_are_the_official_ones``.)
 
 ``--set KEY=VALUE …`` overrides our model config (e.g. the memory knobs ``checkpoint_refiner=true
 checkpoint_kp_detector=true checkpoint_generator=true``, or ``fused_adam=false``).

@@ -119,11 +119,14 @@ class TPSKPDetector(nn.Module):
 # ---- random transform for the equivariance losses -------------------------------------------------------------
 class RandomTransform:
     """FOMM's random deformation ``T_{X<-Y}``: a random affine map plus a random radial-basis (TPS) displacement
-    on a ``points_tps × points_tps`` control lattice. ``transform_frame`` warps an image by it; ``warp_coordinates``
+    on a ``points_tps × points_tps`` control lattice, exactly as the official ``Transform`` (FOMM, MRFA). ``transform_frame`` warps an image by it; ``warp_coordinates``
     maps keypoints of the transformed frame back; ``jacobian`` differentiates that map (autograd)."""
 
     def __init__(self, batch_size: int, sigma_affine: float = 0.05, sigma_tps: float = 0.005, points_tps: int = 5,
-                 device=None, generator: torch.Generator | None = None):
+                 device=None, generator: torch.Generator | None = None, align_corners: bool = True):
+        # align_corners of the frame warp: FOMM was written for torch 1.0 (whose grid_sample behaved as True); MRFA's
+        # official code calls grid_sample without it on torch >= 1.3, i.e. False
+        self.align_corners = align_corners
         noise = torch.randn(batch_size, 2, 3, generator=generator) * sigma_affine
         self.theta = (noise + torch.eye(2, 3)[None]).to(device)
         self.control_points = make_coordinate_grid(points_tps, points_tps).view(1, -1, 2).to(device)
@@ -133,14 +136,16 @@ class RandomTransform:
         """coords B×N×2 → transformed B×N×2."""
         theta = self.theta.to(coords.dtype)
         out = coords @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
-        r2 = ((coords[:, :, None, :] - self.control_points[:, None].to(coords.dtype)) ** 2).sum(-1)  # B×N×P
-        return out + (_tps_kernel(r2) * self.control_params.to(coords.dtype)).sum(-1, keepdim=True)
+        # the official (FOMM / MRFA ``Transform``) radial term: d² log(d + 1e-6) of the L1 distance d = |z - c|₁
+        # to each control point — not the textbook r² log r² of the L2 distance (``_tps_kernel``, used by tps_fit)
+        d = (coords[:, :, None, :] - self.control_points[:, None].to(coords.dtype)).abs().sum(-1)  # B×N×P
+        return out + (d ** 2 * torch.log(d + 1e-6) * self.control_params.to(coords.dtype)).sum(-1, keepdim=True)
 
     def transform_frame(self, frame: torch.Tensor) -> torch.Tensor:
         B, _, h, w = frame.shape
         grid = make_coordinate_grid(h, w, frame.device, frame.dtype).view(1, h * w, 2).expand(B, -1, -1)
         grid = self.warp_coordinates(grid).view(B, h, w, 2)
-        return F.grid_sample(frame, grid, padding_mode="reflection", align_corners=True)
+        return F.grid_sample(frame, grid, padding_mode="reflection", align_corners=self.align_corners)
 
     def jacobian(self, coords: torch.Tensor) -> torch.Tensor:
         """d warp_coordinates / d coords at coords B×N×2 → B×N×2×2 (differentiable w.r.t. coords' graph)."""

@@ -85,17 +85,24 @@ class MultiScalePerceptualLoss(nn.Module):
     """``Σ_s Σ_i w_i |N_i(↓_s pred) - N_i(↓_s target)|`` over ``scales`` (e.g. 1, ½, ¼, ⅛)."""
 
     def __init__(self, backend: str = "vgg19", scales=(1.0, 0.5, 0.25, 0.125), layer_weights=(10, 10, 10, 10, 10),
-                 weights_path: str | None = None):
+                 weights_path: str | None = None, pyramid=None):
+        """``pyramid``: ``scale -> nn.Module`` building each level's down-sampler (a method's official one, e.g.
+        FOMM/MRFA's ``ImagePyramide`` of Gaussian blur + nearest); default ``downsample_image`` (antialiased
+        bilinear)."""
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown perceptual backend {backend!r} ({' | '.join(BACKENDS)})")
         self.backend, self.scales, self.layer_weights = backend, tuple(scales), tuple(layer_weights)
         self.vgg = VGG19Features(weights_path) if backend == "vgg19" else None
+        self.pyramid = nn.ModuleList([pyramid(s) for s in self.scales]) if pyramid is not None else None
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = pred.new_zeros(())
-        for s in self.scales:
-            p, t = downsample_image(pred, s), downsample_image(target, s)
+        for i, s in enumerate(self.scales):
+            if self.pyramid is not None:
+                p, t = self.pyramid[i](pred), self.pyramid[i](target)
+            else:
+                p, t = downsample_image(pred, s), downsample_image(target, s)
             if self.vgg is not None:
                 fp, ft = self.vgg(p), self.vgg(t)
                 for w, a, b in zip(self.layer_weights, fp, ft):

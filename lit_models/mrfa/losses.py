@@ -16,7 +16,10 @@ def equivariance_losses(kp_detector, driving: torch.Tensor, kp_driving: dict, *,
     terms: dict[str, torch.Tensor] = {}
     if not (use_value or use_jacobian):
         return terms
-    transform = RandomTransform(driving.shape[0], sigma_affine, sigma_tps, points_tps, device=driving.device)
+    # official MRFA (modules/model.py Transform): grid_sample(frame, grid, padding_mode="reflection"), i.e.
+    # align_corners=False on the torch versions it runs on
+    transform = RandomTransform(driving.shape[0], sigma_affine, sigma_tps, points_tps, device=driving.device,
+                                align_corners=False)
     kp_t = kp_detector(transform.transform_frame(driving))
     if use_value:
         terms["loss_equivariance_value"] = (kp_driving["value"] - transform.warp_coordinates(kp_t["value"])).abs().mean()

@@ -208,8 +208,10 @@ class MRFA(AnimationModule):
     def perceptual_loss(self) -> MultiScalePerceptualLoss:
         if not self._perceptual:
             c = self.cfg
-            self._perceptual.append(MultiScalePerceptualLoss(c.perceptual, c.perceptual_scales,
-                                                             c.perceptual_layer_weights, c.vgg_weights))
+            # the official ImagePyramide: each level through FOMM's AntiAliasInterpolation2d (Gaussian + nearest)
+            self._perceptual.append(MultiScalePerceptualLoss(
+                c.perceptual, c.perceptual_scales, c.perceptual_layer_weights, c.vgg_weights,
+                pyramid=lambda s: AntiAliasInterpolation2d(c.num_channels, s)))
         return self._perceptual[0].to(self.device)
 
     def on_fit_start(self) -> None:

@@ -305,6 +305,43 @@ def test_random_transform_jacobian_matches_finite_differences():
         torch.testing.assert_close(J[..., :, i], fd, atol=1e-6, rtol=1e-5)
 
 
+def test_equivariance_transform_and_loss_pyramid_are_the_official_ones(tiny_model_cfg, monkeypatch):
+    """The official Transform's radial term is d² log(d + 1e-6) of the *L1* distance d to each control point (a
+    reference written from modules/model.py), its frame warp uses grid_sample's align_corners=False, and the
+    perceptual loss's pyramid is the official ImagePyramide (AntiAliasInterpolation2d: Gaussian + nearest), not an
+    antialiased bilinear resize. (Checked once against the official code itself: pyramid max diff 0,
+    warp_coordinates / jacobian 0, transform_frame 7e-6.)"""
+    import torch.nn.functional as F
+
+    from lit_models.common.keypoints import RandomTransform
+    from lit_models.common.warp import downsample_image, make_coordinate_grid
+    from lit_models.mrfa import losses
+    from lit_models.mrfa.blocks import AntiAliasInterpolation2d
+
+    T = RandomTransform(2, sigma_affine=0.1, sigma_tps=0.05, generator=torch.Generator().manual_seed(0))
+    z = torch.rand(2, 7, 2) * 2 - 1
+    ctrl = make_coordinate_grid(5, 5).view(-1, 2)
+    d = (z[:, :, None] - ctrl[None, None]).abs().sum(-1)
+    ref = (torch.einsum("bij,bnj->bni", T.theta[:, :, :2], z) + T.theta[:, None, :, 2]
+           + (d ** 2 * torch.log(d + 1e-6) * T.control_params).sum(-1, keepdim=True))
+    torch.testing.assert_close(T.warp_coordinates(z), ref, atol=1e-6, rtol=1e-6)
+
+    seen = []
+    real_grid_sample = F.grid_sample
+    monkeypatch.setattr(F, "grid_sample", lambda *a, **k: seen.append(k.get("align_corners")) or real_grid_sample(*a, **k))
+    m = make(tiny_model_cfg, refine_iters=0)
+    drv = torch.rand(2, 3, 32, 32)
+    losses.equivariance_losses(m._kp, drv, m._kp(drv), use_value=True, use_jacobian=False, sigma_affine=0.05,
+                               sigma_tps=0.005, points_tps=5)
+    assert seen and seen[0] is False
+
+    x = torch.rand(2, 3, 32, 32)
+    pyr = make(tiny_model_cfg, perceptual="pyramid_l1_ssim", perceptual_scales=[1.0, 0.5, 0.25]).perceptual_loss.pyramid
+    for level, s in zip(pyr, (1.0, 0.5, 0.25)):
+        torch.testing.assert_close(level(x), AntiAliasInterpolation2d(3, s)(x), atol=0, rtol=0)
+    assert (pyr[1](x) - downsample_image(x, 0.5)).abs().max() > 1e-3      # the bilinear resize is another pyramid
+
+
 @pytest.mark.fixtures
 def test_experiments_animate_real_portrait_and_clip(tiny_model_cfg, real_fixtures, tmp_path):
     """`python -m experiments.animate` path on a real portrait + real driving clip, relative and absolute."""
