@@ -251,10 +251,7 @@ class MRFA(AnimationModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        # fused: one kernel per tensor instead of ~10 full-size foreach passes and temporaries (same update)
-        opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
-                               weight_decay=self.cfg.weight_decay, fused=bool(self.cfg.fused_adam) or None)
+        opt = super().configure_optimizers()   # Adam, fused when model.fused_adam
         if not self.cfg.lr_milestones:
             return opt
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(self.cfg.lr_milestones), self.cfg.lr_gamma)
