@@ -448,8 +448,8 @@ def _wandb_run_kwargs(cfg: DictConfig, run_dir: Path, job_type: str, link: dict 
                        "train_run_dir": link.get("run_dir")})
     config.update(extra_config or {})
     os.environ.setdefault("WANDB_SILENT", "true")
-    return {"id": run_id, "project": ident["project"], "entity": ident["entity"], "name": ident["name"], "group": ident["group"], "tags": ident["tags"],
-            "job_type": ident["job_type"], "config": config, "_identity": ident}
+    return {"id": run_id, "config": config, "_identity": ident,
+            **{k: ident[k] for k in ("project", "entity", "name", "group", "tags", "job_type")}}
 
 
 def wandb_run_dir(loggers: list) -> str | None:
@@ -634,26 +634,17 @@ def trainer_kwargs() -> tuple[str, ...]:
                  if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-def _instantiate_value(value: Any) -> Any:
-    """A config value as a Python object: ``{_target_: ...}`` nodes through ``hydra.utils.instantiate``."""
-    from hydra.utils import instantiate
-
-    if OmegaConf.is_config(value):
-        return instantiate(value, _convert_="all")
-    return value
-
-
-def trainer_passthrough(tc: DictConfig) -> dict[str, Any]:
-    """``+trainer.<kw>`` keys the schema does not declare but ``lightning.Trainer`` takes (``profiler``,
-    ``benchmark``, ``overfit_batches``, ``barebones`` …), as Trainer keyword arguments (``_target_`` values
-    instantiated: ``+trainer.profiler={_target_: lightning.pytorch.profilers.SimpleProfiler}``)."""
+def check_trainer_passthrough(tc: DictConfig) -> None:
+    """``+trainer.<kw>`` keys the schema does not declare must be ``lightning.Trainer`` arguments (``profiler``,
+    ``benchmark``, ``overfit_batches``, ``barebones`` …) that the lab does not set itself; build_trainer passes them
+    to the Trainer through hydra.utils.instantiate (``_target_`` values built:
+    ``+trainer.profiler={_target_: lightning.pytorch.profilers.SimpleProfiler}``)."""
     import dataclasses
 
     from experiments.schema import TrainerConfig
 
     declared = {f.name for f in dataclasses.fields(TrainerConfig)}
     accepted = set(trainer_kwargs())
-    out = {}
     for key in tc.keys():
         if key in declared:
             continue
@@ -662,8 +653,6 @@ def trainer_passthrough(tc: DictConfig) -> dict[str, Any]:
         if key not in accepted:
             raise ConfigError(f"trainer.{key} is not a config key or lightning.Trainer argument"
                               f"{_close_key(f'trainer.{key}', OmegaConf.create({'trainer': tc}))}")
-        out[str(key)] = _instantiate_value(tc[key])
-    return out
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -727,7 +716,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list):
     if tc.get("record_sample_indices"):
         callbacks.append(SampleIndexRecorder(run_dir))
     callbacks += build_callbacks(cfg)
-    trainer_passthrough(tc)   # `+trainer.<kw>`: any other lightning.Trainer argument (checked: a typo is an error)
+    check_trainer_passthrough(tc)   # `+trainer.<kw>`: any other lightning.Trainer argument; a typo is an error
     node = OmegaConf.masked_copy(tc, [k for k in tc.keys() if k not in _LAB_TRAINER_KEYS])
     # the lab's parts: the run directory, the built strategy, loggers, callbacks and the atomic checkpoint IO
     built = dict(default_root_dir=str(run_dir), strategy=build_strategy(tc), check_val_every_n_epoch=None,

@@ -21,7 +21,7 @@ from eval.protocol import EvalProtocolConfig
 class TrainerConfig:
     """The ``lightning.Trainer`` arguments the lab sets, plus its own (checkpointing, FSDP, checks); multi-GPU /
     multi-node through Lightning's own strategies. Any other ``lightning.Trainer.__init__`` keyword is accepted as
-    ``+trainer.<kw>=value`` (``+trainer.profiler=simple``) and passed through (``runtime.trainer_passthrough``); a
+    ``+trainer.<kw>=value`` (``+trainer.profiler=simple``) and passed through (``runtime.build_trainer``); a
     key that is neither is rejected with a "did you mean" hint."""
 
     # built with hydra.utils.instantiate (runtime.build_trainer): the lab's own keys below (checkpointing, checks,
