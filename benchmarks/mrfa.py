@@ -30,6 +30,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -82,6 +83,41 @@ class PeakRSS:
     @property
     def gib(self) -> float:
         return (self.peak - self.base) / 2 ** 30
+
+
+def peak_tensor_gib(fn) -> float:
+    """Peak bytes of live tensors above the start of ``fn()``, in GiB, from the profiler's allocation events
+    (``profile_memory=True``): the CPU counterpart of CUDA's ``max_memory_allocated``. Unlike peak RSS it does not
+    depend on how the C allocator hands memory back to the OS (glibc keeps freed heap pages of many small
+    allocations, so RSS moves with the allocation pattern, not only with what is alive)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in p.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    cur = peak = 0
+    for _, nbytes in events:
+        cur += nbytes
+        peak = max(peak, cur)
+    return peak / 2 ** 30
+
+
+CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
+            "aten::_slow_conv2d_backward", "aten::slow_conv_transpose2d", "aten::cudnn_convolution",
+            "aten::_convolution_depthwise2d")
+
+
+def conv_seconds(fn) -> tuple[float, float]:
+    """(seconds in convolution kernels forward + backward, seconds of all ops) of one profiled ``fn()``: the
+    share an implementation cannot go below without computing different convolutions."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        fn()
+    ev = p.key_averages()
+    conv = sum(e.self_cpu_time_total for e in ev if e.key in CONV_OPS)
+    return conv / 1e6, sum(e.self_cpu_time_total for e in ev) / 1e6
 
 
 def import_official(path: Path, device: str):
@@ -207,10 +243,13 @@ def step_official(model, opt, x, clip=10.0):
     return float(loss.detach())
 
 
-def step_ours(model, opt, x):
+def step_ours(model, opt, x, autocast=None):
+    import torch
+
     opt.zero_grad(set_to_none=True)
     b = {"source": x["source"], "driving": x["driving"][:, None]}
-    loss = model.weighted_total(model.compute_losses(b))
+    with (torch.autocast(x["source"].device.type, dtype=autocast) if autocast else contextlib.nullcontext()):
+        loss = model.weighted_total(model.compute_losses(b))
     loss.backward()
     model.configure_gradient_clipping(opt)
     opt.step()
@@ -257,6 +296,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides of our model config (e.g. checkpoint_refiner=true fused_adam=false)")
+    ap.add_argument("--autocast", choices=["bf16", "fp16"],
+                    help="run OUR step under torch.autocast at this dtype (the official step stays fp32): outputs are "
+                         "then NOT identical, the table says so and prints the prediction difference under autocast")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one step of each and print the seconds spent in convolutions: the floor of "
+                         "ours/official for any implementation that computes the same convolutions")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     import torch
@@ -274,6 +319,7 @@ def main(argv=None) -> int:
     if any(k not in (0, 6) for k in a.ks):
         raise SystemExit("--ks: the official code has K = 6 and K = 0 (prior_only) without editing it")
     Official, cfg = import_official(path, a.device)
+    cast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[a.autocast]
     rows = []
     for K in a.ks:
         off, ours, label = build_pair(Official, cfg, a.res, K, a.device, a.set)
@@ -283,8 +329,9 @@ def main(argv=None) -> int:
         off.eval(), ours.eval()
         with torch.no_grad():
             p_off = off(x, is_train=False)[0]
+        with torch.no_grad(), (torch.autocast(a.device.split(":")[0], dtype=cast) if cast else contextlib.nullcontext()):
             p_ours = ours.generate(x["source"], ours.encoder(x["source"]), ours.encoder(x["driving"]))["prediction"]
-        diff = (p_off - p_ours).abs().max().item()
+        diff = (p_off.float() - p_ours.float()).abs().max().item()
         off.train(), ours.train()
         opt_off = torch.optim.Adam(list(off.encoder.parameters()) + list(off.decoder.parameters())
                                    + list(off.dense_motion.parameters()), lr=2e-4, betas=(0.5, 0.999))
@@ -294,35 +341,64 @@ def main(argv=None) -> int:
             dt, dc = timed(lambda: step_official(off, opt_off, x), a.device)
             if r:
                 t_off.append(dt), c_off.append(dc)
-            dt, dc = timed(lambda: step_ours(ours, opt_ours, x), a.device)
+            dt, dc = timed(lambda: step_ours(ours, opt_ours, x, cast), a.device)
             if r:
                 t_ours.append(dt), c_ours.append(dc)
-        m_off, m_ours = [], []
+        m_off, m_ours, tm_off, tm_ours = [], [], [], []
         for _ in range(2):                    # memory: separate steps (the sampler would perturb the timing)
             m_off.append(peak_memory(lambda: step_official(off, opt_off, x), a.device))
-            m_ours.append(peak_memory(lambda: step_ours(ours, opt_ours, x), a.device))
+            m_ours.append(peak_memory(lambda: step_ours(ours, opt_ours, x, cast), a.device))
+            if a.device == "cpu":             # live tensors, the CPU analogue of max_memory_allocated
+                tm_off.append(peak_tensor_gib(lambda: step_official(off, opt_off, x)))
+                tm_ours.append(peak_tensor_gib(lambda: step_ours(ours, opt_ours, x, cast)))
         row = {"K": K, "res": a.res, "batch": a.batch, "device": a.device, "threads": a.threads, "loss": label,
                "pred_max_abs_diff": diff, "official_s": statistics.median(t_off), "ours_s": statistics.median(t_ours),
                "official_peak_GiB": max(m_off), "ours_peak_GiB": max(m_ours),
                "official_all_s": t_off, "ours_all_s": t_ours, "ours_overrides": list(a.set),
-               "official_cpu_s": statistics.median(c_off), "ours_cpu_s": statistics.median(c_ours)}
+               "official_cpu_s": statistics.median(c_off), "ours_cpu_s": statistics.median(c_ours),
+               "ours_autocast": a.autocast}
+        if tm_off:
+            row.update(official_tensor_GiB=max(tm_off), ours_tensor_GiB=max(tm_ours),
+                       tensor_mem_ratio=max(tm_ours) / max(max(tm_off), 1e-9))
+        if a.profile:
+            (co, to), (cu, tu) = conv_seconds(lambda: step_official(off, opt_off, x)), \
+                conv_seconds(lambda: step_ours(ours, opt_ours, x, cast))
+            row.update(official_conv_s=co, official_ops_s=to, ours_conv_s=cu, ours_ops_s=tu)
         row["cpu_time_ratio"] = row["ours_cpu_s"] / row["official_cpu_s"]
         row["time_ratio"] = row["ours_s"] / row["official_s"]
         row["mem_ratio"] = row["ours_peak_GiB"] / max(row["official_peak_GiB"], 1e-9)
         rows.append(row)
         del off, ours, opt_off, opt_ours
-    mem_kind = "max_memory_allocated" if a.device.startswith("cuda") else "peak RSS above the step's start"
+    cpu = not a.device.startswith("cuda")
+    mem_kind = ("peak RSS above the step's start; tensors: peak live-tensor bytes above the step's start (profiler "
+                "allocation events)") if cpu else "max_memory_allocated"
     print(f"MRFA training step, official vs ours, same run, interleaved; {a.res}², batch {a.batch}, {a.device}"
-          f"{'' if a.device.startswith('cuda') else f', {a.threads} threads'}, median of {a.repeats}; loss: "
+          f"{f', {a.threads} threads' if cpu else ''}, median of {a.repeats}; loss: "
           f"{rows[0]['loss']} pyramid ×4 + equivariance ×2; memory: {mem_kind}"
           f"{'; ours with ' + ' '.join(a.set) if a.set else ''}")
+    if a.autocast:
+        print(f"OURS RUNS UNDER {a.autocast} AUTOCAST, THE OFFICIAL STEP IN fp32: outputs are NOT identical "
+              f"(the last column is ours under autocast against the official fp32 prediction)")
+    tensors = cpu and "tensor_mem_ratio" in rows[0]
     print("| K | official s | ours s | ours/official | CPU-time ours/official | official GiB | ours GiB | "
-          "ours/official | pred max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ours/official |" + (" official tensors GiB | ours tensors GiB | ours/official |" if tensors else "")
+          + " pred max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if tensors else ""))
     for r in rows:
         print(f"| {r['K']} | {r['official_s']:.3f} | {r['ours_s']:.3f} | {r['time_ratio']:.2f} | "
               f"{r['cpu_time_ratio']:.2f} | {r['official_peak_GiB']:.2f} | {r['ours_peak_GiB']:.2f} | "
-              f"{r['mem_ratio']:.2f} | {r['pred_max_abs_diff']:.2e} |")
+              f"{r['mem_ratio']:.2f} |" + (f" {r['official_tensor_GiB']:.2f} | {r['ours_tensor_GiB']:.2f} | "
+                                           f"{r['tensor_mem_ratio']:.2f} |" if tensors else "")
+              + f" {r['pred_max_abs_diff']:.2e} |")
+    if a.profile:
+        print("\nConvolutions (forward + backward kernels) in one profiled step; the floor is ours' convolution "
+              "time over the official step's op time: no implementation computing these convolutions goes below it")
+        print("| K | official conv s / all ops s | share | ours conv s / all ops s | share | floor ours/official |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['K']} | {r['official_conv_s']:.2f} / {r['official_ops_s']:.2f} | "
+                  f"{r['official_conv_s'] / r['official_ops_s']:.2f} | {r['ours_conv_s']:.2f} / {r['ours_ops_s']:.2f}"
+                  f" | {r['ours_conv_s'] / r['ours_ops_s']:.2f} | {r['ours_conv_s'] / r['official_ops_s']:.2f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -95,3 +95,35 @@ def test_fused_adam_knob(tiny_cfg):
             q.grad = p.grad.clone()
         opt1.step(), opt2.step()
     assert max((p - q).abs().max().item() for p, q in zip(m.parameters(), m2.parameters())) < 1e-6
+
+
+def test_benchmark_tensor_memory_is_the_peak_of_live_tensors_above_the_start():
+    """benchmarks/mrfa.py's CPU memory column that does not depend on the C allocator: the peak of live tensor
+    bytes during ``fn``, counted from its start (a tensor alive before it does not count, one freed inside it
+    stops counting)."""
+    from benchmarks.mrfa import peak_tensor_gib
+
+    held = torch.empty(64 * 2 ** 18)                     # 64 MiB alive before: not part of the peak
+
+    def fn():
+        a = torch.empty(32 * 2 ** 18)                    # 32 MiB
+        b = torch.empty(16 * 2 ** 18)                    # +16 = 48
+        del a                                            # 16
+        c = torch.empty(24 * 2 ** 18)                    # +24 = 40 < 48
+        return b, c
+
+    assert peak_tensor_gib(fn) * 1024 == pytest.approx(48, abs=0.5)
+    assert held.numel()
+
+
+def test_benchmark_convolution_floor_counts_convolution_kernels_only():
+    from benchmarks.mrfa import conv_seconds
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 64, 64, requires_grad=True)
+    w = torch.randn(32, 16, 3, 3, requires_grad=True)
+    conv, total = conv_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1).sum().backward())
+    assert 0 < conv <= total and conv / total > 0.5      # the step is almost all convolution
+    m = torch.randn(256, 256)
+    conv, total = conv_seconds(lambda: [m @ m for _ in range(5)])
+    assert conv == 0 and total > 0
