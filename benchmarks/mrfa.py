@@ -197,6 +197,7 @@ def build_pair(Official, cfg: dict, res: int, K: int, device: str, overrides=())
 
     from lit_models.common.perceptual import MultiScalePerceptualLoss, VGG19Features
     from lit_models.mrfa import MRFA
+    from lit_models.mrfa.blocks import AntiAliasInterpolation2d
     from lit_models.mrfa.import_official import infer_sizes, normalise_state_dict
 
     torch.manual_seed(0)
@@ -214,7 +215,8 @@ def build_pair(Official, cfg: dict, res: int, K: int, device: str, overrides=())
     ours = MRFA(ours_cfg).to(device)
     ours.load_state_dict(sd, strict=True)
     # the same frozen VGG-19 (the official one's weights) and the official 4-scale pyramid in our loss
-    loss = MultiScalePerceptualLoss("pyramid_l1_ssim", [1, 0.5, 0.25, 0.125], [10] * 5)
+    loss = MultiScalePerceptualLoss("pyramid_l1_ssim", [1, 0.5, 0.25, 0.125], [10] * 5,
+                                    pyramid=lambda s: AntiAliasInterpolation2d(3, s))   # the official ImagePyramide
     loss.backend = "vgg19"
     import torchvision
 
@@ -254,6 +256,21 @@ def step_ours(model, opt, x, autocast=None):
     model.configure_gradient_clipping(opt)
     opt.step()
     return float(loss.detach())
+
+
+def first_losses(off, ours, x, autocast=None):
+    """The two training losses (official: the sum of its loss dict; ours: ``weighted_total``) of one forward on
+    the same weights, each after ``torch.manual_seed(0)`` so that the equivariance transform draws the same random
+    numbers in both (official ``torch.normal`` and our ``torch.randn``-based transform consume the generator alike):
+    equal up to float rounding when the two compute the same loss terms with the same weights."""
+    import torch
+
+    torch.manual_seed(0)                 # (with autograd on: the equivariance transform's Jacobian uses it)
+    _, _, losses, _, _ = off(x, epoch=100, is_train=True)
+    torch.manual_seed(0)
+    with (torch.autocast(x["source"].device.type, dtype=autocast) if autocast else contextlib.nullcontext()):
+        ours_loss = ours.weighted_total(ours.compute_losses({"source": x["source"], "driving": x["driving"][:, None]}))
+    return float(sum(v.mean() for v in losses.values())), float(ours_loss)
 
 
 def timed(fn, device):
@@ -333,6 +350,7 @@ def main(argv=None) -> int:
             p_ours = ours.generate(x["source"], ours.encoder(x["source"]), ours.encoder(x["driving"]))["prediction"]
         diff = (p_off.float() - p_ours.float()).abs().max().item()
         off.train(), ours.train()
+        loss_off, loss_ours = first_losses(off, ours, x, cast)
         opt_off = torch.optim.Adam(list(off.encoder.parameters()) + list(off.decoder.parameters())
                                    + list(off.dense_motion.parameters()), lr=2e-4, betas=(0.5, 0.999))
         opt_ours = ours.configure_optimizers()
@@ -356,7 +374,8 @@ def main(argv=None) -> int:
                "official_peak_GiB": max(m_off), "ours_peak_GiB": max(m_ours),
                "official_all_s": t_off, "ours_all_s": t_ours, "ours_overrides": list(a.set),
                "official_cpu_s": statistics.median(c_off), "ours_cpu_s": statistics.median(c_ours),
-               "ours_autocast": a.autocast}
+               "ours_autocast": a.autocast, "official_loss": loss_off, "ours_loss": loss_ours,
+               "loss_rel_diff": abs(loss_ours - loss_off) / max(abs(loss_off), 1e-12)}
         if tm_off:
             row.update(official_tensor_GiB=max(tm_off), ours_tensor_GiB=max(tm_ours),
                        tensor_mem_ratio=max(tm_ours) / max(max(tm_off), 1e-9))
@@ -390,6 +409,9 @@ def main(argv=None) -> int:
               f"{r['mem_ratio']:.2f} |" + (f" {r['official_tensor_GiB']:.2f} | {r['ours_tensor_GiB']:.2f} | "
                                            f"{r['tensor_mem_ratio']:.2f} |" if tensors else "")
               + f" {r['pred_max_abs_diff']:.2e} |")
+    for r in rows:
+        print(f"K = {r['K']}: first-step training loss official {r['official_loss']:.6g}, ours {r['ours_loss']:.6g} "
+              f"(relative difference {r['loss_rel_diff']:.1e}; same seed for the equivariance transform)")
     if a.profile:
         print("\nConvolutions (forward + backward kernels) in one profiled step; the floor is ours' convolution "
               "time over the official step's op time: no implementation computing these convolutions goes below it")
