@@ -79,17 +79,23 @@ def wandb_entry(logger_cfg) -> Optional[tuple[str, Any]]:
     return None
 
 
+def is_wandb_logger(obj: Any) -> bool:
+    """Whether a logger entry's (located) ``_target_`` is Lightning's W&B logger or a subclass of it."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(obj, type) and issubclass(obj, WandbLogger)
+
+
 def _is_wandb_target(target: Any) -> bool:
     if not target:
         return False
     try:
         from hydra._internal.utils import _locate   # hydra.utils.instantiate's importer
-        from lightning.pytorch.loggers import WandbLogger
 
         obj = _locate(str(target))
     except Exception:   # not importable: not a W&B logger (the run's validation names the bad entry)
         return False
-    return isinstance(obj, type) and issubclass(obj, WandbLogger)
+    return is_wandb_logger(obj)
 
 
 def wandb_settings(logger_cfg) -> Optional[dict]:

@@ -324,21 +324,17 @@ def _logger_target(name: str, node: Any):
     return target
 
 
-def _is_wandb(target: Any) -> bool:
-    from lightning.pytorch.loggers import WandbLogger
-
-    return isinstance(target, type) and issubclass(target, WandbLogger)
-
-
 def _logger_params(target: Any) -> tuple[set[str], bool]:
     """The keyword arguments a logger entry's target takes, and whether it also takes any (``**kwargs``); a W&B
     logger's ``**kwargs`` go to ``wandb.init``, whose keywords are taken as its own."""
     import inspect
 
+    from eval.dashboard import is_wandb_logger
+
     sig = inspect.signature(target.__init__ if isinstance(target, type) else target)
     params = {n for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     open_ended = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-    if open_ended and _is_wandb(target):
+    if open_ended and is_wandb_logger(target):
         import wandb
 
         params |= {n for n in inspect.signature(wandb.init).parameters if n != "self"}
@@ -352,6 +348,8 @@ def check_loggers(cfg: DictConfig) -> None:
     sets itself (_WANDB_RESERVED)."""
     import difflib
 
+    from eval.dashboard import is_wandb_logger
+
     wandb_entries = []
     for name, node in (cfg.get("logger") or {}).items():
         if node is None:
@@ -364,7 +362,7 @@ def check_loggers(cfg: DictConfig) -> None:
                     near = difflib.get_close_matches(str(key), sorted(params), n=1)
                     raise ConfigError(f"logger.{name}.{key} is not an argument of {node._target_}"
                                       + (f" (did you mean logger.{name}.{near[0]}?)" if near else ""))
-        if _is_wandb(target):
+        if is_wandb_logger(target):
             wandb_entries.append(str(name))
             for key in node.keys():
                 if key in _WANDB_RESERVED:
@@ -389,6 +387,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, job_type: str = "train", link:
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import Logger
 
+    from eval.dashboard import is_wandb_logger, wandb_mode
+
     check_loggers(cfg)
     loggers: list = []
     for name, node in (cfg.get("logger") or {}).items():
@@ -400,9 +400,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, job_type: str = "train", link:
         if "save_dir" in params and node.get("save_dir") is None:
             lab["save_dir"] = str(run_dir)
         info = None
-        if _is_wandb(target):
-            from eval.dashboard import wandb_mode
-
+        if is_wandb_logger(target):
             mode = wandb_mode(node.get("mode"))
             if mode == "disabled":
                 continue

@@ -203,8 +203,14 @@ class AntiAliasInterpolation2d(nn.Module):
     def forward(self, x):
         if self.scale == 1.0:
             return x
-        out = F.conv2d(F.pad(x, (self.ka, self.kb, self.ka, self.kb)), weight=self.weight.to(x.dtype),
-                       groups=self.groups)
+        padded, weight = F.pad(x, (self.ka, self.kb, self.ka, self.kb)), self.weight.to(x.dtype)
+        inv = round(1 / self.scale)
+        if 1 / self.scale == inv:
+            # nearest resampling by 1/inv keeps the blurred pixels 0, inv, 2·inv, … (F.interpolate's source index
+            # floor(i·inv)): compute only those, a stride-inv convolution — the same sums, 1/inv² of the work
+            out = F.conv2d(padded, weight=weight, stride=inv, groups=self.groups)
+            return out[:, :, :int(x.shape[2] * self.scale), :int(x.shape[3] * self.scale)]
+        out = F.conv2d(padded, weight=weight, groups=self.groups)
         return F.interpolate(out, scale_factor=(self.scale, self.scale))
 
 

@@ -127,3 +127,37 @@ def test_benchmark_convolution_floor_counts_convolution_kernels_only():
     m = torch.randn(256, 256)
     conv, total = conv_seconds(lambda: [m @ m for _ in range(5)])
     assert conv == 0 and total > 0
+
+
+def test_lowmem_variant_is_model_mrfa_with_the_checkpoint_knobs():
+    """model=mrfa_lowmem changes how the step is computed, not the network: every other key is model=mrfa's."""
+    from experiments.compose import compose
+
+    base = OmegaConf.to_container(compose("train", ["model=mrfa"]).model)
+    low = OmegaConf.to_container(compose("train", ["model=mrfa_lowmem"]).model)
+    changed = {k for k in base.keys() | low.keys() if base.get(k) != low.get(k)}
+    assert changed == {"checkpoint_generator", "checkpoint_refiner"}
+    assert low["checkpoint_generator"] and low["checkpoint_refiner"] and not low["checkpoint_kp_detector"]
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.25, 0.125, 1 / 3])
+@pytest.mark.parametrize("size", [(64, 64), (33, 47)])
+def test_anti_alias_downsampling_computes_only_the_kept_pixels_with_the_same_result(scale, size):
+    """The official AntiAliasInterpolation2d blurs the whole image, then keeps every (1/scale)-th pixel
+    (F.interpolate nearest); ours convolves with stride 1/scale when it is an integer: the same values and input
+    gradients (reference: the official two steps written out here), also on sizes 1/scale does not divide."""
+    import torch.nn.functional as F
+
+    from lit_models.mrfa.blocks import AntiAliasInterpolation2d
+
+    m = AntiAliasInterpolation2d(3, scale)
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    ref = F.interpolate(F.conv2d(F.pad(x_ref, (m.ka, m.kb, m.ka, m.kb)), m.weight, groups=3),
+                        scale_factor=(scale, scale))
+    out = m(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    g = torch.rand(ref.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(g), ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-6)
