@@ -245,12 +245,17 @@ def step_official(model, opt, x, clip=10.0):
     return float(loss.detach())
 
 
-def step_ours(model, opt, x, autocast=None):
+def _autocast(device_type: str, dtype=None):
+    """``torch.autocast(device_type, dtype)``, or no context when ``dtype`` is None (fp32, the official precision)."""
     import torch
 
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def step_ours(model, opt, x, autocast=None):
     opt.zero_grad(set_to_none=True)
     b = {"source": x["source"], "driving": x["driving"][:, None]}
-    with (torch.autocast(x["source"].device.type, dtype=autocast) if autocast else contextlib.nullcontext()):
+    with _autocast(x["source"].device.type, autocast):
         loss = model.weighted_total(model.compute_losses(b))
     loss.backward()
     model.configure_gradient_clipping(opt)
@@ -268,7 +273,7 @@ def first_losses(off, ours, x, autocast=None):
     torch.manual_seed(0)                 # (with autograd on: the equivariance transform's Jacobian uses it)
     _, _, losses, _, _ = off(x, epoch=100, is_train=True)
     torch.manual_seed(0)
-    with (torch.autocast(x["source"].device.type, dtype=autocast) if autocast else contextlib.nullcontext()):
+    with _autocast(x["source"].device.type, autocast):
         ours_loss = ours.weighted_total(ours.compute_losses({"source": x["source"], "driving": x["driving"][:, None]}))
     return float(sum(v.mean() for v in losses.values())), float(ours_loss)
 
@@ -333,6 +338,8 @@ def main(argv=None) -> int:
     if not path.is_dir():
         print(f"skipped: --official {path} does not exist (a checkout of JialeTao/MRFA)")
         return 0
+    if a.profile and a.device.startswith("cuda"):
+        raise SystemExit("--profile sums CPU op time (the floor on this CPU); on CUDA use torch.profiler's device times")
     if any(k not in (0, 6) for k in a.ks):
         raise SystemExit("--ks: the official code has K = 6 and K = 0 (prior_only) without editing it")
     Official, cfg = import_official(path, a.device)
@@ -346,7 +353,7 @@ def main(argv=None) -> int:
         off.eval(), ours.eval()
         with torch.no_grad():
             p_off = off(x, is_train=False)[0]
-        with torch.no_grad(), (torch.autocast(a.device.split(":")[0], dtype=cast) if cast else contextlib.nullcontext()):
+        with torch.no_grad(), _autocast(a.device.split(":")[0], cast):
             p_ours = ours.generate(x["source"], ours.encoder(x["source"]), ours.encoder(x["driving"]))["prediction"]
         diff = (p_off.float() - p_ours.float()).abs().max().item()
         off.train(), ours.train()
