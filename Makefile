@@ -32,7 +32,7 @@ demo: venv
 
 # README command 2: the test suite (fast tier; CI runs exactly this).
 test: venv
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=15
 
 test-slow: venv
 	$(BIN)/python -m pytest -m "slow and not gpu" -q
