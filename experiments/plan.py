@@ -93,6 +93,8 @@ def _architecture_only(model_cfg):
             return cls.from_config(networks.unet_kwargs(model_cfg))
         if name == "AutoencoderKL":
             return cls(**SD15_VAE)
+        if name == "AutoencoderKLTemporalDecoder":          # X-NeMo's VAE (SVD-xt's)
+            return cls.from_config(networks.SVD_XT_VAE_CONFIG)
         return original(cls, path, subfolder, local_files_only, what)
 
     networks._from_pretrained = from_config

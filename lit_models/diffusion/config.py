@@ -66,6 +66,10 @@ class DiffusionConfig(ModelConfig):
     latent: str = "pixel"                # pixel | vae
     pixel_unshuffle: int = 1             # latent=pixel: space-to-depth factor (2: 3×32² → 12×16²)
     vae_scaling_factor: float = 0.18215
+    # latent=vae: kl (SD AutoencoderKL from vae_path or <pretrained_model_name_or_path>/vae) | temporal_decoder
+    # (SVD-xt's AutoencoderKLTemporalDecoder from vae_path; its decoder mixes the frames of a clip)
+    vae_type: str = "kl"
+    vae_decode_chunk: int = 25           # frames decoded together (one temporal clip for temporal_decoder)
     # latent=vae without a weights folder: an ``AutoencoderKL`` built from these kwargs, whose weights must come from
     # a checkpoint (an importer's output); encoding/decoding before they are loaded raises
     vae_config: Optional[dict[str, Any]] = None
@@ -114,7 +118,8 @@ class DiffusionConfig(ModelConfig):
     window_size: int = 16                # frames per denoising window (long videos)
     window_overlap: int = 4              # frames shared by consecutive windows, blended linearly
     # blend (linear ramps over fixed windows) | circular (official X-Portrait: random offset per step, windows wrap
-    # around the clip, ε averaged)
+    # around the clip, ε averaged) | uniform (official X-NeMo: AnimateDiff's ``uniform`` context scheduler, windows
+    # at 0, stride, … < clip length, shifted by a random offset per step modulo the clip, ε averaged)
     window_schedule: str = "blend"
     # circular: the offset is drawn from [0, window_offset_range) each step; 0 = [0, clip length) (official
     # X-Portrait); 24 = random.randint(0, 23) (official X-NeMo)

@@ -133,6 +133,10 @@ class ReferenceVideoDiffusion(AnimationModule):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return ((self.codec.decode(z) + 1) / 2).clamp(0, 1)
 
+    def decode_clip(self, z: torch.Tensor) -> torch.Tensor:
+        """B×T×C×h×w latents → B×T×3×H×W frames in [0, 1], in the codec's chunks (``vae_decode_chunk``)."""
+        return ((self.codec.decode_clip(z) + 1) / 2).clamp(0, 1)
+
     def reference_t(self, t: torch.Tensor) -> Optional[torch.Tensor]:
         """The ReferenceNet's timestep for denoiser timesteps ``t`` (per reference row): None (t = 0) for
         ``reference_timestep=zero``, ``t`` itself for ``current``."""
@@ -145,15 +149,16 @@ class ReferenceVideoDiffusion(AnimationModule):
 
     def write_reference(self, z_ref: torch.Tensor, mask_ratio: float = 0.0,
                         generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
-                        source: Optional[torch.Tensor] = None) -> None:
+                        source: Optional[torch.Tensor] = None, context: Optional[torch.Tensor] = None) -> None:
         """Run the ReferenceNet on the clean reference latent ``z_ref`` at timestep ``t`` (per row; None: t = 0)
-        and fill the bank with its tokens (``source``: the reference images, for :meth:`reference_context`)."""
+        and fill the bank with its tokens (``source``: the reference images, for :meth:`reference_context`;
+        ``context``: its cross-attention context computed by the caller instead)."""
         if self.bank is None:
             return
         self.bank.clear()
         self.bank.writing = True
         try:
-            ctx = self.reference_context(z_ref, source)
+            ctx = self.reference_context(z_ref, source) if context is None else context
             if t is None:
                 t = torch.zeros(z_ref.shape[0], device=z_ref.device, dtype=torch.long)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_reference_net):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -204,19 +204,58 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+VAE_TYPES = ("kl", "temporal_decoder")
+# stabilityai/stable-video-diffusion-img2vid-xt vae/config.json (diffusers AutoencoderKLTemporalDecoder defaults)
+SVD_XT_VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "block_out_channels": [128, 256, 512, 512],
+                     "down_block_types": ["DownEncoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4,
+                     "sample_size": 768, "scaling_factor": 0.18215, "force_upcast": True}
+SVD_XT_VAE_URL = "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt (subfolder vae/)"
+
+
+def build_temporal_vae(path: Optional[str], local_files_only: bool = True):
+    """SVD-xt's ``AutoencoderKLTemporalDecoder`` from ``path`` (a folder with config.json and
+    diffusion_pytorch_model.safetensors: the ``vae/`` subfolder of stable-video-diffusion-img2vid-xt; weights
+    registry entry ``svd_xt_vae``)."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    hint = (f"vae_type=temporal_decoder: no AutoencoderKLTemporalDecoder at {path} (config key `vae_path`). Put "
+            f"SVD-xt's VAE there (config.json + diffusion_pytorch_model.safetensors from {SVD_XT_VAE_URL}, e.g. "
+            f"`huggingface-cli download stabilityai/stable-video-diffusion-img2vid-xt --include 'vae/*' --local-dir "
+            f"weights/stable-video-diffusion-img2vid-xt`; weights registry entry svd_xt_vae), or set "
+            f"model.vae_type=kl for the SD AutoencoderKL")
+    if not path:
+        raise MissingWeightsError(hint)
+    try:
+        return _from_pretrained(AutoencoderKLTemporalDecoder, path, "", local_files_only, "VAE")
+    except MissingWeightsError as err:
+        raise MissingWeightsError(hint) from err
+
+
 class LatentCodec(nn.Module):
-    """``z = E(x)``, ``x = D(z)`` for x in [-1, 1]: frozen ``AutoencoderKL`` (``latent=vae``) or pixel space
-    (``latent=pixel``), optionally space-to-depth (``pixel_unshuffle=f``: 3×H×W ↔ 3f²×H/f×W/f, exact and
-    weight-free — tiny configs use it to keep attention at 16² tokens on CPU)."""
+    """``z = E(x)``, ``x = D(z)`` for x in [-1, 1]: a frozen VAE (``latent=vae``; ``vae_type=kl``: SD's
+    ``AutoencoderKL``, frames decoded independently; ``temporal_decoder``: SVD-xt's ``AutoencoderKLTemporalDecoder``,
+    whose decoder mixes the frames of a clip — :meth:`decode_clip` decodes chunks of ``vae_decode_chunk`` frames as
+    one clip each, official X-NeMo 25) or pixel space (``latent=pixel``), optionally space-to-depth
+    (``pixel_unshuffle=f``: 3×H×W ↔ 3f²×H/f×W/f, exact and weight-free — tiny configs use it to keep attention at
+    16² tokens on CPU)."""
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
         self.kind = cfg.latent
         self.scaling = cfg.vae_scaling_factor
         self.unshuffle = int(cfg.pixel_unshuffle)
+        self.vae_type = str(getattr(cfg, "vae_type", "kl"))
+        self.decode_chunk = int(getattr(cfg, "vae_decode_chunk", 25))
+        if self.vae_type not in VAE_TYPES:
+            raise ValueError(f"model.vae_type must be one of {list(VAE_TYPES)}, got {self.vae_type!r}")
+        if self.decode_chunk < 1:
+            raise ValueError(f"model.vae_decode_chunk must be ≥ 1, got {self.decode_chunk}")
         self.vae = None
         self.from_checkpoint = False
-        if self.kind == "vae":
+        if self.kind == "vae" and self.vae_type == "temporal_decoder":
+            self.vae = build_temporal_vae(cfg.vae_path, cfg.local_files_only)
+            self.vae.requires_grad_(False).eval()
+        elif self.kind == "vae":
             from diffusers import AutoencoderKL
 
             path = cfg.vae_path or cfg.pretrained_model_name_or_path
@@ -277,8 +316,24 @@ class LatentCodec(nn.Module):
         eps = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
         return (dist.mean + dist.std * eps) * self.scaling
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        """N×C×h×w → N×3×H×W; the temporal decoder reads the N rows as clips of ``num_frames`` frames (1: each row
+        on its own)."""
         self._check_weights()
         if self.vae is None:
             return F.pixel_shuffle(z, self.unshuffle) if self.unshuffle > 1 else z
+        if self.vae_type == "temporal_decoder":
+            return self.vae.decode(z / self.scaling, num_frames=num_frames).sample
         return self.vae.decode(z / self.scaling).sample
+
+    def decode_clip(self, z: torch.Tensor) -> torch.Tensor:
+        """B×T×C×h×w → B×T×3×H×W, ``vae_decode_chunk`` frames at a time (bounded memory for any T); each chunk is
+        one temporal clip for the temporal decoder (official X-NeMo ``decode_latents_svd``), frames independent for
+        the KL VAE and pixel space."""
+        B, T = z.shape[:2]
+        out = []
+        for b in range(B):
+            parts = [self.decode(z[b, s:s + self.decode_chunk], num_frames=len(z[b, s:s + self.decode_chunk]))
+                     for s in range(0, T, self.decode_chunk)]
+            out.append(torch.cat(parts))
+        return torch.stack(out)

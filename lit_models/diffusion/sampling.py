@@ -9,7 +9,8 @@
   every step each window is denoised and the ε predictions are blended with linear ramps over the overlap
   (weights sum to 1 per frame), then one scheduler step runs on the whole clip, so windows share one trajectory
   and join without seams. ``window_schedule=circular`` is the official X-Portrait variant: windows start at a
-  random offset per step, wrap around the clip, and ε is averaged.
+  random offset per step, wrap around the clip, and ε is averaged; ``uniform`` is the official X-NeMo one (the
+  AnimateDiff ``uniform`` context scheduler, closed loop, shifted by a random offset per step, ε averaged).
 """
 from __future__ import annotations
 
@@ -145,6 +146,38 @@ def circular_windows(num_frames: int, size: int, overlap: int, offset: int) -> l
     return [torch.arange(s, s + size) % num_frames for s in range(offset, offset + num_frames - overlap, size - overlap)]
 
 
+def uniform_windows(num_frames: int, size: int, overlap: int, offset: int, closed_loop: bool = True) -> list[torch.Tensor]:
+    """Frame indices of the official X-NeMo windows: the AnimateDiff / AniPortrait ``uniform`` context scheduler
+    (x-nemo-inference ``src/pipelines/context.py``) as ``Pose2VideoPipeline.__call__`` calls it — ``step=0``,
+    ``context_stride=1``, ``closed_loop=True`` — so the windows start at ``0, size − overlap, …`` up to the clip end
+    (``< num_frames``; ``< num_frames − overlap`` when not closed), are ``size`` frames long and are shifted by
+    ``offset`` modulo the clip. A clip of at most ``size`` frames is one window ``0 … N−1``, not shifted."""
+    if num_frames <= size:
+        return [torch.arange(num_frames)]
+    if not 0 <= overlap < size:
+        raise ValueError(f"window_overlap must be in [0, window_size), got {overlap} for size {size}")
+    stop = num_frames + (0 if closed_loop else -overlap)
+    return [(torch.arange(j, j + size) + offset) % num_frames for j in range(0, stop, size - overlap)]
+
+
+WINDOW_SCHEDULES = ("blend", "circular", "uniform")
+
+
+def step_windows(schedule: str, num_frames: int, size: int, overlap: int,
+                 offset: int = 0) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+    """One step's windows: (frame indices per window, blend weights per window or None = plain mean per frame).
+    ``blend``: fixed windows with linear ramps (``offset`` unused); ``circular``: official X-Portrait;
+    ``uniform``: official X-NeMo."""
+    if schedule == "blend":
+        spans = window_spans(num_frames, size, overlap)
+        return [torch.arange(s, e) for s, e in spans], window_weights(spans, num_frames)
+    if schedule == "circular":
+        return circular_windows(num_frames, size, overlap, offset), None
+    if schedule == "uniform":
+        return uniform_windows(num_frames, size, overlap, offset), None
+    raise ValueError(f"window_schedule must be one of {list(WINDOW_SCHEDULES)}, got {schedule!r}")
+
+
 def average_windows(predict: Callable[[torch.Tensor], torch.Tensor], windows: list[torch.Tensor], num_frames: int,
                     frame_dim: int = 1) -> torch.Tensor:
     """Mean over the windows covering each frame of ``predict(indices)`` (the official X-Portrait eps averaging)."""
@@ -169,15 +202,16 @@ def sample_clip(denoise: Callable[..., torch.Tensor], noise: torch.Tensor,
                 init_clean: Optional[torch.Tensor] = None, offset_range: int = 0) -> torch.Tensor:
     """Run the reverse process on a B×T×C×h×w clip. ``window_schedule=blend``: ``denoise(z_window, t, start, end)``
     returns the (guided) model output for frames ``[start, end)`` and windows are blended with linear ramps;
-    ``circular`` (official X-Portrait): ``denoise(z_window, t, indices, None)`` for windows that start at a random
+    ``circular`` (official X-Portrait) / ``uniform`` (official X-NeMo): ``denoise(z_window, t, indices, None)`` for
+    windows that start at a random
     offset per step (``generator``; drawn from ``[0, offset_range)``, 0: the clip length) and wrap around,
     averaged. ``init_latents`` replaces ``noise · σ_init``
     (e.g. the noised reference latent, X-Portrait); ``init_clean`` (B×T×C×h×w) is noised to the first timestep with
     ``noise`` instead (e.g. the blurred reference latent, X-NeMo). At most one of the two."""
     from tqdm.auto import tqdm
 
-    if window_schedule not in ("blend", "circular"):
-        raise ValueError(f"window_schedule must be blend | circular, got {window_schedule!r}")
+    if window_schedule not in WINDOW_SCHEDULES:
+        raise ValueError(f"window_schedule must be one of {list(WINDOW_SCHEDULES)}, got {window_schedule!r}")
     if init_latents is not None and init_clean is not None:
         raise ValueError("sample_clip: pass init_latents or init_clean, not both")
     set_inference_timesteps(scheduler, num_inference_steps, device=noise.device)
@@ -192,7 +226,7 @@ def sample_clip(denoise: Callable[..., torch.Tensor], noise: torch.Tensor,
             eps = blend_windows(lambda s, e: denoise(model_in[:, s:e], t, s, e), T, window_size, window_overlap)
         else:
             offset = int(torch.randint(0, offset_range if offset_range > 0 else T, (), generator=generator))
-            windows = circular_windows(T, window_size, window_overlap, offset)
+            windows = step_windows(window_schedule, T, window_size, window_overlap, offset)[0]
             eps = average_windows(lambda idx: denoise(model_in[:, idx.to(model_in.device)], t, idx, None), windows, T)
         latents = scheduler.step(eps, t, latents).prev_sample
     return latents

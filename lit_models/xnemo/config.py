@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from lit_models.diffusion.config import DiffusionConfig
+from lit_models.diffusion.config import DiffusionConfig, TemporalArch
 from lit_models.registry import model_schema
 
 MOTION_INJECTIONS = ("motion_xattn", "text_xattn")
@@ -28,6 +28,8 @@ INIT_LATENTS = ("noise", "blurred_reference")
 class XNeMoConfig(DiffusionConfig):
     _target_: str = "lit_models.xnemo.XNeMo"
     name: str = "xnemo"
+    # the official temporal modules (TemporalTransformer3DModel) GroupNorm each frame: b c f h w → (b f) c h w
+    temporal: TemporalArch = field(default_factory=lambda: TemporalArch(norm_stats="per_frame"))
     # ---- where motion enters -----------------------------------------------------------------------------------
     # motion_xattn (official): dedicated motion cross-attention modules (kv width motion_token_dim) before the
     #   AnimateDiff temporal module in every down / mid / up layer (incl. the attention-free 8² level); the U-Net's

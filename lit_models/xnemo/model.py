@@ -37,6 +37,20 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_URL = "https://huggingface.co/lambdalabs/sd-image-variations-diffusers (folder image_encoder/)"
 
 
+def clip_pixels(images01: torch.Tensor) -> torch.Tensor:
+    """The official X-NeMo CLIP input (``Pose2VideoPipeline.__call__``: ``ref_image.resize((224, 224))`` of the
+    reference's PIL image — bicubic — then ``CLIPImageProcessor()``: ×1/255 and CLIP mean/std): B×3×H×W in [0, 1]
+    (uint8 levels, as from the 512² reference crop) → B×3×224×224 float32 on the input's device."""
+    import numpy as np
+    from PIL import Image
+
+    u8 = (images01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    mean, std = np.array(CLIP_MEAN), np.array(CLIP_STD)
+    out = [(np.asarray(Image.fromarray(im).resize((224, 224), Image.BICUBIC), dtype=np.float64) / 255 - mean) / std
+           for im in u8]
+    return torch.from_numpy(np.stack(out).astype(np.float32)).permute(0, 3, 1, 2).contiguous().to(images01.device)
+
+
 def _check(name: str, value: str, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"model.{name} must be one of {list(allowed)}, got {value!r}")
@@ -159,16 +173,14 @@ class XNeMo(ReferenceVideoDiffusion):
             m = temporal_lowpass(m, self.cfg.lowpass_sigma)
         return m
 
-    def image_context(self, source01: torch.Tensor) -> torch.Tensor:
-        """c_img: B×1×D, the reference's image embedding (CLIP: bicubic 224², CLIP mean/std, ``image_embeds``)."""
+    def image_context(self, source01: torch.Tensor, pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """c_img: B×1×D, the reference's image embedding (CLIP ``image_embeds`` of :func:`clip_pixels`;
+        ``pixel_values``: a CLIP input made by the caller instead)."""
         if self.cfg.image_encoder == "learned_cnn":
             return self.image_encoder(source01 * 2 - 1)[:, None]
-        x = F.interpolate(source01, size=(224, 224), mode="bicubic", align_corners=False,
-                          antialias=source01.shape[-1] > 224).clamp(0, 1)
-        mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = clip_pixels(source01) if pixel_values is None else pixel_values
         with torch.no_grad():
-            return self.image_encoder(pixel_values=(x - mean) / std).image_embeds[:, None]
+            return self.image_encoder(pixel_values=x.to(source01.device, source01.dtype)).image_embeds[:, None]
 
     def reference_context(self, z_ref: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Official: the ReferenceNet's cross-attention reads the same image embedding c_img as the denoiser
@@ -180,7 +192,11 @@ class XNeMo(ReferenceVideoDiffusion):
         return self.image_context(source).to(z_ref.dtype)
 
     def encode_motion(self, source, driving, keep_motion, generator: Optional[torch.Generator] = None,
-                      keypoints=None) -> MotionState:
+                      keypoints=None, negative_source: Optional[torch.Tensor] = None,
+                      image_embeds: Optional[torch.Tensor] = None) -> MotionState:
+        """``driving`` at any size (each motion encoder resizes to its own input); ``negative_source``: the image
+        whose motion is the guidance negative (official: the reference's tight face crop; default ``source``);
+        ``image_embeds``: c_img B×1×D computed by the caller (default ``image_context(source)``)."""
         B, T = driving.shape[:2]
         m = self.descriptor(driving)                                       # B×T×(L·d)
         if self.cfg.motion_injection == "text_xattn":
@@ -190,11 +206,11 @@ class XNeMo(ReferenceVideoDiffusion):
         tokens = m.view(B, T, self.num_motion_tokens, -1)
         if not bool(keep_motion.all()):
             if self.cfg.guidance_negative_motion == "reference":
-                neg = self.motion_tokens_of(source)                        # the reference's own motion E_m(S)
+                neg = self.motion_tokens_of(source if negative_source is None else negative_source)  # E_m(S)
             else:
                 neg = self.null_motion.expand(B, -1, -1)
             tokens = torch.where(keep_motion.view(B, 1, 1, 1), tokens, neg[:, None].to(tokens.dtype))
-        ctx = self.image_context(source)
+        ctx = self.image_context(source) if image_embeds is None else image_embeds
         return {"motion_tokens": tokens, "context": ctx[:, None].expand(B, T, *ctx.shape[1:])}
 
     def denoise(self, z_t, t, state, ref_index, keep_reference):
@@ -237,6 +253,32 @@ class XNeMo(ReferenceVideoDiffusion):
         k, sigma = int(self.cfg.init_blur_kernel), float(self.cfg.init_blur_sigma)
         blurred = TF.gaussian_blur(z_src, [k, k], [sigma, sigma])
         return blurred[:, None].expand(-1, num_frames, *blurred.shape[1:]).contiguous()
+
+    @torch.no_grad()
+    def animate(self, source: torch.Tensor, driving: torch.Tensor, num_inference_steps: Optional[int] = None,
+                sampler: Optional[str] = None, guidance_scale: Optional[float] = None,
+                keypoints: Optional[torch.Tensor] = None, show_progress: bool = False,
+                generator: Optional[torch.Generator] = None, reference_motion: Optional[torch.Tensor] = None,
+                clip_pixels: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                offsets=None) -> torch.Tensor:
+        """B×T×3×H×W frames in [0, 1] for a driving clip of any length T, sampled in one trajectory by
+        :class:`lit_models.xnemo.pipeline.XNeMoPipeline` (the official loop; ``generator``: all noise and window
+        offsets, default seeded by ``sample_seed``). ``driving``: the motion crops (any size, official 224²);
+        ``reference_motion``: the reference's face crop for the guidance negative (default ``source``);
+        ``clip_pixels``: the CLIP input of the reference (``datamodules.preprocess.xnemo.clip_pixels``);
+        ``keypoints`` is unused (X-NeMo reads no landmarks)."""
+        from lit_models.xnemo.pipeline import XNeMoPipeline
+
+        was_training = self.training
+        self.eval()
+        try:
+            return XNeMoPipeline(self)(source, driving, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale, sampler=sampler, generator=generator,
+                                       noise=noise, offsets=offsets, reference_motion=reference_motion,
+                                       clip_pixels=clip_pixels,
+                                       show_progress=show_progress, output_size=tuple(driving.shape[-2:]))
+        finally:
+            self.train(was_training)
 
     @property
     def standin_output(self) -> bool:

@@ -5,6 +5,9 @@ test runs in seconds on a shared CPU.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -264,9 +267,13 @@ def test_full_sd15_denoiser_parameter_count(compose_cfg_module):
 def test_full_config_names_missing_weights(compose_cfg_module, tmp_path):
     from lit_models.diffusion.networks import MissingWeightsError
 
-    cfg = compose_cfg_module("train", ["model=xnemo", f"model.pretrained_model_name_or_path={tmp_path}/sd15"]).model
+    cfg = compose_cfg_module("train", ["model=xnemo", f"model.pretrained_model_name_or_path={tmp_path}/sd15",
+                                       "model.vae_type=kl", "model.vae_path=null"]).model
     with pytest.raises(MissingWeightsError, match=r"sd15.*unet.*pretrained_model_name_or_path"):
         build_model(cfg)
+    svd = compose_cfg_module("train", ["model=xnemo", f"model.vae_path={tmp_path}/svd/vae"]).model   # the default VAE
+    with pytest.raises(MissingWeightsError, match=r"svd/vae.*vae_path.*stable-video-diffusion-img2vid-xt"):
+        build_model(svd)
 
 
 @pytest.mark.slow
@@ -397,3 +404,46 @@ def test_circular_windows_draw_their_offset_from_the_configured_range():
     narrow, wide = starts(3), starts(0)
     assert len(narrow) == 12 and set(narrow) <= {0, 1, 2} and len(set(narrow)) > 1
     assert max(wide) >= 3 and max(wide) < 40
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "xnemo"
+
+
+def test_uniform_windows_equal_the_official_context_scheduler():
+    """``window_schedule=uniform`` enumerates exactly the windows of the official X-NeMo pipeline (its ``uniform``
+    context scheduler called as ``uniform(0, 35, N, 24, 1, 4, True, offset)``; output recorded in
+    ``tests/golden/xnemo/windows_uniform.json``) for N = 16 … 100 and several offsets: N = 41 is 3 windows (the
+    X-Portrait enumeration gives 2), N ≤ 24 one unshifted window."""
+    from lit_models.diffusion.sampling import circular_windows, step_windows, uniform_windows
+
+    gold = json.loads((GOLDEN / "windows_uniform.json").read_text())
+    assert {c["num_frames"] for c in gold["cases"]} >= {16, 41, 100}
+    for case in gold["cases"]:
+        N, off = case["num_frames"], case["offset"]
+        ours = [w.tolist() for w in uniform_windows(N, 24, 4, off)]
+        assert ours == case["windows"], (N, off)
+        assert [w.tolist() for w in step_windows("uniform", N, 24, 4, off)[0]] == case["windows"]
+    n41 = next(c for c in gold["cases"] if (c["num_frames"], c["offset"]) == (41, 7))
+    assert len(n41["windows"]) == 3 and len(circular_windows(41, 24, 4, 7)) == 2
+    assert uniform_windows(16, 24, 4, 5)[0].tolist() == list(range(16))
+
+
+def test_uniform_schedule_in_sample_clip_runs_the_official_windows_of_the_drawn_offset():
+    """``sample_clip(window_schedule=uniform)``: the denoiser sees the official windows of the offset drawn from the
+    generator (N = 41: three windows)."""
+    from diffusers import DDIMScheduler
+
+    from lit_models.diffusion.sampling import sample_clip, uniform_windows
+
+    seen = []
+
+    def denoise(z, t, idx, _):
+        seen.append(idx.clone())
+        return torch.zeros_like(z)
+
+    gen = torch.Generator().manual_seed(3)
+    sched = DDIMScheduler(num_train_timesteps=1000)
+    sample_clip(denoise, torch.zeros(1, 41, 1, 2, 2), sched, 1, 24, 4, window_schedule="uniform", generator=gen,
+                offset_range=24)
+    off = int(torch.randint(0, 24, (), generator=torch.Generator().manual_seed(3)))
+    assert len(seen) == 3 and [w.tolist() for w in seen] == [w.tolist() for w in uniform_windows(41, 24, 4, off)]

@@ -312,7 +312,7 @@ def test_official_sampling_preset(compose_cfg):
     cfg = compose_cfg("train", ["model=xnemo_tiny", *shrink, "sampling=xnemo_official"]).model
     assert cfg.num_inference_steps == 35 and cfg.set_alpha_to_one and cfg.init_latents == "blurred_reference"
     assert (cfg.guidance_scale, cfg.window_size, cfg.window_overlap, cfg.guidance_negative_motion) == (2.5, 24, 4, "reference")
-    assert (cfg.window_schedule, cfg.window_offset_range) == ("circular", 24)     # randint(0, 23) per step
+    assert (cfg.window_schedule, cfg.window_offset_range) == ("uniform", 24)      # randint(0, 23) per step
     s = make_sampler(cfg)
     s.set_timesteps(cfg.num_inference_steps)
     assert s.timesteps[0] == 953 and s.timesteps[-1] == 1 and len(s.timesteps) == 35

@@ -1,0 +1,1 @@
+"""Official preprocessing steps per method (face boxes → crops → network inputs)."""
