@@ -206,18 +206,81 @@ def model_resolution(model) -> Optional[int]:
 
 
 def animate_at_model_resolution(model, source: torch.Tensor, driving: torch.Tensor, size: int, method: str,
-                                model_res: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                                model_res: Optional[int], generator: Optional[torch.Generator] = None,
+                                precision: str = "fp32", detect=None,
+                                cross: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Any checkpoint under any protocol: ``source`` B×3×h×w and ``driving`` B×T×3×h×w (native size) are resized
     to the protocol's ``size``² with its ``method``; those protocol frames are resized to the model's resolution
-    (same method), animated, and the output resized back to ``size``², where every metric is computed.
+    (same method), animated — the whole clip in one call, every draw from ``generator``, under ``precision``'s
+    autocast — and the output resized back to ``size``², where every metric is computed. Landmark-centred local
+    control gets the patches ``experiments.animate`` gives it: from ``detect`` (``preprocess=official``: FAN) or
+    dlib's landmarks. ``cross``: a cross-identity protocol — a model's ``cross_identity_animate_kwargs()`` (MRFA's
+    official relative motion) are passed too.
     Returns (source, driving, prediction) at the protocol's resolution."""
+    from lit_models.base import animate_kwargs, precision_context
+
     src_p, drv_p = resize_frames(source, size, method), _resize_video(driving, size, method)
     r = model_res or size
     src_m, drv_m = resize_frames(src_p, r, method), _resize_video(drv_p, r, method)
-    pred = model.animate(src_m, drv_m)
+    where = {"patch_centres": official_patch_centres(detect, drv_m)} if detect is not None and uses_landmarks(model) \
+        else {"keypoints": local_control_landmarks(model, drv_m)}
+    if cross and hasattr(model, "cross_identity_animate_kwargs"):   # e.g. MRFA's official relative motion
+        where.update(model.cross_identity_animate_kwargs())
+    with precision_context(precision, drv_m.device):
+        pred = model.animate(src_m, drv_m, **animate_kwargs(model, generator=generator, **where))
+    pred = pred.float()
     if pred.shape != drv_m.shape:
         raise RuntimeError(f"animate returned {tuple(pred.shape)} for driving {tuple(drv_m.shape)}")
     return src_p, drv_p, _resize_video(pred, size, method)
+
+
+def uses_landmarks(model) -> bool:
+    """A model with landmark-centred local control (X-Portrait's eye / mouth patches)."""
+    import inspect
+
+    return bool(getattr(getattr(model, "cfg", None), "use_local_control", False)) \
+        and "keypoints" in inspect.signature(model.animate).parameters
+
+
+def local_control_landmarks(model, driving: torch.Tensor) -> Optional[torch.Tensor]:
+    """The landmarks ``experiments.animate`` (``preprocess=none``) gives a model with landmark-centred local
+    control (``datamodules.preprocess.xportrait.dlib_landmarks`` of each driving frame), B×T×68×2 pixels of
+    ``driving`` (B×T×3×H×W); None for other models or when no frame has a face."""
+    if not uses_landmarks(model):
+        return None
+    from datamodules.preprocess.xportrait import dlib_landmarks
+
+    out = []
+    for clip in driving:
+        frames = (clip.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        lm = dlib_landmarks(frames)
+        if lm is None:
+            return None
+        out.append(torch.from_numpy(lm))
+    return torch.stack(out).to(driving.device)
+
+
+def official_patch_centres(detect, driving: torch.Tensor) -> torch.Tensor:
+    """``preprocess=official``: X-Portrait's patch centres as ``experiments.animate`` computes them
+    (``datamodules.preprocess.xportrait.patch_centres``: FAN on the frame resized to 256², official rounding and
+    clipping), B×T×3×2 pixels of ``driving`` (NaN: no face, no patches)."""
+    from datamodules.preprocess.xportrait import patch_centres
+
+    out = torch.full((*driving.shape[:2], 3, 2), float("nan"))
+    for b, clip in enumerate(driving):
+        for t, frame in enumerate(clip.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()):
+            c = patch_centres(frame, detect, target_res=frame.shape[1])
+            if c is not None:
+                out[b, t] = torch.from_numpy(c.astype(np.float32))
+    return out.to(driving.device)
+
+
+def clip_generator(seed: int, video_ids: list[str]) -> torch.Generator:
+    """One generator per animated batch, seeded once from (seed, the videos' ids): the same sample whatever the
+    order, sharding or resumption of the evaluation."""
+    import zlib
+
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32("|".join(video_ids).encode())) % 2**63)
 
 
 def model_identity(model) -> str:
@@ -441,7 +504,7 @@ def _scale_points(kp: torch.Tensor, h: int, w: int, size: int) -> torch.Tensor:
 def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt: Optional[str] = None,
                    overrides: Optional[list[str]] = None, device=None, dataset_key: Optional[str] = None,
                    keypoint_locator=None, progress: bool = True, suite: Optional[Suite] = None,
-                   log_step: int = 0) -> dict:
+                   log_step: int = 0, seed: int = 0, precision: str = "auto", preprocess: str = "none") -> dict:
     """Evaluate ``model`` under ``protocol_cfg``; returns the ``metrics.json`` content (also written to run_dir).
 
     Frames are read at native size, cropped and resized with the protocol's ``crop`` / ``resize`` to its
@@ -449,6 +512,11 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     computed at the protocol's. One writer: ``run_dir`` is locked (``toolbox.locks.DirLock``) while it is written.
 
     ``log_step``: the ``trainer/global_step`` the loggers record the results at (the checkpoint's training step).
+    ``device``: where inputs go (default: the model's device; the model is not moved here). ``precision``:
+    ``sampling.precision`` (auto | fp16 | bf16 | fp32); ``seed``: the per-clip generators' seed. metrics.json records
+    the device, the model's dtype and the precision. ``preprocess``: official | auto (official for methods that
+    define one) | none — X-Portrait's local patches from FAN landmarks as ``experiments.animate`` places them
+    (its weights checked before any work), or dlib's landmarks.
 
     ``keypoint_locator(frames N×3×H×W) -> N×K×2`` gives the generated frames' keypoints for ``akd_gt``.
     ``dataset_key`` names the data for the FID reference-statistics cache (default: the datamodule's root).
@@ -463,11 +531,12 @@ def run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers=None, ckpt:
     lock = DirLock(run_dir, purpose="evaluation") if distributed()[0] == 0 else contextlib.nullcontext()
     with lock:
         return _run_evaluation(model, datamodule, protocol_cfg, run_dir, loggers, ckpt, overrides, device,
-                               dataset_key, keypoint_locator, progress, suite, log_step)
+                               dataset_key, keypoint_locator, progress, suite, log_step, seed, precision, preprocess)
 
 
 def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckpt, overrides, device, dataset_key,
-                    keypoint_locator, progress, suite, log_step: int = 0) -> dict:
+                    keypoint_locator, progress, suite, log_step: int = 0, seed: int = 0,
+                    precision: str = "auto", preprocess: str = "none") -> dict:
     from toolbox.io import atomic_write_json
 
     from omegaconf import OmegaConf
@@ -480,6 +549,18 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
             device = next(model.parameters()).device
         except (StopIteration, AttributeError):
             device = torch.device("cpu")
+    from lit_models.base import model_dtype, resolve_precision
+
+    device = torch.device(device)
+    precision = resolve_precision(precision, device, model)
+    if preprocess not in ("auto", "official", "none"):
+        raise ValueError(f"preprocess must be auto | official | none, got {preprocess!r}")
+    official = getattr(model, "official_preprocess", None) is not None and preprocess in ("auto", "official")
+    detect = None
+    if official and uses_landmarks(model):       # FAN's weights: fail here, before any video
+        from datamodules.preprocess.xportrait import fan_detector
+
+        detect = fan_detector("cuda" if device.type == "cuda" else "cpu")
     suite = suite or build_suite(protocol, device=device)
     if protocol.mode == "cross":
         full_ref = [m.name for m in suite.frame_metrics if getattr(m, "needs_target", False)]
@@ -547,7 +628,10 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
             for batch in _batches(good(samples), max(1, int(protocol.batch_size))):
                 source = torch.stack([s["source"] for _, s in batch]).to(device)
                 driving = torch.stack([s["driving"] for _, s in batch]).to(device)
-                src_p, drv_p, pred = animate_at_model_resolution(model, source, driving, size, method, model_res)
+                src_p, drv_p, pred = animate_at_model_resolution(
+                    model, source, driving, size, method, model_res,
+                    generator=clip_generator(seed, [vid for vid, _ in batch]), precision=precision, detect=detect,
+                    cross=str(protocol.mode) != "self")
                 for b, (vid, sample) in enumerate(batch):
                     T = pred.shape[1]
                     target = sample.get("target")   # absent for real cross-identity pairs (no ground truth)
@@ -642,6 +726,10 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
         "overrides": list(overrides or []), "ckpt": ckpt, "model": _model_name(model),
         "weights": getattr(model, "loaded_weights", None),   # ema / raw (lit_models.registry.load_model)
         "model_resolution": model_res, "resolution": size, "model_id": model_id, "data_fingerprint": data_id,
+        "device": str(device), "dtype": model_dtype(model), "precision": precision,
+        "local_landmarks": None if not uses_landmarks(model) else ("fan" if detect is not None else "dlib"),
+        "cross_identity_animate": (model.cross_identity_animate_kwargs() if str(protocol.mode) != "self"
+                                   and hasattr(model, "cross_identity_animate_kwargs") else None),
         "standin": suite.standin, "num_videos": len(done), "num_frames": int(len(frames)),
         "nonfinite_frames": int(sum(files.nonfinite.values())), "nonfinite_videos": len(files.nonfinite),
         "upscaled_videos": len(files.upscaled), "skipped_videos": len(files.skipped),

@@ -185,6 +185,21 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         note="Hugging Face repo (config.json + model.safetensors); transformers AutoModel / AutoImageProcessor; "
              "`hf download facebook/dinov2-base` on a machine with network",
         used_by="ImPoster table (DINO similarity)"),
+    WeightFile(
+        name="s3fd", filename="s3fd-619a316812.pth", cache="torch_hub",
+        url="https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth",
+        env="PORTRAITLAB_S3FD", sha256_prefix="619a316812",
+        note="face_alignment 1.5.0's S3FD face detector (face_alignment/detection/sfd/sfd_detector.py models_urls), "
+             "loaded from torch hub's checkpoints folder; X-Portrait's official preprocessing detects with it",
+        used_by="preprocess=official (X-Portrait)"),
+    WeightFile(
+        name="fan2d", filename="2DFAN4-11f355bf06.pth.tar", cache="torch_hub",
+        url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
+        env="PORTRAITLAB_FAN2D", sha256_prefix="11f355bf06",
+        note="face_alignment 1.5.0's 2D-FAN-4 landmark network (face_alignment/api.py models_urls['2DFAN-4']; "
+             "face-alignment@608505f names the same file), loaded from torch hub's checkpoints folder; X-Portrait's "
+             "official alignment and eye / mouth patches use its 68 landmarks",
+        used_by="preprocess=official (X-Portrait)"),
 ]}
 
 

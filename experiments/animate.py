@@ -1,7 +1,8 @@
 """`python -m experiments.animate ckpt=PATH source=IMAGE driving=VIDEO out=OUT.mp4 [relative_motion=true]`
 
 Reads a source portrait and a driving clip, crops both (`animate_crop=center|face`; `face` uses the offline dlib
-detector and one stable box per clip), resizes to the model's resolution, runs `model.animate` in chunks and writes
+detector and one stable box per clip), resizes to the model's resolution, runs `model.animate` once on the whole clip (`device=auto|cpu|cuda|cuda:N`,
+`sampling.precision=auto|fp16|bf16|fp32`, one generator seeded from `seed`) and writes
 the generated clip plus a side-by-side grid (`OUT_grid.mp4`: source | driving | generated).
 
 Models whose ``animate`` takes ``identity_source`` (InterAnimate's ID preserver) get the source crop at up to
@@ -17,7 +18,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import runtime
 from experiments.schema import register_configs
@@ -90,60 +91,60 @@ def crop_resize(frames: np.ndarray, box: list[int], size: int) -> torch.Tensor:
 
 def driving_landmarks(driving: torch.Tensor) -> torch.Tensor | None:
     """dlib's 68 landmarks (pixels) of each driving frame (T×3×H×W in [0, 1]) → T×68×2, for models whose local
-    control is landmark-centred (X-Portrait's eye/mouth patches). A frame without a face takes the previous frame's
-    landmarks (the next found one's at the start); None when no frame has a face (the model then uses its fixed
-    boxes' centres, and says so)."""
-    from datamodules.face import get_face_detector
+    control is landmark-centred (X-Portrait's eye/mouth patches, ``preprocess=none``); the same function feeds
+    them in evaluation (``eval.runner.local_control_landmarks``). A frame without a face takes the nearest found
+    frame's landmarks; None when no frame has a face (the model then uses its fixed boxes' centres)."""
+    from datamodules.preprocess.xportrait import dlib_landmarks
 
-    detector = get_face_detector("dlib")
     frames = (driving.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    found: list[np.ndarray | None] = []
-    for frame in frames:
-        box = detector.largest(frame)
-        found.append(None if box is None else detector.landmarks68(frame, box).astype(np.float32))
-    known = [f for f in found if f is not None]
-    if not known:
-        log.warning("no face in the driving clip: local control uses its fixed boxes' centres")
-        return None
-    last, out = known[0], []
-    for f in found:
-        last = f if f is not None else last
-        out.append(last)
-    missing = sum(f is None for f in found)
-    if missing:
-        log.warning("no face in %d of %d driving frames: their landmarks repeat the nearest found frame's",
-                    missing, len(found))
-    return torch.from_numpy(np.stack(out))
+    found = dlib_landmarks(frames)
+    return None if found is None else torch.from_numpy(found)
 
 
 @torch.no_grad()
-def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: bool, chunk: int = 16,
-                  identity_source: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
-    """source 3×H×W, driving T×3×H×W → T×3×H×W. Relative motion is taken w.r.t. the clip's first frame.
-    ``identity_source`` (3×h×w, any size): the source for a model's ID preserver, when its ``animate`` takes one.
-    ``progress``: frames done (a bar on a terminal, plain lines in a log; ``toolbox.progress``)."""
-    kwargs = {}
-    params = inspect.signature(model.animate).parameters
-    if "relative" in params:
-        kwargs["relative"] = relative
-    if identity_source is not None and "identity_source" in params:
-        kwargs["identity_source"] = identity_source[None]
-    landmarks = None
-    if "keypoints" in params and bool(getattr(getattr(model, "cfg", None), "use_local_control", False)):
+def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: bool,
+                  identity_source: torch.Tensor | None = None, progress: bool = True,
+                  generator: torch.Generator | None = None, landmarks: torch.Tensor | None = None,
+                  device: torch.device | None = None, precision: str = "fp32",
+                  patch_centres: torch.Tensor | None = None) -> torch.Tensor:
+    """source 3×H×W, driving T×3×H×W → T×3×H×W: ONE ``model.animate`` call on the whole clip (a diffusion method
+    samples it in one trajectory, every draw from ``generator``; frame-wise methods chunk internally). Relative
+    motion is taken w.r.t. the clip's first frame. ``identity_source`` (3×h×w, any size): the source for a model's
+    ID preserver, when its ``animate`` takes one. ``landmarks`` (T×K×2 pixels of ``driving``): X-Portrait's local
+    patches; None: dlib's, found here, for models with landmark-centred local control. ``device``: where the
+    inputs go (the model is already there); ``precision``: fp32 | fp16 | bf16 (autocast). ``patch_centres``
+    (T×3×2 pixels): the official X-Portrait preprocessing's local patches (then no landmarks are detected here)."""
+    from lit_models.base import animate_kwargs, precision_context
+
+    device = torch.device(device) if device is not None else source.device
+    if landmarks is None and patch_centres is None and bool(getattr(getattr(model, "cfg", None), "use_local_control", False)) \
+            and "keypoints" in inspect.signature(model.animate).parameters:
         landmarks = driving_landmarks(driving)    # X-Portrait: eye/mouth patches centred on the driving landmarks
+    kwargs = animate_kwargs(
+        model, relative=relative, generator=generator,
+        identity_source=None if identity_source is None else identity_source[None].to(device),
+        driving_initial=driving[:1].to(device),
+        keypoints=None if landmarks is None else landmarks[None].to(device),
+        patch_centres=None if patch_centres is None else patch_centres[None].to(device))
     from toolbox.progress import Progress
 
-    outs = []
     with Progress(total=driving.shape[0], desc="animate", unit="frames", enabled=progress) as bar:
-        for start in range(0, driving.shape[0], chunk):
-            part = driving[start:start + chunk][None]
-            if "driving_initial" in params:
-                kwargs["driving_initial"] = driving[:1]
-            if landmarks is not None:
-                kwargs["keypoints"] = landmarks[start:start + chunk][None]
-            outs.append(model.animate(source[None], part, **kwargs)[0])
-            bar.update(part.shape[1])
-    return torch.cat(outs)
+        with precision_context(precision, device):
+            out = model.animate(source[None].to(device), driving[None].to(device), **kwargs)[0]
+        bar.update(driving.shape[0])
+    return out.float().cpu()
+
+
+def preprocess_of(model, spec: str) -> str:
+    """``preprocess=auto|official|none`` for this model: auto = official for methods that define one
+    (``official_preprocess``, X-Portrait), none otherwise."""
+    if spec not in ("auto", "official", "none"):
+        raise runtime.ConfigError(f"preprocess must be auto | official | none, got {spec!r}")
+    has = getattr(model, "official_preprocess", None) is not None
+    if spec == "official" and not has:
+        raise runtime.ConfigError(f"preprocess=official: {type(model).__name__} has no official preprocessing here "
+                                  "(X-Portrait has); use preprocess=none")
+    return "official" if spec == "official" or (spec == "auto" and has) else "none"
 
 
 def animate(cfg: DictConfig) -> Path:
@@ -156,21 +157,49 @@ def animate(cfg: DictConfig) -> Path:
     from eval.faces import attach_identity_encoder
 
     # φ for InterAnimate's ID preserver (else a no-op)
+    from experiments.evaluate import cli_device
+    from lit_models.base import model_dtype, resolve_precision
+
+    device = cli_device(cfg)        # device=cuda without CUDA fails here, before loading
     model = attach_identity_encoder(load_model(cfg.ckpt, weights=cfg.ckpt_weights) if cfg.ckpt else build_model(cfg.model))
     if not cfg.ckpt and model.trainable:
         raise runtime.ConfigError(f"model={cfg.model.name} has trainable parameters: pass ckpt=PATH")
-    model.eval()
+    model.eval().to(device)                                    # moved once
+    precision = resolve_precision(OmegaConf.select(cfg, "sampling.precision", default="auto"), device, model)
+    log.info("animate: device=%s dtype=%s precision=%s", device, model_dtype(model), precision)
+    print(f"animate: device={device} dtype={model_dtype(model)} precision={precision}")
     size = int(model.hparams["model"].get("resolution", cfg.data.resolution))
+    preprocess = preprocess_of(model, str(cfg.get("preprocess", "auto")))
+    detect = None
+    if preprocess == "official":        # FAN weights checked before any work
+        from datamodules.preprocess.xportrait import fan_detector
+
+        try:
+            detect = fan_detector("cuda" if device.type == "cuda" else "cpu")
+        except FileNotFoundError as err:
+            raise runtime.ConfigError(str(err)) from None
     src_img = read_image(cfg.source)[None]
     drv, fps = read_video(cfg.driving, cfg.max_frames)
-    src_box = square_box(src_img, cfg.animate_crop)
-    source = crop_resize(src_img, src_box, size)[0]
-    id_source = None
-    if "identity_source" in inspect.signature(model.animate).parameters:
-        id_side = max(size, min(IDENTITY_MAX_SIDE, src_box[2] - src_box[0]))
-        id_source = crop_resize(src_img, src_box, id_side)[0]
-    driving = crop_resize(drv, square_box(drv, cfg.animate_crop), size)
-    generated = run_animation(model, source, driving, cfg.relative_motion, identity_source=id_source)
+    id_source, patch_centres = None, None
+    if preprocess == "official":
+        from datamodules.preprocess.xportrait import official_inputs
+
+        inp = official_inputs(src_img[0], list(drv), detect, best_frame=int(cfg.get("best_frame", 0) or 0))
+        source, driving, patch_centres = inp["source"], inp["driving"], inp["patch_centres"]
+        print(f"X-Portrait official preprocessing: best frame {inp['best_frame']}, "
+              f"{'aligned' if inp['affine'] is not None else 'not aligned (no face)'}, "
+              f"{inp['no_face_frames']} frame(s) without patches")
+    else:
+        src_box = square_box(src_img, cfg.animate_crop)
+        source = crop_resize(src_img, src_box, size)[0]
+        if "identity_source" in inspect.signature(model.animate).parameters:
+            id_side = max(size, min(IDENTITY_MAX_SIDE, src_box[2] - src_box[0]))
+            id_source = crop_resize(src_img, src_box, id_side)[0]
+        driving = crop_resize(drv, square_box(drv, cfg.animate_crop), size)
+    # one generator, seeded once, for the whole clip (noise, window offsets, posterior samples)
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    generated = run_animation(model, source, driving, cfg.relative_motion, identity_source=id_source,
+                              generator=generator, device=device, precision=precision, patch_centres=patch_centres)
     ident = getattr(model, "last_identity", None)
     if ident is not None:
         if bool(ident["found"].all()):
@@ -190,7 +219,8 @@ def animate(cfg: DictConfig) -> Path:
 @hydra.main(config_path="configs", config_name="animate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     runtime.setup_logging()
-    animate(cfg)
+    with runtime.short_errors():        # device=cuda without CUDA, missing weights: one line, no traceback
+        animate(cfg)
 
 
 if __name__ == "__main__":

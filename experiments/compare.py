@@ -30,6 +30,9 @@ def compare_checkpoints(cfg: DictConfig) -> dict:
     """Run ``eval.compare.compare`` for ``cfg.ckpts`` under ``cfg.eval_protocol`` on ``cfg.data``."""
     from eval.compare import compare
 
+    from experiments.evaluate import cli_device
+
+    device = cli_device(cfg)                                # device=cuda without CUDA: fail before any work
     ckpts = [str(c) for c in (cfg.ckpts or [])]
     if len(ckpts) < 2:
         raise runtime.ConfigError(f"ckpts: give at least two checkpoints, got {ckpts} "
@@ -46,7 +49,8 @@ def compare_checkpoints(cfg: DictConfig) -> dict:
     from lit_models.registry import load_model
 
     # every checkpoint loaded here, so that models that need it get their identity encoder (InterAnimate's φ)
-    models = {label: attach_identity_encoder(load_model(c, weights=cfg.ckpt_weights))   # ckpt_weights: EMA or raw
+    # auto: CUDA when present; each model moved there once
+    models = {label: attach_identity_encoder(load_model(c, weights=cfg.ckpt_weights)).to(device)   # EMA or raw
               for label, c in _labels(ckpts).items()}
     from eval.dashboard import wandb_settings
 
@@ -60,7 +64,8 @@ def compare_checkpoints(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     runtime.setup_logging()
     OmegaConf.set_struct(cfg, False)
-    res = compare_checkpoints(cfg)
+    with runtime.short_errors():
+        res = compare_checkpoints(cfg)
     print(Path(res["report"]).read_text())
     print(f"report: {res['report']}  (page: {Path(res['report']).with_suffix('.html')})")
 

@@ -4,7 +4,8 @@ Streams the protocol's test set through the model's `animate`, writes per-frame 
 aggregate `metrics.json` into a new run directory, mirrors them to W&B, and resumes an interrupted evaluation
 (`run_dir=PATH`) without recomputing finished videos. On W&B the evaluation is a run of job type `eval` linked to
 the checkpoint's training run (same group, `train_run_id` in its config, metrics at the checkpoint's
-`trainer/global_step`; see `eval.dashboard`).
+`trainer/global_step`; see `eval.dashboard`). `device=auto|cpu|cuda|cuda:N` (auto: CUDA when present) and
+`sampling.precision=auto|fp16|bf16|fp32` are recorded in metrics.json.
 """
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ from experiments.train import build_datamodule, evaluate_run
 
 log = logging.getLogger("portraitlab.evaluate")
 register_configs()
+
+
+def cli_device(cfg: DictConfig):
+    """``device=`` resolved (``lit_models.base.resolve_device``); an unavailable device is a config error."""
+    from lit_models.base import resolve_device
+
+    try:
+        return resolve_device(cfg.get("device", "auto"))
+    except (RuntimeError, ValueError) as err:
+        raise runtime.ConfigError(str(err)) from None
 
 
 def load_for_eval(cfg: DictConfig):
@@ -48,7 +59,11 @@ def _checkpoint_step(ckpt: str) -> int:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    model = load_for_eval(cfg)
+    from lit_models.base import model_dtype
+
+    device = cli_device(cfg)       # device=cuda without CUDA fails here, before loading
+    model = load_for_eval(cfg).to(device)                      # moved once; metrics.json records device and dtype
+    log.info("evaluate: device=%s dtype=%s", device, model_dtype(model))
     # any checkpoint under any protocol: the evaluation reads frames at native size and applies the protocol's
     # crop / resize; the model runs at its own resolution (eval.runner.animate_at_model_resolution). data.resolution
     # (the training-time resize) plays no part in the scores: it follows the model so the config stays consistent.
@@ -86,7 +101,8 @@ def evaluate(cfg: DictConfig) -> dict:
 @hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     runtime.setup_logging()
-    evaluate(cfg)
+    with runtime.short_errors():        # device=cuda without CUDA, missing weights: one line, no traceback
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

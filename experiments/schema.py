@@ -61,6 +61,14 @@ class TrainerConfig:
 
 
 @dataclass
+class SamplingRunConfig:
+    """How ``animate`` / ``evaluate`` / ``compare`` run a model's sampling (the ``sampling=`` group selects presets
+    of the model's sampler keys; these are run settings beside them)."""
+
+    precision: str = "auto"         # auto (the model's official precision on CUDA, X-Portrait fp16; else fp32) | fp16 | bf16 | fp32
+
+
+@dataclass
 class RunConfig:
     """The top-level config of train / evaluate / animate."""
 
@@ -98,6 +106,15 @@ class RunConfig:
     relative_motion: bool = True   # FOMM's relative motion transfer (vs absolute)
     animate_crop: str = "center"   # center | face (dlib box, stable over the clip)
     max_frames: int = 0
+    # animate / evaluate / compare: where the model runs (auto = CUDA when present); moved there once
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    sampling: SamplingRunConfig = field(default_factory=SamplingRunConfig)
+    # the method's official input preprocessing (X-Portrait: full-frame 512² resize, driving warped onto the source
+    # by FAN landmark boxes, patches on FAN landmarks) | none (animate_crop only, dlib landmarks) | auto (official for
+    # methods that define one, X-Portrait; none otherwise). animate.yaml / evaluate.yaml set auto; training-time
+    # evaluation keeps none
+    preprocess: str = "none"
+    best_frame: int = 0             # preprocess=official: the driving frame whose landmark box is matched to the source
 
 
 def register_resolvers() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import runtime
 from experiments.schema import register_configs
@@ -51,13 +51,16 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
 
     model.eval()
     overrides = runtime.task_overrides()
+    # sampling: one generator per clip seeded from `seed`, `sampling.precision` (auto: the model's official one on CUDA)
+    run_kw = dict(seed=int(cfg.seed), precision=str(OmegaConf.select(cfg, "sampling.precision", default="auto")),
+                  preprocess=str(OmegaConf.select(cfg, "preprocess", default="none")))
     result = run_evaluation(model, datamodule, cfg.eval_protocol, run_dir, loggers=loggers, ckpt=ckpt,
-                            overrides=overrides, log_step=step)
+                            overrides=overrides, log_step=step, **run_kw)
     extra = {}
     for name, proto in (cfg.get("extra_eval") or {}).items():
         log.info("extra evaluation protocol %s", name)
         extra[str(name)] = run_evaluation(model, datamodule, proto, run_dir / "eval" / str(name), loggers=loggers,
-                                          ckpt=ckpt, overrides=overrides, log_step=step)
+                                          ckpt=ckpt, overrides=overrides, log_step=step, **run_kw)
     if _global_rank() != 0:   # under DDP the runner gathered every video on rank 0, which writes the merged files
         return result
     if extra:
@@ -142,6 +145,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
             from lit_models.registry import load_model
 
             model = attach_identity_encoder(load_model(str(last))).to(trainer.strategy.root_device)
+        elif cfg.evaluate_after_train:
+            # Lightning's teardown moved the model to the CPU: evaluate on the training accelerator
+            model = model.to(trainer.strategy.root_device)
     else:
         log.info("%s has no trainable parameters: nothing to train", cfg.model.name)
         save_untrained_checkpoint(model, last)

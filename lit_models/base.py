@@ -1,7 +1,11 @@
 """The model contract every portraitlab method follows (see docs/DESIGN.md).
 
-* ``animate(source, driving) -> frames``: source B×3×H×W, driving B×T×3×H×W, output B×T×3×H×W, all float in [0, 1].
-  Evaluation reaches a model only through this method.
+* ``animate(source, driving, *, generator=None, **kw) -> frames``: source B×3×H×W, driving B×T×3×H×W, output
+  B×T×3×H×W, all float in [0, 1]. Evaluation reaches a model only through this method, always with the WHOLE clip
+  in one call: a diffusion method samples it in one trajectory (its own window schedule), drawing every random
+  number (noise, window offsets, posterior samples) from ``generator`` (None: a generator seeded from the model's
+  ``sample_seed``); frame-wise methods (MRFA, baselines) may chunk internally for memory. Callers pass only the
+  keywords a model's ``animate`` takes (:func:`animate_kwargs`).
 * ``compute_losses(batch) -> {"loss_<name>": tensor}``: unweighted terms. ``lambda_<name>`` in the model config
   weighs each; a weight of 0 must skip the computation (ask ``self.use_loss(name)`` before computing a term).
 * Validation and test steps are shared: they call ``animate`` and log L1 plus a video grid
@@ -9,8 +13,10 @@
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -46,7 +52,8 @@ class AnimationModule(L.LightningModule):
         self._logged_grids = 0
 
     # ---- contract -------------------------------------------------------------------------------------------
-    def animate(self, source: torch.Tensor, driving: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def animate(self, source: torch.Tensor, driving: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+                **kw) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:  # pragma: no cover
@@ -94,7 +101,9 @@ class AnimationModule(L.LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> None:
         source, driving = batch["source"], batch["driving"]
         target = batch.get("target", driving)
-        pred = self.animate(source, driving)
+        # the whole clip in one call, one generator seeded once (the same sample at every validation)
+        gen = torch.Generator().manual_seed(int(getattr(self.cfg, "sample_seed", 0) or 0))
+        pred = self.animate(source, driving, **animate_kwargs(self, generator=gen))
         if pred.shape != target.shape:
             raise RuntimeError(f"{type(self).__name__}.animate returned {tuple(pred.shape)}, expected {tuple(target.shape)}")
         # one definition of `l1` (eval.runner): val/test clips are self-reenactment, frame 0 is the source: not scored
@@ -122,3 +131,67 @@ class AnimationModule(L.LightningModule):
         fused = bool(getattr(self.cfg, "fused_adam", False)) or None
         return torch.optim.Adam(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay,
                                 fused=fused)
+
+
+# ---- calling ``animate``: keywords, device, precision -------------------------------------------------------------
+def animate_kwargs(model: Any, **candidates) -> dict:
+    """The keywords of ``candidates`` that ``model.animate`` takes (a None value is left out): callers offer
+    ``generator=``, ``keypoints=``, ``relative=`` … to every model and each gets only what its contract names."""
+    params = inspect.signature(model.animate).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in candidates.items() if v is not None and (k in params or (takes_any and k == "generator"))}
+
+
+def resolve_device(spec: Any = "auto") -> torch.device:
+    """``device=auto|cpu|cuda|cuda:N`` → a torch.device (auto: CUDA when present, else CPU). A CUDA device that this
+    machine does not have fails at once, in one line naming CUDA."""
+    spec = "auto" if spec is None else str(spec).strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={spec}: CUDA is not available on this machine (torch {torch.__version__}, "
+                               f"cuda build {torch.version.cuda}); use device=cpu or device=auto")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device={spec}: CUDA has {torch.cuda.device_count()} device(s) here")
+        return dev
+    raise ValueError(f"device must be auto | cpu | cuda | cuda:N, got {spec!r}")
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(spec: Any, device: torch.device, model: Any = None) -> str:
+    """``sampling.precision=auto|fp16|bf16|fp32`` → the name used. auto: the model's official sampling precision
+    on CUDA (``official_precision``, X-Portrait's fp16 autocast) and fp32 elsewhere / for models without one.
+    fp16 needs CUDA (CPU half kernels are incomplete); bf16 runs on both."""
+    spec = "auto" if spec is None else str(spec).strip().lower()
+    device = torch.device(device)
+    if spec == "auto":
+        official = str(getattr(model, "official_precision", "fp32"))
+        return official if device.type == "cuda" else "fp32"
+    if spec not in PRECISIONS:
+        raise ValueError(f"sampling.precision must be auto | fp16 | bf16 | fp32, got {spec!r}")
+    if spec == "fp16" and device.type != "cuda":
+        raise ValueError("sampling.precision=fp16 needs CUDA (device=cuda); on the CPU use bf16 or fp32")
+    return spec
+
+
+def precision_context(precision: str, device: torch.device):
+    """Autocast for fp16 / bf16 (the official X-Portrait runs its sampling and decode under
+    ``torch.cuda.amp.autocast(dtype=float16)``: weights stay fp32, matmuls and convolutions run in the low
+    precision); fp32: no autocast."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=PRECISIONS[precision])
+
+
+def model_dtype(model: Any) -> str:
+    """The dtype of the model's parameters (``float32`` …; ``none`` for a parameter-free model)."""
+    try:
+        return str(next(model.parameters()).dtype).removeprefix("torch.")
+    except (StopIteration, AttributeError):
+        return "none"

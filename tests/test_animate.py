@@ -96,8 +96,8 @@ def test_read_image_scales_16_bit_pngs(tmp_path):
 
 def test_landmark_centred_local_control_gets_the_driving_landmarks(real_fixtures):
     """X-Portrait's eye/mouth patches are centred on the driving landmarks: `run_animation` detects dlib's 68
-    landmarks on every driving crop and hands them to `animate(keypoints=)` chunk by chunk; models without local
-    control get none."""
+    landmarks on every driving crop and hands them to `animate(keypoints=)` with the whole clip in one call; models
+    without local control get none."""
     import torch
 
     from experiments.animate import crop_resize, driving_landmarks, read_video, run_animation, square_box
@@ -119,9 +119,9 @@ def test_landmark_centred_local_control_gets_the_driving_landmarks(real_fixtures
 
     for local in (True, False):
         spy = Spy(local)
-        run_animation(spy, driving[0], driving, relative=False, chunk=3, progress=False)
+        run_animation(spy, driving[0], driving, relative=False, progress=False)
         if local:
-            assert [k.shape for k in spy.seen] == [(1, 3, 68, 2), (1, 1, 68, 2)]
-            torch.testing.assert_close(torch.cat([k[0] for k in spy.seen]), kp)
+            assert [k.shape for k in spy.seen] == [(1, 4, 68, 2)]
+            torch.testing.assert_close(spy.seen[0][0], kp)
         else:
-            assert spy.seen == [None, None]
+            assert spy.seen == [None]

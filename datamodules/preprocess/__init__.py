@@ -1,1 +1,2 @@
-"""Official preprocessing steps per method (face boxes → crops → network inputs)."""
+"""Official input preprocessing, one module per method: given the detections the official code uses, the
+crops and tensors it feeds the networks."""

@@ -139,3 +139,8 @@ class MRFAConfig(ModelConfig):
     lr_milestones: list[int] = field(default_factory=list)   # MultiStepLR milestones in optimizer steps
     lr_gamma: float = 0.1
     animate_chunk: int = 16
+    # cross-identity evaluation (official animate_ddp.py with config/vox1.yaml animate_params): relative keypoints and
+    # jacobians w.r.t. the driving clip's first frame, no movement-scale adaptation (demo.py's --adapt_scale is off
+    # there)
+    cross_relative: bool = True
+    cross_adapt_movement_scale: bool = False

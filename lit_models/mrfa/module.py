@@ -169,6 +169,12 @@ class MRFA(AnimationModule):
                 "num_refine_steps": len(self.decoder.refined)}
 
     # ---- contract ---------------------------------------------------------------------------------------------
+    def cross_identity_animate_kwargs(self) -> dict:
+        """What the official cross-identity evaluation (``animate_ddp.py``, ``animate_params``) sets: relative
+        motion (``use_relative_movement`` / ``use_relative_jacobian``) and ``adapt_movement_scale``."""
+        return {"relative": bool(self.cfg.cross_relative),
+                "adapt_movement_scale": bool(self.cfg.cross_adapt_movement_scale)}
+
     @torch.no_grad()
     def animate(self, source: torch.Tensor, driving: torch.Tensor, relative: bool = False,
                 driving_initial: torch.Tensor | None = None, adapt_movement_scale: bool = False,

@@ -19,6 +19,8 @@ class XPortraitConfig(DiffusionConfig):
     # ---- official structure (bytedance/X-Portrait, config/cldm_v15_appearance_pose_local_mm.yaml) --------------
     # the appearance (reference) net runs at the denoiser's current timestep t, as the official ``apply_model`` does
     reference_timestep: str = "current"
+    # official sampling windows (DDIMSampler_ReferenceOnly): circular from a random offset per step, ε averaged
+    window_schedule: str = "circular"
     # AnimateDiff v1 temporal modules: PE length 24, no mid-block module, the last module of each up block after
     # its Upsample (the official U-Net runs one after every whole ``output_blocks[j]``), GroupNorm per frame
     temporal: TemporalArch = field(default_factory=lambda: TemporalArch(

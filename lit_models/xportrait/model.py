@@ -21,9 +21,50 @@ from lit_models.diffusion.augment import appearance_augment
 from lit_models.diffusion.module import MotionState, ReferenceVideoDiffusion
 from lit_models.diffusion.networks import build_controlnet
 from lit_models.xportrait.local_control import local_patch_masks, official_patch_masks
+from lit_models.xportrait.pipeline import XPortraitPipeline
+
+
+def centred_patch_masks(centres: torch.Tensor, size: int, patch_size: float) -> torch.Tensor:
+    """N×1×size×size masks of the squares ``[c − s/2, c + s/2)`` (``centres`` N×R×2 in [0, 1] of the frame,
+    s = ``patch_size``; pixel i is inside when its centre (i + 0.5) / size is): for integer pixel centres ``c·W``
+    at size W these are the official ``[c − W/8, c + W/8)`` slices. A NaN centre gives no patch (official: no face,
+    an all −1 local input)."""
+    ok = torch.isfinite(centres).all(-1)                                   # N×R
+    grid = (torch.arange(size, device=centres.device, dtype=torch.float64) + 0.5) / size
+    c = torch.nan_to_num(centres.double(), nan=-10.0)
+    half = patch_size / 2
+    inx = (grid[None, None] >= c[..., :1] - half) & (grid[None, None] < c[..., :1] + half)      # N×R×size (x)
+    iny = (grid[None, None] >= c[..., 1:] - half) & (grid[None, None] < c[..., 1:] + half)
+    m = (iny[..., :, None] & inx[..., None, :]) & ok[..., None, None]
+    return m.any(1, keepdim=True).float()
 
 
 class XPortrait(ReferenceVideoDiffusion):
+    # the official script samples and decodes under torch.cuda.amp.autocast(dtype=float16) (--use_fp16 defaults on)
+    official_precision = "fp16"
+    # experiments.animate preprocess=auto: datamodules.preprocess.xportrait (full-frame 512², FAN alignment, patches)
+    official_preprocess = "xportrait"
+
+    @torch.no_grad()
+    def animate(self, source: torch.Tensor, driving: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+                keypoints: Optional[torch.Tensor] = None, patch_centres: Optional[torch.Tensor] = None,
+                num_inference_steps: Optional[int] = None, sampler: Optional[str] = None,
+                guidance_scale: Optional[float] = None, show_progress: bool = False,
+                noise: Optional[torch.Tensor] = None, offsets=None) -> torch.Tensor:
+        """The whole clip in one trajectory with the official window schedule (:class:`XPortraitPipeline`).
+        ``patch_centres``: B×T×3×2 pixel centres of the official local patches in the driving frames (the official
+        preprocessing's), instead of ``keypoints``."""
+        was_training = self.training
+        self.eval()
+        try:
+            return XPortraitPipeline(self)(source, driving, keypoints=keypoints, patch_centres=patch_centres,
+                                           generator=generator,
+                                           num_inference_steps=num_inference_steps, sampler=sampler,
+                                           guidance_scale=guidance_scale, show_progress=show_progress, noise=noise,
+                                           offsets=offsets)
+        finally:
+            self.train(was_training)
+
     def build_motion(self, unet2d: nn.Module) -> None:
         cfg = self.cfg
         channels = tuple(cfg.controlnet_embedding_channels)
@@ -38,12 +79,18 @@ class XPortrait(ReferenceVideoDiffusion):
         self.local_control = build_controlnet(unet2d, embedding_channels=channels) if cfg.use_local_control else None
 
     def encode_motion(self, source, driving, keep_motion, generator: Optional[torch.Generator] = None,
-                      keypoints=None) -> MotionState:
+                      keypoints=None, patch_centres=None) -> MotionState:
+        """``patch_centres`` (B×T×3×2, [0, 1] units of the driving frame, NaN: no face) place the official patches
+        exactly where the official preprocessing put them (``datamodules.preprocess.xportrait``); else the patches
+        come from ``keypoints`` (normalised landmarks) or the fixed boxes."""
         B, T = driving.shape[:2]
         state = {"control": driving * 2 - 1, "keep_motion": keep_motion[:, None].expand(B, T)}
         if self.local_control is not None:
             kp = None if keypoints is None else keypoints.flatten(0, 1)
-            if self.cfg.local_patch_mode == "official":
+            if patch_centres is not None:
+                masks = centred_patch_masks(patch_centres.flatten(0, 1).to(driving.device).float(),
+                                            driving.shape[-1], self.cfg.local_patch_size)
+            elif self.cfg.local_patch_mode == "official":
                 masks = official_patch_masks(B * T, driving.shape[-1], kp, self.cfg.fixed_boxes,
                                              self.cfg.local_patch_size, device=driving.device)
             else:
@@ -51,7 +98,7 @@ class XPortrait(ReferenceVideoDiffusion):
                                           self.cfg.min_region_size, device=driving.device)
             masks = masks.view(B, T, *masks.shape[1:])
             # official: the driving frame inside the patches, −1 (black) outside; box: 0 outside
-            outside = -1.0 if self.cfg.local_patch_mode == "official" else 0.0
+            outside = -1.0 if self.cfg.local_patch_mode == "official" or patch_centres is not None else 0.0
             state["local"] = torch.where(masks > 0, driving * 2 - 1, torch.full_like(driving[:, :, :1], outside))
             state["local_mask"] = masks
         return state

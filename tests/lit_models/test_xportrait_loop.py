@@ -1,0 +1,48 @@
+"""The whole official X-Portrait sampling loop (``DDIMSampler_ReferenceOnly`` with ``num_overlap=4``: 41 frames,
+4 DDIM steps, windows of 16 from injected offsets, guidance 5, per-frame reference rows) on the reduced official
+model, against ``XPortrait.animate`` on the same model imported through ``import_official`` with the default
+``model=xportrait_reduced`` + ``sampling=xportrait_official`` config (tests/golden/xportrait/loop_official.pt;
+tests/golden/xportrait/NOTES.md says how it was made). The VAE is the fixture's identity: latents are compared."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from test_xportrait_official import golden, need, reduced  # noqa: F401  (module fixtures)
+
+LOOP = Path(__file__).resolve().parents[1] / "golden" / "xportrait" / "loop_official.pt"
+
+
+@torch.no_grad()
+def test_animate_equals_the_official_sampling_loop(reduced):  # noqa: F811
+    model, _ = reduced
+    g = torch.load(LOOP, weights_only=True)
+    N, H = g["latents"].shape[0], g["latents"].shape[-1]
+    assert torch.equal(model.null_context, g["context"]) or (model.null_context - g["context"]).abs().max() < 1e-7
+    z_ref, decoded, served = g["z_ref"], [], {"n": 0}
+
+    def sample(x, generator):           # the official reference rows: "posterior samples" of the identity VAE
+        i = served["n"]
+        served["n"] += len(x)
+        return z_ref[i:i + len(x)]
+
+    def decode(z):
+        decoded.append(z.clone())
+        return torch.zeros(len(z), 3, 8 * H, 8 * H)
+
+    model.encode = lambda x: torch.zeros(x.shape[0], 4, H, H)
+    model.codec.sample, model.decode = sample, decode
+    try:
+        driving = (g["driving_u8"].float() / 255)[None]
+        model.animate(torch.zeros(1, 3, 8 * H, 8 * H), driving, patch_centres=g["patch_centres"][None],
+                      noise=g["noise"][None], offsets=g["offsets"], num_inference_steps=g["steps"])
+    finally:
+        del model.encode, model.codec.sample, model.decode
+    ours = torch.cat(decoded)
+    ref = g["latents"]
+    diff = float((ours - ref).abs().max())
+    print("max abs diff:", json.dumps({"latents": diff, "max_abs": float(ref.abs().max())}))
+    assert served["n"] == N
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-5)
