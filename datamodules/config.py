@@ -21,6 +21,19 @@ class SynthConfig:
 
 
 @dataclass
+class AugmentationConfig:
+    """Training augmentation, applied identically to every frame of a sample (official FOMM / MRFA
+    ``AllAugmentationTransform`` with ``flip_param`` and ``jitter_param``; see ``datamodules.augment``)."""
+
+    horizontal_flip: bool = False
+    time_flip: bool = False
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+@dataclass
 class DataConfig:
     _target_: str = "datamodules.VideoClipDataModule"
     name: str = "video"
@@ -42,6 +55,14 @@ class DataConfig:
     split_seed: int = 0
     min_frames: int = 4             # shorter clips are skipped as too short
     steps_per_epoch: int = 1000     # training samples are drawn per step from (seed, index): exact resume
+    # official FOMM / MRFA sampling: an epoch = every training identity (file-name prefix before '#') num_repeats
+    # times in random order, each time one random clip of it (FramesDataset(id_sampling=True) + DatasetRepeater)
+    id_sampling: bool = False
+    num_repeats: int = 1
+    # window: T driving frames `frame_stride` apart and a source outside them; sorted_pair: the official training
+    # pair (two frames drawn with replacement, sorted: source = the first, driving = the second; num_frames=1)
+    pair_sampling: str = "window"
+    augmentation: Optional[AugmentationConfig] = None
     eval_num_frames: int = 16       # frames per video in val/test (a protocol may override)
     eval_stride: int = 1
     eval_max_videos: int = 0        # 0 = all
@@ -61,11 +82,19 @@ def _synth_key_resolver(node) -> str:
     return synth_key(node)
 
 
+def _recipe_resolver(what: str, value=None, *, _root_=None):
+    from datamodules.recipe import resolve_recipe
+
+    return resolve_recipe(_root_, what, value)
+
+
 def register_resolvers() -> None:
-    """``${synth_key:${.synth}}``: the content key of a SynthFaces config (see ``synthfaces.writer.synth_key``)."""
+    """``${synth_key:${.synth}}``: the content key of a SynthFaces config (see ``synthfaces.writer.synth_key``);
+    ``${data_recipe:WHAT[,VALUE]}``: an official recipe's numbers from the data on disk (``datamodules.recipe``)."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("synth_key", _synth_key_resolver, replace=True)
+    OmegaConf.register_new_resolver("data_recipe", _recipe_resolver, replace=True)
 
 
 register_resolvers()

@@ -183,7 +183,9 @@ class VideoClipDataModule(L.LightningDataModule):
         self.setup()
         return TrainClipDataset(self.source, self.splits["train"], c.resolution, c.crop, c.num_frames, c.frame_stride,
                                 seed=c.seed, length=c.steps_per_epoch * c.batch_size, as_uint8=as_uint8,
-                                use_meta=c.use_meta, cross_driving=c.use_synth_cross_driving)
+                                use_meta=c.use_meta, cross_driving=c.use_synth_cross_driving,
+                                id_sampling=c.id_sampling, num_repeats=c.num_repeats, pair_sampling=c.pair_sampling,
+                                augmentation=c.augmentation)
 
     def _loader_kwargs(self) -> dict:
         c = self.cfg

@@ -131,15 +131,18 @@ class FrameTransform:
             outs.append(res.reshape(r, r, m, c).transpose(2, 0, 1, 3))
         return np.ascontiguousarray(np.concatenate(outs) if len(outs) > 1 else outs[0])
 
-    def frames(self, frames: np.ndarray, box) -> torch.Tensor:
+    def frames(self, frames: np.ndarray, box, post=None) -> torch.Tensor:
         """N×H×W×3 uint8 → N×3×r×r float32 in [0, 1] (transpose fused into the conversion pass).
-        ``as_uint8``: N×r×r×3 uint8, channels last (transport format; ``batch_to_float`` permutes on the device)."""
+        ``as_uint8``: N×r×r×3 uint8, channels last (transport format; ``batch_to_float`` permutes on the device).
+        ``post``: applied to the resized N×r×r×3 uint8 frames (the training augmentation)."""
         out = self._resize(self._cut(frames, box))
+        if post is not None:
+            out = post(out)
         if self.as_uint8:
             return torch.from_numpy(out)
         return torch.from_numpy(_u8_to_unit(out.transpose(0, 3, 1, 2)))
 
-    def masks(self, masks: np.ndarray, box) -> torch.Tensor:
+    def masks(self, masks: np.ndarray, box, post=None) -> torch.Tensor:
         """N×H×W (bool / uint8 0-1 or 0-255 / float) → N×1×r×r float32 in [0, 1] (area-averaged: soft edges)."""
         if masks.dtype == np.bool_ or (masks.dtype == np.uint8 and masks.max(initial=0) <= 1):
             m = masks.astype(np.uint8) * np.uint8(255)   # resize in uint8 (1/255 steps), cheaper than float
@@ -148,6 +151,8 @@ class FrameTransform:
         else:
             m = np.clip(masks, 0, 1).astype(np.float32)
         out = self._resize(self._cut(m[..., None], box))  # N×r×r×1 (the same layout as frames)
+        if post is not None:
+            out = post(out)
         if m.dtype == np.uint8:
             return torch.from_numpy(out) if self.as_uint8 else torch.from_numpy(_u8_to_unit(out.transpose(0, 3, 1, 2)))
         return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.float32))
@@ -202,21 +207,29 @@ class _ClipDataset(Dataset):
             meta_box = self._meta_cache[key]
         return self.transform.box(h, w, meta_box)
 
-    def _load(self, rec: ClipRecord, indices: Sequence[int], with_meta: bool = True) -> dict:
-        """Decode ``indices`` of ``rec`` → {"frames": N×3×r×r, optional "keypoints", "masks"}."""
+    def _load(self, rec: ClipRecord, indices: Sequence[int], with_meta: bool = True, aug=None) -> dict:
+        """Decode ``indices`` of ``rec`` → {"frames": N×3×r×r, optional "keypoints", "masks"}; ``aug``
+        (``datamodules.augment.AugmentParams``) augments all of them alike."""
+        from datamodules import augment
+
         reader = self.readers.get(rec)
         raw = reader.get_frames(indices)
         h, w = raw.shape[1:3]
         box = self._box(rec, h, w)
-        out = {"frames": self.transform.frames(raw, box)}
+        out = {"frames": self.transform.frames(raw, box, post=(lambda a: augment.apply_frames(a, aug)) if aug else None)}
         meta = self._meta(rec) if with_meta else None
         if meta:
             idx = np.asarray(indices)
             if "keypoints" in meta:
-                out["keypoints"] = self.transform.points(meta["keypoints"][idx], box)
+                pts = self.transform.points(meta["keypoints"][idx], box)
+                if aug is not None:
+                    width = self.transform.resolution or (box[2] - box[0])
+                    pts = torch.from_numpy(augment.apply_points(pts.numpy(), aug, width))
+                out["keypoints"] = pts
             masks = {k[len("masks_"):]: meta[k] for k in meta if k.startswith("masks_")}
             if masks:
-                out["masks"] = {k: self.transform.masks(v[idx], box) for k, v in sorted(masks.items())}
+                post = (lambda a: augment.apply_masks(a, aug)) if aug else None
+                out["masks"] = {k: self.transform.masks(v[idx], box, post=post) for k, v in sorted(masks.items())}
         return out
 
 
@@ -283,6 +296,9 @@ def draw_training_frames(rng: np.random.Generator, n: int, num_frames: int, stri
 
 
 CROSS_STREAM = 0xC055      # the partner identity's draw: default_rng([seed, i, attempt, CROSS_STREAM])
+AUG_STREAM = 0xA06         # the augmentation's draw: default_rng([seed, i, attempt, AUG_STREAM])
+ID_STREAM = 0x1D5          # id_sampling: epoch e's identity order, default_rng([seed, e, ID_STREAM]).permutation
+PAIR_SAMPLINGS = ("window", "sorted_pair")
 SYNTH_CROSS_KEYS = ("identity_params", "motion", "resolution")
 
 
@@ -378,41 +394,101 @@ class SynthCrossDriving:
 
 class TrainClipDataset(_ClipDataset):
     """Sample ``i`` = f(seed, i): clip, driving window and source frame drawn from ``default_rng([seed, i])``;
-    with ``cross_driving`` also ``driving_cross`` / ``keypoints_cross`` / ``identity_cross`` (SynthFaces only)."""
+    with ``cross_driving`` also ``driving_cross`` / ``keypoints_cross`` / ``identity_cross`` (SynthFaces only).
+
+    ``id_sampling`` (official FOMM / MRFA ``FramesDataset(id_sampling=True)`` in a ``DatasetRepeater``): the global
+    stream is cut into epochs of ``U · num_repeats`` samples (U training identities); epoch ``e`` visits every
+    identity ``num_repeats`` times in the order ``default_rng([seed, e, ID_STREAM]).permutation``, and sample ``i``
+    takes one clip of its identity at random. ``pair_sampling="sorted_pair"``: the official training pair (two
+    frames drawn with replacement and sorted; source = the first, driving = the second). ``augmentation``
+    (``datamodules.augment``): the official flips / colour jitter, one draw per sample from
+    ``default_rng([seed, i, attempt, AUG_STREAM])`` applied to the source and driving frames alike."""
 
     max_attempts = 8
 
     def __init__(self, source: ClipSource, records: list[ClipRecord], resolution: int, crop: str = "center",
                  num_frames: int = 1, frame_stride: int = 1, seed: int = 0, length: int = 1000,
-                 as_uint8: bool = False, use_meta: bool = True, cross_driving: bool = False):
+                 as_uint8: bool = False, use_meta: bool = True, cross_driving: bool = False,
+                 id_sampling: bool = False, num_repeats: int = 1, pair_sampling: str = "window",
+                 augmentation=None):
         super().__init__(source, resolution, crop, as_uint8, use_meta)
         if not records:
             raise ValueError("no usable training clips")
+        if pair_sampling not in PAIR_SAMPLINGS:
+            raise ValueError(f"data.pair_sampling={pair_sampling!r} is not one of {', '.join(PAIR_SAMPLINGS)}")
+        if pair_sampling == "sorted_pair" and int(num_frames) != 1:
+            raise ValueError(f"data.pair_sampling=sorted_pair draws one driving frame; data.num_frames={num_frames}")
+        if int(num_repeats) < 1:
+            raise ValueError(f"data.num_repeats={num_repeats} must be >= 1")
         self.records = list(records)
         self.num_frames = int(num_frames)
         self.frame_stride = int(frame_stride)
         self.seed = int(seed)
         self.length = int(length)
         self.cross = SynthCrossDriving(source, self.records, self.seed) if cross_driving else None
+        self.id_sampling = bool(id_sampling)
+        self.num_repeats = int(num_repeats)
+        self.pair_sampling = pair_sampling
+        from datamodules import augment
+
+        self.augmentation = augmentation if augment.is_active(augmentation) else None
+        if self.augmentation is not None and cross_driving:
+            raise ValueError("data.augmentation does not apply to driving_cross: turn off one of data.augmentation / "
+                             "data.use_synth_cross_driving")
+        by_id: dict[str, list[int]] = {}
+        for k, r in enumerate(self.records):
+            by_id.setdefault(r.identity, []).append(k)
+        self.identities = sorted(by_id)
+        self.clips_of = [by_id[i] for i in self.identities]
+        self._perm: tuple[int, Optional[np.ndarray]] = (-1, None)
 
     def __len__(self) -> int:
         return self.length
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_perm"] = (-1, None)
+        return state
+
+    def identity_position(self, index: int) -> int:
+        """id_sampling: position (in ``self.identities``) of sample ``index``'s identity."""
+        n = len(self.identities)
+        epoch, pos = divmod(int(index), n * self.num_repeats)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch, ID_STREAM]).permutation(n * self.num_repeats))
+        return int(self._perm[1][pos]) % n
+
     def draw(self, index: int, attempt: int = 0) -> tuple[int, int, list[int]]:
         """(clip position, source frame, driving frames) of sample ``index`` (pure; no decoding)."""
         rng = np.random.default_rng([self.seed, int(index)] + ([attempt] if attempt else []))
-        c = int(rng.integers(len(self.records)))
+        if self.id_sampling:
+            clips = self.clips_of[self.identity_position(index)]
+            c = clips[int(rng.integers(len(clips)))]
+        else:
+            c = int(rng.integers(len(self.records)))
         n = self._num_frames(self.records[c])
+        if self.pair_sampling == "sorted_pair":
+            a = np.sort(rng.integers(0, n, size=2))
+            return c, int(a[0]), [int(a[1])]
         s, d = draw_training_frames(rng, n, self.num_frames, self.frame_stride)
         return c, s, d
+
+    def augment_params(self, index: int, attempt: int = 0):
+        """Sample ``index``'s augmentation draw (None without augmentation)."""
+        if self.augmentation is None:
+            return None
+        from datamodules import augment
+
+        return augment.draw(np.random.default_rng([self.seed, int(index), int(attempt), AUG_STREAM]), self.augmentation)
 
     def __getitem__(self, index: int) -> dict:
         last_err = None
         for attempt in range(self.max_attempts):
             c, s, d = self.draw(index, attempt)
             rec = self.records[c]
+            aug = self.augment_params(index, attempt)
             try:
-                loaded = self._load(rec, [s] + d)
+                loaded = self._load(rec, [s] + d, aug=aug)
             except Exception as e:  # noqa: BLE001 - a bad clip must not end the epoch
                 last_err = e
                 self.readers.drop(rec)
@@ -421,6 +497,8 @@ class TrainClipDataset(_ClipDataset):
             src, drv = _split_source(loaded)
             meta = {"clip_id": rec.clip_id, "path": rec.path, "index": int(index), "source_index": s,
                     "frame_indices": torch.tensor(d)}
+            if aug is not None:   # the frames as they come out: a time flip swaps source and driving
+                meta["time_flip"], meta["horizontal_flip"] = aug.time_flip, aug.horizontal_flip
             sample = _assemble(src, drv, None, meta, rec.identity)
             if self.cross is not None:
                 sample.update(self._cross_driving(rec, d, index, attempt))

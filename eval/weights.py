@@ -200,6 +200,12 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
              "face-alignment@608505f names the same file), loaded from torch hub's checkpoints folder; X-Portrait's "
              "official alignment and eye / mouth patches use its 68 landmarks",
         used_by="preprocess=official (X-Portrait)"),
+    WeightFile(
+        name="keypointrcnn_resnet50_fpn_coco", filename="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        cache="torch_hub", url="https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+        env="PORTRAITLAB_KEYPOINTRCNN", sha256_prefix="fc266e95",
+        note="torchvision Keypoint R-CNN COCO_V1 (17 person keypoints): wrists + elbows place the hand masks",
+        used_by="prepare masks (hand detector keypointrcnn)"),
 ]}
 
 
