@@ -1,4 +1,5 @@
-"""Evaluation-suite benchmark: ``python -m benchmarks.eval_suite [--frames 32] [--size 256] [--device cpu]``.
+"""Evaluation-suite benchmark: ``python -m benchmarks.eval_suite [--frames 32] [--size 256] [--device cpu|cuda]
+[--suites fomm_reconstruction,vox_self] [--suite-frames 8]``.
 
 1. Throughput at ``--size``² on the same frames: frames/s of each metric alone (fresh frames, nothing shared) and of
    the whole suite in one pass (shared uint8 views and face analyses). Goal: suite ≥ 0.9 × "sum of parts", where
@@ -6,8 +7,13 @@
 2. Memory: peak RSS of a full ``run_evaluation`` (copy-source model, generated 64² videos, L1/PSNR/SSIM/FID) at
    1k and 10k frames, each in a fresh process: flat when results stream to disk and FID keeps running sums.
 
-Networks whose weights are absent here (Inception, AlexNet) run as labelled STAND-INs (``*_STANDIN``); dlib's
-face models are real (they ship offline). Numbers are for this machine only.
+3. ``--suites``: the same measurement for the metric sets of whole protocols (``fomm_reconstruction``: L1 +
+   pose-evaluation's FAN / OpenFace; ``vox_self``), frames/s of each metric alone and of the suite in one pass.
+
+Networks whose weights are absent here (Inception, AlexNet, VGG, S3FD, FAN, OpenFace) run as labelled STAND-INs
+(``*_STANDIN``; the same architecture and cost); a protocol's ArcFace / insightface backends without their weights
+are replaced by dlib's (printed as a substitution); dlib's face models are real (they ship offline). Numbers are
+for this machine only.
 """
 from __future__ import annotations
 
@@ -46,6 +52,71 @@ def _protocol(metrics: list[str], standins: list[str], size: int):
 
     return load_protocol("synthfaces_self", [f"resolution={size}", f"metrics=[{','.join(metrics)}]",
                                              f"standin_metrics=[{','.join(standins)}]", "face_upsample=0"])
+
+
+def _reset_memos(suite) -> None:
+    """Forget analyses kept by frame content (eval.pose_eval), so each metric alone computes its own."""
+    for m in suite.frame_metrics:
+        if hasattr(getattr(m, "analyzer", None), "_cache"):
+            m.analyzer._cache.clear()
+
+
+def _timed_pass(suite, pred, tgt, src, device) -> tuple[dict, float]:
+    """(seconds of each metric alone on fresh frames, seconds of the whole suite in one pass)."""
+    from eval.metrics import FrameBatch
+
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    alone = {}
+    for m in suite.frame_metrics + suite.dataset_metrics:
+        _reset_memos(suite)
+        fb = FrameBatch(pred.to(device), tgt.to(device), src.to(device), driving=tgt.to(device))
+        sync()
+        t0 = time.perf_counter()
+        m.frames(fb) if hasattr(m, "frames") else m.update(fb)
+        sync()
+        alone[m.name] = time.perf_counter() - t0
+    _reset_memos(suite)
+    fb = FrameBatch(pred.to(device), tgt.to(device), src.to(device), driving=tgt.to(device))
+    sync()
+    t0 = time.perf_counter()
+    suite.evaluate(fb)
+    sync()
+    return alone, time.perf_counter() - t0
+
+
+def protocol_throughput(name: str, n: int, size: int, device: str) -> dict:
+    """frames/s of protocol ``name``'s metric set (per metric alone, and the suite in one pass) at ``size``²."""
+    from eval.metrics import FrameBatch
+    from eval.protocol import load_protocol
+    from eval.suite import build_suite
+    from eval.weights import REGISTRY
+
+    proto = load_protocol(name)
+    metrics = [m for m in proto.metrics if m != "fvd"]
+    need = {"fid": ["inception_v3_2015_12_05"], "lpips": ["alexnet_imagenet" if proto.lpips_net == "alex"
+                                                         else "vgg16_imagenet"],
+            "akd_fan": ["s3fd", "fan2d"], "mkr_fan": ["s3fd", "fan2d"], "aed_openface": ["openface_nn4small2"]}
+    standins = [k for k, ws in need.items() if any(k == m or m.startswith(k + "_") for m in metrics)
+                and not all(REGISTRY[w].present() for w in ws)]
+    subst = {}
+    for key, want, names in (("id_backend", "arcface", ["arcface_w600k_r50", "scrfd_det_10g"]),
+                             ("landmark_backend", "insightface", ["scrfd_det_10g", "insightface_1k3d68"])):
+        if proto.get(key) == want and not all(REGISTRY[w].present() for w in names):
+            subst[key] = f"{want} → dlib (weights absent)"
+            proto[key] = "dlib"
+    proto.metrics = metrics
+    proto.standin_metrics = standins
+    proto.face_upsample = 0
+    pred, tgt, src = _frames(n, size)
+    suite = build_suite(proto, device=device)
+    suite.evaluate(FrameBatch(pred[:2].to(device), tgt[:2].to(device), src.to(device), driving=tgt[:2].to(device)))
+    alone, t_suite = _timed_pass(suite, pred, tgt, src, device)
+    return {"protocol": name, "frames": n, "size": size, "device": device, "standin": standins,
+            "substituted": subst, "alone_fps": {k: n / v for k, v in alone.items()}, "suite_fps": n / t_suite,
+            "sum_of_parts_fps": n / sum(alone.values()), "ratio": (n / t_suite) / (n / sum(alone.values()))}
 
 
 def throughput(n: int, size: int, device: str) -> dict:
@@ -120,6 +191,10 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-frames", default="1000,10000")
     ap.add_argument("--memory-size", type=int, default=64)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--suites", default="", help="comma-separated protocols whose metric sets are timed too "
+                                                 "(e.g. fomm_reconstruction,vox_self)")
+    ap.add_argument("--suite-frames", type=int, default=8, help="frames per --suites measurement")
+    ap.add_argument("--skip-default", action="store_true", help="only the --suites measurements")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--_memory_child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -127,14 +202,23 @@ def main(argv=None) -> int:
         print(json.dumps(memory_child(a._memory_child, a.memory_size)))
         return 0
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
-    out = {"throughput": throughput(a.frames, a.size, a.device)}
-    t = out["throughput"]
-    print(f"\nthroughput at {a.size}², {a.frames} frames, {a.device} (stand-ins: {t['standin'] or 'none'})")
-    for k, v in t["alone_fps"].items():
-        print(f"  {k:<22} alone: {v:9.1f} frames/s")
-    print(f"  {'sum of parts':<22}      : {t['sum_of_parts_fps']:9.1f} frames/s")
-    print(f"  {'whole suite (1 pass)':<22}      : {t['suite_fps']:9.1f} frames/s   "
-          f"ratio {t['ratio']:.2f} (goal ≥ 0.9)")
+    out: dict = {}
+
+    def show(t: dict, title: str) -> None:
+        print(f"\n{title} at {t['size']}², {t['frames']} frames, {t['device']} (stand-ins: {t['standin'] or 'none'}"
+              + (f"; {', '.join(t['substituted'].values())}" if t.get("substituted") else "") + ")")
+        for k, v in t["alone_fps"].items():
+            print(f"  {k:<26} alone: {v:9.2f} frames/s")
+        print(f"  {'sum of parts':<26}      : {t['sum_of_parts_fps']:9.2f} frames/s")
+        print(f"  {'whole suite (1 pass)':<26}      : {t['suite_fps']:9.2f} frames/s   "
+              f"ratio {t['ratio']:.2f} (goal ≥ 0.9)")
+
+    if not a.skip_default:
+        out["throughput"] = throughput(a.frames, a.size, a.device)
+        show(out["throughput"], "throughput")
+    for name in [s for s in a.suites.split(",") if s]:
+        out.setdefault("suites", {})[name] = protocol_throughput(name, a.suite_frames, a.size, a.device)
+        show(out["suites"][name], f"eval_protocol={name}")
     if not a.skip_memory:
         out["memory"] = []
         print(f"\npeak memory of a full evaluation at {a.memory_size}² (fresh process each)")

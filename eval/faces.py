@@ -25,6 +25,10 @@ Backends (the metric name carries the backend, so numbers from different models 
 * ``arcface`` (id/aed): insightface ``buffalo_l`` — SCRFD 5 points → ``face_align.norm_crop`` (112²) →
   ``w600k_r50.onnx`` (loaded with ``insightface.model_zoo.get_model``), L2-normalised embedding.
 * ``insightface`` (akd/mkr): SCRFD boxes + ``1k3d68.onnx`` 68 points.
+* ``fan`` (akd/mkr) and ``openface`` (aed): FOMM's pose-evaluation (``eval.pose_eval``) — face_alignment's S3FD +
+  2-D FAN at 256² and OpenFace nn4.small2 on the whole 96² frame; ``akd_fan`` is the mean ABSOLUTE coordinate
+  difference (``cmp_kp.py``) and ``aed_openface`` the squared embedding distance (``cmp.py``), as the scripts
+  compute them (the formulas above are the other backends').
 * ``synthid`` (identity families only: id/aed/id_*): a learned SynthFaces identity embedding
   (``eval.synth_identity``; **SynthFaces protocols only**), no detector — every frame has an embedding, so
   ``id_leakage_missing_synthid`` is 0 unless a frame holds NaN. Backends with ``analyze_frames`` get the float
@@ -154,6 +158,9 @@ def face_results(fb: FrameBatch, backend, which: str) -> list[FaceResult]:
             frames = {"pred": fb.pred, "reference": fb.reference, "driving": fb.driving,
                       "source": fb.source[None]}[which]
             fb.cache[key] = backend.analyze_frames(frames)
+        elif hasattr(backend, "analyze_u8_batch"):  # batched uint8 frames on the device (fan, openface)
+            imgs = fb.u8(which, getattr(backend, "pred_uint8", "round"))
+            fb.cache[key] = backend.analyze_u8_batch(imgs[None] if which == "source" else imgs)
         else:
             imgs = fb.u8(which)
             fb.cache[key] = [backend.analyze(imgs)] if which == "source" else [backend.analyze(im) for im in imgs]
@@ -162,9 +169,20 @@ def face_results(fb: FrameBatch, backend, which: str) -> list[FaceResult]:
 
 class FaceMetric(Metric):
     def __init__(self, family: str, backend_name: str, analyzer):
+        from eval.metrics import STANDIN_SUFFIX
+
         self.family, self.backend_name, self.analyzer = family, backend_name, analyzer
-        self.name = f"{family}_{backend_name}"
+        self.standin = bool(getattr(analyzer, "standin", False))
+        self.name = f"{family}_{backend_name}" + (STANDIN_SUFFIX if self.standin else "")
         self.needs_target = family == "aed"   # akd/mkr compare with the driving frames when there is no target
+        # a backend may define its reference script's distances (pose-evaluation: cmp_kp.py, cmp.py)
+        self._akd = getattr(analyzer, "akd", None) or (lambda p, r: float(np.linalg.norm(p - r, axis=-1).mean()))
+        self._aed = getattr(analyzer, "aed", None) or (lambda p, r: float(np.linalg.norm(p - r)))
+
+    def to(self, device):
+        if hasattr(self.analyzer, "to"):
+            self.analyzer.to(device)
+        return self
 
     def _leakage(self, fb, pred: list[FaceResult]) -> np.ndarray:
         n = len(pred)
@@ -205,18 +223,21 @@ class FaceMetric(Metric):
         ref = face_results(fb, self.analyzer, "reference")
         for i, (p, r) in enumerate(zip(pred, ref)):
             if self.family == "aed" and p.embedding is not None and r.embedding is not None:
-                out[i] = float(np.linalg.norm(p.embedding - r.embedding))
+                out[i] = self._aed(p.embedding, r.embedding)
             elif self.family == "akd" and p.landmarks is not None and r.landmarks is not None:
-                out[i] = float(np.linalg.norm(p.landmarks - r.landmarks, axis=-1).mean())
+                out[i] = self._akd(p.landmarks, r.landmarks)
             elif self.family == "mkr" and r.found:
                 out[i] = float(not p.found)
         return out
 
 
 def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None,
-                       identity_embedder=None) -> list[FaceMetric]:
+                       identity_embedder=None, device="cpu", standins=()) -> list[FaceMetric]:
     """One analyzer per backend (shared by every metric that uses it), one metric per name. ``identity_embedder``
-    (frames → N×d) replaces the cached SynthFaces embedder of the ``synthid`` backend (tests)."""
+    (frames → N×d) replaces the cached SynthFaces embedder of the ``synthid`` backend (tests). ``standins``: the
+    protocol's ``standin_metrics``; a ``fan`` / ``openface`` backend named there (``akd_fan``, ``mkr_fan``, ``fan``,
+    ``aed_openface``, ``openface``) runs with its deterministic stand-in weights and its metrics are ``*_STANDIN``."""
+    standins = set(standins or ())
     analyzers: dict[str, object] = {}
     metrics = []
     by_backend: dict[str, set] = {}
@@ -233,11 +254,29 @@ def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None,
             if families - IDENTITY_FAMILIES:
                 raise ValueError(f"arcface is an identity backend (id/aed/id_*); use insightface for "
                                  f"{families - IDENTITY_FAMILIES}")
-            analyzers[backend] = InsightFaces(need_embedding=True, need_landmarks=False, pins=pins)
+            # with insightface landmarks requested too, one analyzer serves both: SCRFD runs once per frame
+            analyzers[backend] = InsightFaces(need_embedding=True, need_landmarks="insightface" in by_backend,
+                                              pins=pins)
         elif backend == "insightface":
             if families & IDENTITY_FAMILIES:
                 raise ValueError("identity metrics from insightface are named *_arcface")
+            if "arcface" in by_backend:
+                continue    # the arcface analyzer (above or below) computes the landmarks too
             analyzers[backend] = InsightFaces(need_embedding=False, need_landmarks=True, pins=pins)
+        elif backend in ("fan", "openface"):
+            allowed = {"akd", "mkr"} if backend == "fan" else {"aed"}
+            if families - allowed:
+                raise ValueError(f"the {backend} backend (pose-evaluation) gives {sorted(allowed)}, not "
+                                 f"{sorted(families - allowed)}")
+            from eval.pose_eval import FanLandmarks, OpenFaceEmbedder
+
+            standin = backend in standins or any(f"{f}_{backend}" in standins for f in families)
+            cls = FanLandmarks if backend == "fan" else OpenFaceEmbedder
+            rounding = str(protocol.get("pred_uint8", "round"))
+            if rounding not in ("round", "floor"):
+                raise ValueError(f"eval_protocol.pred_uint8={rounding!r} is not one of round, floor")
+            analyzers[backend] = cls(device=device, standin=standin, pins=pins)
+            analyzers[backend].pred_uint8 = rounding
         elif backend == "synthid":
             if families - IDENTITY_FAMILIES:
                 raise ValueError(f"synthid is an identity backend (id/aed/id_*); for keypoints on SynthFaces use "
@@ -246,7 +285,10 @@ def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None,
 
             analyzers[backend] = SynthIdentityFaces(int(protocol.get("resolution", 64)), embedder=identity_embedder)
         else:
-            raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | insightface | synthid)")
+            raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | insightface | fan | openface | "
+                             "synthid)")
+    if "insightface" in by_backend and "arcface" in by_backend:
+        analyzers["insightface"] = analyzers["arcface"]
     for name in names:
         family, backend = split_face_name(name)
         metrics.append(FaceMetric(family, backend, analyzers[backend]))

