@@ -250,9 +250,11 @@ class ReferenceVideoDiffusion(AnimationModule):
     @torch.no_grad()
     def animate(self, source: torch.Tensor, driving: torch.Tensor, num_inference_steps: Optional[int] = None,
                 sampler: Optional[str] = None, guidance_scale: Optional[float] = None,
-                keypoints: Optional[torch.Tensor] = None, show_progress: bool = False) -> torch.Tensor:
-        """Sample B×T×3×H×W frames in [0, 1] (windowed over T, classifier-free guided). ``keypoints``: optional
-        B×T×K×2 landmarks of ``driving`` in pixels (methods with local control use them)."""
+                keypoints: Optional[torch.Tensor] = None, show_progress: bool = False,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Sample B×T×3×H×W frames in [0, 1] (windowed over T, classifier-free guided) in one trajectory.
+        ``keypoints``: optional B×T×K×2 landmarks of ``driving`` in pixels (methods with local control use them);
+        ``generator``: every draw (noise, posterior samples, window offsets); None: seeded by ``sample_seed``."""
         B, T = driving.shape[:2]
         H, W = driving.shape[-2:]
         was_training = self.training
@@ -279,7 +281,7 @@ class ReferenceVideoDiffusion(AnimationModule):
                 keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
             z_src = self.encode(src)
             z_ref_shape = z_src.shape[1:]
-            gen = torch.Generator().manual_seed(int(self.cfg.sample_seed))
+            gen = generator if generator is not None else torch.Generator().manual_seed(int(self.cfg.sample_seed))
             noise = torch.randn((B, T, *z_ref_shape), generator=gen).to(dev, src.dtype)
             mode = self.cfg.reference_latent
             if mode == "sample_per_frame":     # official X-Portrait: one VAE posterior sample of the source per frame

@@ -104,6 +104,10 @@ def upgrade_legacy_config(cfg):
 
 
 class XNeMo(ReferenceVideoDiffusion):
+    # the official script (configs/prompts/animation.yaml weight_dtype: fp16) samples in fp16 on CUDA; ours runs
+    # fp16 as autocast (fp32 weights, fp16 matmuls / convolutions), not as fp16 weights
+    official_precision = "fp16"
+
     def __init__(self, cfg):
         super().__init__(upgrade_legacy_config(cfg))
         self.motion_context = None
