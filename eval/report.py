@@ -207,20 +207,26 @@ def run_details_html(r: dict, root: Path) -> str:
             f"<pre>{html.escape(cfg_text)}</pre></details>")
 
 
+def _ci_text(lo: float, hi: float) -> str:
+    return "no interval" if lo is None or (isinstance(lo, float) and math.isnan(lo)) else f"[{lo:+.4g}, {hi:+.4g}]"
+
+
 def compare_html(d: Path) -> str:
     """The content of an ``eval.compare`` directory: summary with paired CIs, per-video deltas, side-by-side video."""
     import pandas as pd
 
     s = pd.read_csv(d / "summary.csv")
-    parts = ["<h2>Checkpoint comparison</h2><p class=muted>Δ = model − baseline per video, mean over videos; 95% CI "
-             "from a paired bootstrap over videos.</p><table class=compare><thead><tr><th class=axis>model</th>"
+    parts = ["<h2>Checkpoint comparison</h2><p class=muted>Δ = model − baseline of the headline numbers (the mean "
+             "over all scored frames, as metrics.json), over the videos both scored; 95% CI from a paired bootstrap "
+             "over videos (a video's frames resampled together). Dataset metrics (FID, FVD): no interval.</p>"
+             "<table class=compare><thead><tr><th class=axis>model</th>"
              "<th class=axis>metric</th><th>baseline</th><th>model</th><th>Δ</th><th>95% CI</th><th>videos better</th>"
              "<th class=axis>verdict</th></tr></thead><tbody>"]
     for _, r in s.iterrows():
         better = "" if pd.isna(r.share_better) else f"{100 * r.share_better:.0f}%"
         parts.append(f"<tr><td class=axis>{html.escape(str(r.model))}</td><td class=axis>"
                      f"{html.escape(str(r.metric) + _arrow(str(r.metric)))}</td><td>{r.baseline_mean:.4g}</td>"
-                     f"<td>{r.model_mean:.4g}</td><td>{r.diff_mean:+.4g}</td><td>[{r.ci_low:+.4g}, {r.ci_high:+.4g}]</td>"
+                     f"<td>{r.model_mean:.4g}</td><td>{r.diff_mean:+.4g}</td><td>{_ci_text(r.ci_low, r.ci_high)}</td>"
                      f"<td>{better}</td><td class=axis>{html.escape(str(r.verdict))}</td></tr>")
     parts.append("</tbody></table>")
     for p in sorted(d.glob("paired_*.png")):

@@ -242,6 +242,30 @@ def uses_landmarks(model) -> bool:
         and "keypoints" in inspect.signature(model.animate).parameters
 
 
+def model_device(model) -> torch.device:
+    """The device of the model's parameters (CPU for a parameter-free model)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def run_settings(model, device, seed: int = 0, precision: str = "auto", preprocess: str = "none") -> dict:
+    """The run-time choices besides model, protocol and data that change a score, as ``metrics.json`` records them
+    under ``run_settings`` (``eval.reuse`` reuses an evaluation only when they agree too): the per-clip generators'
+    ``seed``, the resolved sampling ``precision``, where local-control landmarks come from (``fan`` with the
+    official preprocessing, ``dlib``, or None for models without local control) and the device type."""
+    from lit_models.base import resolve_precision
+
+    device = torch.device(device) if device is not None else model_device(model)
+    if preprocess not in ("auto", "official", "none"):
+        raise ValueError(f"preprocess must be auto | official | none, got {preprocess!r}")
+    official = getattr(model, "official_preprocess", None) is not None and preprocess in ("auto", "official")
+    return {"seed": int(seed), "precision": resolve_precision(precision, device, model),
+            "local_landmarks": None if not uses_landmarks(model) else ("fan" if official else "dlib"),
+            "device_type": device.type}
+
+
 def local_control_landmarks(model, driving: torch.Tensor) -> Optional[torch.Tensor]:
     """The landmarks ``experiments.animate`` (``preprocess=none``) gives a model with landmark-centred local
     control (``datamodules.preprocess.xportrait.dlib_landmarks`` of each driving frame), B×T×68×2 pixels of
@@ -544,20 +568,13 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
     protocol = protocol_cfg if OmegaConf.is_config(protocol_cfg) else OmegaConf.create(protocol_cfg)
     facts = verify_protocol(protocol)
     phash = protocol_hash(protocol)
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except (StopIteration, AttributeError):
-            device = torch.device("cpu")
-    from lit_models.base import model_dtype, resolve_precision
+    from lit_models.base import model_dtype
 
-    device = torch.device(device)
-    precision = resolve_precision(precision, device, model)
-    if preprocess not in ("auto", "official", "none"):
-        raise ValueError(f"preprocess must be auto | official | none, got {preprocess!r}")
-    official = getattr(model, "official_preprocess", None) is not None and preprocess in ("auto", "official")
+    device = torch.device(device) if device is not None else model_device(model)
+    settings = run_settings(model, device, seed, precision, preprocess)
+    precision = settings["precision"]
     detect = None
-    if official and uses_landmarks(model):       # FAN's weights: fail here, before any video
+    if settings["local_landmarks"] == "fan":       # FAN's weights: fail here, before any video
         from datamodules.preprocess.xportrait import fan_detector
 
         detect = fan_detector("cuda" if device.type == "cuda" else "cpu")
@@ -727,7 +744,7 @@ def _run_evaluation(model, datamodule, protocol_cfg, run_dir: Path, loggers, ckp
         "weights": getattr(model, "loaded_weights", None),   # ema / raw (lit_models.registry.load_model)
         "model_resolution": model_res, "resolution": size, "model_id": model_id, "data_fingerprint": data_id,
         "device": str(device), "dtype": model_dtype(model), "precision": precision,
-        "local_landmarks": None if not uses_landmarks(model) else ("fan" if detect is not None else "dlib"),
+        "local_landmarks": settings["local_landmarks"], "run_settings": settings,
         "cross_identity_animate": (model.cross_identity_animate_kwargs() if str(protocol.mode) != "self"
                                    and hasattr(model, "cross_identity_animate_kwargs") else None),
         "standin": suite.standin, "num_videos": len(done), "num_frames": int(len(frames)),

@@ -2,7 +2,9 @@
 
 Paired checkpoint comparison (the library function is ``eval.compare.compare``): every checkpoint is evaluated under
 the same protocol and each later one is compared with the first (the baseline) video by video — mean difference,
-paired bootstrap 95% CI, share of videos better, verdict. A Hydra CLI like train / evaluate: the config
+paired bootstrap 95% CI, share of videos better, verdict. A checkpoint whose evaluation under this protocol and
+test set already exists (its run directory's, or a previous comparison's in ``out``: same model identity, protocol
+hash and data fingerprint, ``eval.reuse``) is not evaluated again; the models are loaded one at a time. A Hydra CLI like train / evaluate: the config
 ``experiments/configs/compare.yaml`` is the evaluate config (``ckpts`` is a key of the run schema), so every evaluate
 override works (``eval_protocol.max_videos=8``, ``data.root=…``, ``logger=none``, …). Writes into ``out=`` or else
 this run's directory (``runs/compare/<timestamp>``): ``report.md`` / ``report.html``, ``summary.csv``,
@@ -20,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import runtime
 from experiments.schema import register_configs
-from experiments.train import build_datamodule
+from experiments.train import build_datamodule, sampling_kwargs
 
 log = logging.getLogger("portraitlab.compare")
 register_configs()
@@ -44,18 +46,18 @@ def compare_checkpoints(cfg: DictConfig) -> dict:
     # as experiments.evaluate: frames are read at native size and resized with the protocol's method; every model
     # runs at its own resolution (eval.runner.animate_at_model_resolution)
     datamodule = build_datamodule(cfg.data)
-    from eval.compare import _labels
     from eval.faces import attach_identity_encoder
     from lit_models.registry import load_model
 
-    # every checkpoint loaded here, so that models that need it get their identity encoder (InterAnimate's φ)
-    # auto: CUDA when present; each model moved there once
-    models = {label: attach_identity_encoder(load_model(c, weights=cfg.ckpt_weights)).to(device)   # EMA or raw
-              for label, c in _labels(ckpts).items()}
+    def load(label: str, path: str):   # one model at a time; models that need it get their identity encoder
+        # ckpt_weights: EMA or raw; each model moved to the device once (auto: CUDA when present)
+        return attach_identity_encoder(load_model(path, weights=cfg.ckpt_weights)).to(device)
+
     from eval.dashboard import wandb_settings
 
     ws = wandb_settings(cfg.logger)
-    return compare(ckpts, cfg.eval_protocol, datamodule, out, models=models, use_wandb=ws is not None,
+    return compare(ckpts, cfg.eval_protocol, datamodule, out, load=load, run_kw=sampling_kwargs(cfg),
+                   use_wandb=ws is not None,
                    wandb_mode=ws["mode"] if ws else "disabled", num_grid_videos=int(cfg.eval_protocol.num_grid_videos),
                    project=ws["project"] if ws else "portraitlab", entity=ws["entity"] if ws else None)
 

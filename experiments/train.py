@@ -39,6 +39,14 @@ def save_untrained_checkpoint(model, path: Path) -> Path:
     return path
 
 
+def sampling_kwargs(cfg: DictConfig) -> dict:
+    """The run-time evaluation choices of a run config, as ``eval.runner.run_evaluation`` takes them: one generator
+    per clip seeded from ``seed``, ``sampling.precision`` (auto: the model's official one on CUDA) and
+    ``preprocess`` (auto | official | none)."""
+    return dict(seed=int(cfg.seed), precision=str(OmegaConf.select(cfg, "sampling.precision", default="auto")),
+                preprocess=str(OmegaConf.select(cfg, "preprocess", default="none")))
+
+
 def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: list, ckpt: str | None,
                  step: int = 0) -> dict:
     """Evaluate `model` under `cfg.eval_protocol`, then under each `cfg.extra_eval` protocol (into
@@ -51,9 +59,7 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
 
     model.eval()
     overrides = runtime.task_overrides()
-    # sampling: one generator per clip seeded from `seed`, `sampling.precision` (auto: the model's official one on CUDA)
-    run_kw = dict(seed=int(cfg.seed), precision=str(OmegaConf.select(cfg, "sampling.precision", default="auto")),
-                  preprocess=str(OmegaConf.select(cfg, "preprocess", default="none")))
+    run_kw = sampling_kwargs(cfg)
     result = run_evaluation(model, datamodule, cfg.eval_protocol, run_dir, loggers=loggers, ckpt=ckpt,
                             overrides=overrides, log_step=step, **run_kw)
     extra = {}
@@ -70,6 +76,13 @@ def evaluate_run(cfg: DictConfig, model, datamodule, run_dir: Path, loggers: lis
         result = merge_model_diagnostics(run_dir, values, probe_source(model))
     log_final_metrics(loggers, result, step)
     return result
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """``global_step`` of a checkpoint file (memory-mapped: no tensor is read), None when there is none."""
+    if not path.exists():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
 
 
 def _global_rank() -> int:
@@ -95,10 +108,28 @@ def train(cfg: DictConfig) -> dict:
     runtime.check_data_root(cfg)   # before a run directory exists
     run_dir = runtime.resolve_run_dir(cfg)
     with runtime.run_dir_lock(run_dir, "train"):   # one writer: a second process fails at once, naming this one
-        return _train_locked(cfg, run_dir)
+        preemption = runtime.Preemption(run_dir).install()
+        try:
+            return _train_locked(cfg, run_dir, preemption)
+        finally:
+            preemption.uninstall()
 
 
-def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
+def _auto_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """A requeued job (``runtime.requeued``: preempted / timed out, restarted by submitit or SLURM into the same
+    run directory) continues its ``last.ckpt``: ``resume`` is switched on."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume or not runtime.requeued(run_dir) or not last.exists():
+        return
+    log.info("requeued after preemption: resuming from %s", last)
+    with_flag = OmegaConf.is_readonly(cfg)
+    OmegaConf.set_readonly(cfg, False)
+    cfg.resume = True
+    OmegaConf.set_readonly(cfg, with_flag)
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path, preemption: "runtime.Preemption") -> dict:
+    _auto_resume(cfg, run_dir)
     finished = runtime.finished_run(cfg, run_dir)
     if finished is not None:   # resume=true on a finished job (a relaunched sweep): nothing to redo
         print(f"run directory: {run_dir} (finished before: not redone)")
@@ -131,9 +162,23 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
 
     step = 0
     if model.trainable:
-        trainer = runtime.build_trainer(cfg, run_dir, loggers)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        if not last.exists():  # max_steps not reached a checkpoint interval: keep the final state anyway
+        trainer = runtime.build_trainer(cfg, run_dir, loggers, preemption=preemption)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except (runtime.Preempted, SIGTERMException):   # last.ckpt holds the step boundary the signal reached
+            runtime.finish_loggers(loggers)
+            preemption.forward()   # submitit / SLURM requeue (the restart resumes), else exit 128 + signal
+        if preemption.signum is not None:   # the signal came with the last step: the final state is the checkpoint
+            if not last.exists():
+                trainer.save_checkpoint(str(last))
+            preemption.record(step=int(trainer.global_step))
+            runtime.finish_loggers(loggers)
+            preemption.forward()
+        if _checkpoint_step(last) != int(trainer.global_step):
+            # max_steps not on a checkpoint interval: last.ckpt holds the last interval's step (ModelCheckpoint saves
+            # `last` once per step it checkpoints) — the final state is what is evaluated, so it is what last.ckpt holds
             trainer.save_checkpoint(str(last))
         step = int(trainer.global_step)
         from eval.dashboard import log_checkpoints, wandb_settings

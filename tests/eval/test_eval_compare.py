@@ -194,3 +194,193 @@ def test_compare_cli_end_to_end(compose_cfg, synth_root, tmp_path):
     summary = pd.read_csv(report.parent / "summary.csv").set_index("metric")
     assert summary.loc["l1", "model"] == "direct" and summary.loc["l1", "verdict"] == "copy better"
     assert (report.parent / "copy" / "metrics.json").is_file() and (report.parent / "compare_grid.mp4").is_file()
+
+
+# ---- the statistics match the headline (frame-weighted, as metrics.json); dataset metrics without interval ------
+class UnequalLengths:
+    """32 videos of unequal length (4 or 12 frames); ``fingerprint`` names the data (eval.reuse)."""
+
+    def __init__(self, FakeEvalData, lengths=(4, 12) * 16, seed: int = 0):
+        self.lengths, self.seed = list(lengths), seed
+        self.fake = [FakeEvalData(n=len(self.lengths), T=t, size=32, seed=seed) for t in self.lengths]
+
+    def eval_dataset(self, split, mode, num_frames, stride, max_videos, pairs_csv):
+        outer = self
+
+        class Videos:
+            def __iter__(self):
+                return (outer.fake[i].video(i) for i in range(len(outer.lengths)))
+
+            def __len__(self):
+                return len(outer.lengths)
+
+            def fingerprint(self):
+                return f"unequal-{outer.lengths}-{outer.seed}"
+
+        return Videos()
+
+
+class DimCopy(CopySource):
+    """Copy-source darkened, much more on short clips than on long ones: the per-video Δ is correlated with the
+    length, so the frame-weighted Δ (long clips weigh more) and the mean of per-video Δs are far apart."""
+
+    def animate(self, source, driving):
+        out = super().animate(source, driving)
+        return out * (0.9 if driving.shape[1] > 6 else 0.5)
+
+
+def test_compare_ci_is_the_ci_of_the_headline_frame_weighted_difference(tmp_path, fake_data):
+    import json
+
+    proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=0", "metrics=[l1,psnr]", "batch_size=1"])
+    models = {"copy": CopySource(CopySourceConfig()), "dim": DimCopy(CopySourceConfig())}
+    res = compare(["copy.ckpt", "dim.ckpt"], proto, UnequalLengths(fake_data), tmp_path, models=models, num_grid_videos=0,
+                  num_resamples=2000)
+    s = res["summary"].set_index("metric")
+    head = {k: json.loads((tmp_path / k / "metrics.json").read_text())["metrics"] for k in models}
+    for m in ("l1", "psnr"):
+        assert s.loc[m, "baseline_mean"] == pytest.approx(head["copy"][m], rel=1e-9)   # = metrics.json
+        assert s.loc[m, "model_mean"] == pytest.approx(head["dim"][m], rel=1e-9)
+        assert s.loc[m, "diff_mean"] == pytest.approx(head["dim"][m] - head["copy"][m], rel=1e-9)
+        assert s.loc[m, "ci_low"] < s.loc[m, "diff_mean"] < s.loc[m, "ci_high"]      # the CI contains the headline Δ
+        assert s.loc[m, "interval"].startswith("paired bootstrap")
+    # the mean of per-video Δs (the old, video-weighted estimand) is another number, outside this CI
+    pv = {k: pd.read_csv(tmp_path / k / "per_video.csv").set_index("video_id") for k in models}
+    video_weighted = float((pv["dim"]["l1"] - pv["copy"]["l1"]).mean())
+    assert not s.loc["l1", "ci_low"] <= video_weighted <= s.loc["l1", "ci_high"]
+    print(f"l1 Δ frame-weighted {s.loc['l1', 'diff_mean']:.5f} CI [{s.loc['l1', 'ci_low']:.5f}, "
+          f"{s.loc['l1', 'ci_high']:.5f}]; video-weighted {video_weighted:.5f}")
+    pv = pv["copy"]
+    assert sorted(pv["num_frames"].unique()) == [3, 11]                               # frame 0 is the source
+    assert int(s.loc["l1", "num_frames_baseline"]) == 16 * 3 + 16 * 11
+
+
+def test_weighted_paired_ci_equals_a_bootstrap_of_the_frame_weighted_ratio():
+    """scipy's paired bootstrap of Σs_B/Σn_B − Σs_A/Σn_A = a plain numpy resampling of videos (Monte-Carlo error),
+    and differs from the bootstrap of per-video mean differences when lengths and per-video Δ are correlated."""
+    from eval.compare import paired_ci, weighted_paired_ci
+
+    rng = np.random.default_rng(3)
+    n = rng.choice([5, 50], size=80).astype(float)
+    per_frame_a = 0.2 + 0.05 * rng.standard_normal(80)
+    per_frame_b = per_frame_a + np.where(n > 10, 0.02, 0.10) + 0.01 * rng.standard_normal(80)   # long: smaller Δ
+    sa, sb = per_frame_a * n, per_frame_b * n
+    d, lo, hi = weighted_paired_ci(sa, n, sb, n, num_resamples=4000)
+    assert d == pytest.approx(sb.sum() / n.sum() - sa.sum() / n.sum())
+    idx = rng.integers(0, 80, size=(4000, 80))
+    boot = sb[idx].sum(1) / n[idx].sum(1) - sa[idx].sum(1) / n[idx].sum(1)
+    b_lo, b_hi = np.quantile(boot, [0.025, 0.975])
+    assert lo == pytest.approx(b_lo, abs=0.003) and hi == pytest.approx(b_hi, abs=0.003)
+    vmean, vlo, vhi = paired_ci(per_frame_a, per_frame_b, num_resamples=2000)
+    assert vmean > hi          # the video-weighted Δ lies outside the frame-weighted CI: other estimand
+
+
+def test_per_frame_nan_frames_are_left_out_as_metrics_json_does():
+    from eval.compare import video_sums
+
+    pf = pd.DataFrame({"video_id": ["a", "a", "a", "b"], "frame": [1, 2, 3, 1], "akd": [1.0, np.nan, 3.0, 10.0]})
+    s, n = video_sums(pf, ["akd"])
+    assert s.loc["a", "akd"] == 4.0 and n.loc["a", "akd"] == 2 and n.loc["b", "akd"] == 1
+    assert s["akd"].sum() / n["akd"].sum() == pytest.approx(np.nanmean(pf["akd"]))
+
+
+def test_dataset_metrics_get_a_delta_and_an_explicit_no_interval():
+    from eval.compare import NO_INTERVAL, report_markdown
+
+    pf = {k: pd.DataFrame({"video_id": ["v1", "v2"], "frame": [1, 1], "l1": [0.1, 0.2 + i]})
+          for i, k in enumerate(["A", "B"])}
+    summary, _ = paired_differences(pf, "A", num_resamples=200,
+                                    dataset_metrics={"A": {"fid": 30.0}, "B": {"fid": 25.0}})
+    r = summary.set_index("metric").loc["fid"]
+    assert r.diff_mean == -5.0 and np.isnan(r.ci_low) and r.interval == NO_INTERVAL and r.verdict == "no interval"
+    md = report_markdown(summary, {"A": "a", "B": "b"}, "p", "0" * 64, [], None)
+    assert "| B | fid ↓ | 30 | 25 | -5 | no interval |" in md
+
+
+# ---- reuse of finished evaluations, one model at a time -----------------------------------------------------------
+def test_compare_reuses_matching_evaluations_and_loads_one_model_at_a_time(tmp_path, monkeypatch, fake_data):
+    import gc
+    import weakref
+
+    proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=0", "metrics=[l1,psnr]", "batch_size=1"])
+    alive: list = []
+    loads: list[str] = []
+
+    def load(label, path):
+        gc.collect()
+        assert all(r() is None for r in alive), "a previous model is still in memory"
+        loads.append(label)
+        m = DimCopy(CopySourceConfig()) if "dim" in label else CopySource(CopySourceConfig())
+        alive.append(weakref.ref(m))
+        return m
+
+    ckpts = [str(tmp_path / "copy" / "checkpoints" / "last.ckpt"), str(tmp_path / "dim" / "checkpoints" / "last.ckpt")]
+    data = UnequalLengths(fake_data)
+    first = compare(ckpts, proto, data, tmp_path / "cmp1", load=load, num_grid_videos=2, num_resamples=500)
+    assert first["reused"] == {"copy": False, "dim": False} and loads == ["copy", "dim"]
+    assert (tmp_path / "cmp1" / "compare_grid.mp4").is_file()
+
+    import eval.runner
+
+    def no_eval(*a, **k):
+        raise AssertionError("evaluated again although a matching evaluation exists")
+
+    monkeypatch.setattr(eval.runner, "run_evaluation", no_eval)
+    second = compare(ckpts, proto, data, tmp_path / "cmp2", load=load, num_grid_videos=0, num_resamples=500,
+                     reuse_dirs=[tmp_path / "cmp1"])
+    assert second["reused"] == {"copy": True, "dim": True}
+    pd.testing.assert_frame_equal(first["summary"], second["summary"])
+    assert (tmp_path / "cmp2" / "dim" / "reused_from.json").is_file()
+    # reuse follows the model's identity, not its label: swapped labels still find both evaluations
+    swapped = compare(ckpts[::-1], proto, data, tmp_path / "cmp2b", load=lambda lb, p: load(
+        "copy" if "dim" in lb else "dim", p), num_grid_videos=0, num_resamples=100, reuse_dirs=[tmp_path / "cmp1"])
+    assert all(swapped["reused"].values())
+    # another protocol (metric list → hash), other data (fingerprint) or another model (weights/class): evaluated
+    for other_proto, other_data, other_model in (
+            (load_protocol("synthfaces_self", ["resolution=32", "num_frames=0", "metrics=[l1]", "batch_size=1"]), data,
+             None), (proto, UnequalLengths(fake_data, seed=1), None), (proto, data, NoisyCopy)):
+        def load2(label, path, other_model=other_model):
+            return other_model(CopySourceConfig()) if other_model is not None else load(label, path)
+
+        with pytest.raises(AssertionError, match="evaluated again"):
+            compare(ckpts, other_proto, other_data, tmp_path / "cmp3", load=load2, num_grid_videos=0,
+                    num_resamples=100, reuse_dirs=[tmp_path / "cmp1"])
+
+
+def test_reuse_finds_the_training_runs_own_evaluation(tmp_path, fake_data):
+    """``experiments.train`` evaluates into the run directory: a checkpoint there is matched by its own metrics.json."""
+    from eval.reuse import candidates, evaluate_or_reuse
+    from eval.runner import run_evaluation
+
+    proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=4", "metrics=[l1]"])
+    run = tmp_path / "run"
+    model = CopySource(CopySourceConfig())
+    run_evaluation(model, fake_data(n=3), proto, run, progress=False)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert candidates(ckpt)[0] == run
+    _, found, reused = evaluate_or_reuse(CopySource(CopySourceConfig()), fake_data(n=3), proto, tmp_path / "o",
+                                         ckpt=str(ckpt))
+    assert reused and found == run
+    _, found, reused = evaluate_or_reuse(CopySource(CopySourceConfig()), fake_data(n=2), proto.copy(), tmp_path / "o2",
+                                         ckpt=str(ckpt))
+    assert reused  # FakeEvalData has no fingerprint: its type is the key, the same; max_videos is in the hash
+
+
+def test_reuse_needs_the_same_run_settings(tmp_path, fake_data):
+    """An evaluation is reused only under the same sampling seed and precision (``run_settings`` in metrics.json):
+    the same model, protocol and data evaluated with another seed or in bf16 is evaluated again."""
+    from eval.reuse import evaluate_or_reuse
+    from eval.runner import run_evaluation
+
+    proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=4", "metrics=[l1]"])
+    run = tmp_path / "run"
+    written = run_evaluation(CopySource(CopySourceConfig()), fake_data(n=2), proto, run, progress=False, seed=3)
+    assert written["run_settings"] == {"seed": 3, "precision": "fp32", "local_landmarks": None, "device_type": "cpu"}
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    _, _, reused = evaluate_or_reuse(CopySource(CopySourceConfig()), fake_data(n=2), proto, tmp_path / "a",
+                                     ckpt=ckpt, seed=3, progress=False)
+    assert reused
+    for i, other in enumerate(({"seed": 4}, {"seed": 3, "precision": "bf16"})):
+        _, found, reused = evaluate_or_reuse(CopySource(CopySourceConfig()), fake_data(n=2), proto,
+                                             tmp_path / f"b{i}", ckpt=ckpt, progress=False, **other)
+        assert not reused and found == tmp_path / f"b{i}"
