@@ -1,6 +1,9 @@
 """X-Portrait's official preprocessing (datamodules.preprocess.xportrait) against the official functions of
 core/test_xportrait.py on a real clip, given the same landmarks (tests/golden/xportrait/preprocess_official.npz,
-made in scratch: tests/golden/xportrait/NOTES.md)."""
+made in scratch: tests/golden/xportrait/NOTES.md). The golden holds summaries of the official images (``golden_images``:
+sha256, per-channel sums, 32² tile hashes, 64 sampled values; no pixels, the inputs are licensed media); ours are
+quantised as the golden was (round(255·x)) and compared: driving and local bit-exact, the source within 1/255 (a few
+pixels sit on the rounding boundary, 0.5 level)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_images import assert_matches
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "xportrait" / "preprocess_official.npz"
+
+
+def u8(x: torch.Tensor) -> np.ndarray:
+    """C×H×W or N×C×H×W in [0, 1] → H×W×C / N×H×W×C uint8, round(255·x), as the golden was stored."""
+    x = x.permute(*range(x.ndim - 3), -2, -1, -3).numpy()
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
 
 
 class Replay:
@@ -32,7 +42,7 @@ class Replay:
 def case(real_fixtures):
     from experiments.animate import read_image, read_video
 
-    g = np.load(GOLDEN)
+    g = dict(np.load(GOLDEN))
     source = read_image(real_fixtures / "portraits/single_face.jpg")
     drv, _ = read_video(real_fixtures / "clips/talkinghead1kh_r0c0.mp4", 4)
     assert tuple(g["source_input_shape"]) == source.shape and tuple(g["driving_input_shape"]) == drv.shape
@@ -46,13 +56,9 @@ def test_crops_and_patches_equal_the_official_code(case):
     detect = Replay(g["call_md5"], g["call_landmarks"])
     out = official_inputs(source, list(drv), detect, best_frame=0)
     assert detect.n == len(g["call_md5"])                  # the same detector calls, in the same order
-    diffs = {
-        "source": (out["source"].permute(1, 2, 0).numpy() * 255 - g["source_hd_u8"]).__abs__().max(),
-        "driving": (out["driving"].permute(0, 2, 3, 1).numpy() * 255 - g["driving_hd_u8"]).__abs__().max(),
-        "local": ((out["local"].permute(0, 2, 3, 1).numpy() + 1) / 2 * 255 - g["local_u8"]).__abs__().max(),
-    }
-    print({k: f"{v / 255:.2e}" for k, v in diffs.items()})
-    assert all(v <= 1.0 for v in diffs.values()), diffs       # within 1/255 (golden stored as uint8)
+    assert_matches("source_hd_u8", u8(out["source"]), g, tol=1, exact=False, min_tiles_exact=0.8)
+    assert_matches("driving_hd_u8", u8(out["driving"]), g, tol=1)
+    assert_matches("local_u8", u8((out["local"] + 1) / 2), g, tol=1)
     assert out["source"].shape == (3, 512, 512) and out["driving"].shape == (4, 3, 512, 512)
     assert out["affine"] is not None and out["no_face_frames"] == 0
     c = out["patch_centres"]
@@ -68,8 +74,7 @@ def test_the_model_places_the_official_patches(case):
     out = official_inputs(source, list(drv), Replay(g["call_md5"], g["call_landmarks"]), best_frame=0)
     masks = centred_patch_masks(out["patch_centres"] / 512, 512, 0.25)
     local = torch.where(masks > 0, out["driving"] * 2 - 1, torch.full_like(out["driving"][:, :1], -1.0))
-    diff = ((local.permute(0, 2, 3, 1).numpy() + 1) / 2 * 255 - g["local_u8"]).__abs__().max()
-    assert diff <= 1.0, diff
+    assert_matches("local_u8", u8((local + 1) / 2), g, tol=1)
 
 
 def test_best_frame_by_landmarks_equals_the_official_choice(case):
