@@ -46,7 +46,7 @@ def test_mrfa_reconstruction_protocol_is_the_official_one():
 
     p = load_protocol("mrfa_reconstruction")
     assert (p.mode, p.num_frames, p.stride, p.max_videos, p.resolution) == ("self", 0, 1, 1000, 256)
-    assert list(p.metrics) == ["l1", "lpips_vgg", "psnr"] and p.include_source_frame   # frame 0 scored as well
+    assert list(p.metrics) == ["l1", "lpips_vgg", "lpips_vgg_official", "psnr"] and p.include_source_frame  # frame 0 too
     vox = load_protocol("vox_self")
     assert not vox.include_source_frame and vox.max_videos == 0
 
