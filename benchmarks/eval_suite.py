@@ -116,7 +116,8 @@ def protocol_throughput(name: str, n: int, size: int, device: str) -> dict:
     alone, t_suite = _timed_pass(suite, pred, tgt, src, device)
     return {"protocol": name, "frames": n, "size": size, "device": device, "standin": standins,
             "substituted": subst, "alone_fps": {k: n / v for k, v in alone.items()}, "suite_fps": n / t_suite,
-            "sum_of_parts_fps": n / sum(alone.values()), "ratio": (n / t_suite) / (n / sum(alone.values()))}
+            "sum_of_parts_fps": n / sum(alone.values()), "ratio": (n / t_suite) / (n / sum(alone.values())),
+            "onnx_providers": suite.facts.get("onnx_providers", {})}
 
 
 def throughput(n: int, size: int, device: str) -> dict:
@@ -151,7 +152,8 @@ def throughput(n: int, size: int, device: str) -> dict:
     sum_parts_fps = n / sum(alone.values())
     return {"frames": n, "size": size, "device": device, "standin": standins,
             "alone_fps": {k: n / v for k, v in alone.items()}, "suite_fps": n / t_suite,
-            "sum_of_parts_fps": sum_parts_fps, "ratio": (n / t_suite) / sum_parts_fps}
+            "sum_of_parts_fps": sum_parts_fps, "ratio": (n / t_suite) / sum_parts_fps,
+            "onnx_providers": suite.facts.get("onnx_providers", {})}
 
 
 def memory_child(frames: int, size: int) -> dict:
@@ -212,6 +214,8 @@ def main(argv=None) -> int:
         print(f"  {'sum of parts':<26}      : {t['sum_of_parts_fps']:9.2f} frames/s")
         print(f"  {'whole suite (1 pass)':<26}      : {t['suite_fps']:9.2f} frames/s   "
               f"ratio {t['ratio']:.2f} (goal ≥ 0.9)")
+        for backend, f in (t.get("onnx_providers") or {}).items():
+            print(f"  onnxruntime {backend:<14} requested {f['providers_requested']}, sessions {f['sessions']}")
 
     if not a.skip_default:
         out["throughput"] = throughput(a.frames, a.size, a.device)

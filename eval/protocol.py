@@ -27,6 +27,8 @@ class EvalProtocolConfig:
     fvd_backend: str = "i3d_torchscript"  # FVD: StyleGAN-V's I3D (Kinetics-400) torchscript, 400-d logits features
     fvd_clip_len: int = 16              # FVD: non-overlapping clips of this many scored frames per video
     id_backend: str = "auto"            # arcface | dlib | auto (arcface when its weights are present, else dlib)
+    arcface_model: str = "w600k_r50"    # the ArcFace of the arcface backend: w600k_r50 (buffalo_l, id_arcface) |
+    #                                     glintr100 (antelopev2, id_arcface_glintr100); see eval/README.md
     landmark_backend: str = "auto"
     batch_size: int = 4
     weights: dict[str, str] = field(default_factory=dict)  # weight name -> sha256 pinned by the protocol
@@ -49,7 +51,7 @@ class EvalProtocolConfig:
 HASH_EXCLUDED = ("batch_size", "num_grid_videos", "use_fid_reference_cache")
 # fields left out of the hash while they hold the value that reproduces what protocols computed before the field
 # existed (so the hashes of earlier results stay valid)
-HASH_NEUTRAL_DEFAULTS = {"model_resolution": None, "pred_uint8": "round"}
+HASH_NEUTRAL_DEFAULTS = {"model_resolution": None, "pred_uint8": "round", "arcface_model": "w600k_r50"}
 
 
 def protocol_hash(cfg: Any) -> str:

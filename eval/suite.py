@@ -8,7 +8,11 @@ name (``id_dlib``, ``id_leakage_synthid``); identity leakage ``id_to_driver``,
 ``id_to_source``, ``id_leakage``, ``id_leakage_missing`` (``eval.faces``, backend as ``id``); contact-region
 ``l1_contact ssim_contact lpips_contact contact_rate`` (``eval.regions``; ``lpips_contact`` → ``lpips_<net>_contact``,
 sharing the network of ``lpips_<net>``); ``lpips_<net>_official`` (the same network on [0, 1] inputs, as MRFA's
-``reconstruction.py``); pose-evaluation's ``akd_fan``, ``mkr_fan``, ``aed_openface`` (``eval.pose_eval``).
+``reconstruction.py``); pose-evaluation's ``akd_fan``, ``mkr_fan``, ``aed_openface`` (``eval.pose_eval``); ``id_arcface`` names
+its recogniser through the protocol's ``arcface_model`` (``w600k_r50`` → ``*_arcface``, ``glintr100`` →
+``*_arcface_glintr100``); 3DMM errors ``aed_3dmm_deep3d``, ``apd_3dmm_deep3d``, ``pose_deg_deep3d``
+(``eval.threedmm``: Deep3DFaceRecon coefficients; weights required, fails before work when absent). The
+insightface analyzers' onnxruntime providers (from ``device``) are recorded under ``onnx_providers``.
 Metrics backed by a stand-in network carry ``_STANDIN`` and the suite
 reports ``standin=True``.
 """
@@ -19,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from eval.faces import LEAK_FAMILIES, split_face_name
+from eval.faces import DEFAULT_ARCFACE_MODEL, LEAK_FAMILIES, arcface_backend_name, split_face_name
 from eval.metrics import L1, PSNR, SSIM, LPIPS, AKDGroundTruth, FrameBatch, Metric, TemporalDiffL1
 
 FACE_FAMILIES = ("id", "aed", "akd", "mkr", *LEAK_FAMILIES)
+THREEDMM_METRICS = ("aed_3dmm_deep3d", "apd_3dmm_deep3d", "pose_deg_deep3d")   # eval.threedmm
 
 
 @dataclass
@@ -52,13 +57,16 @@ class Suite:
         return out
 
 
-def _face_backend(kind: str, requested: str) -> str:
-    """``auto`` → the insightface backend when its weights are present, else dlib."""
+def _face_backend(kind: str, requested: str, arcface_model: str = DEFAULT_ARCFACE_MODEL) -> str:
+    """``auto`` → the insightface backend when its weights (for ``id``: those of ``arcface_model``) are present,
+    else dlib."""
+    from eval.faces import ARCFACE_MODELS
     from eval.weights import REGISTRY
 
     if requested != "auto":
         return requested
-    need = ["arcface_w600k_r50", "scrfd_det_10g"] if kind == "id" else ["scrfd_det_10g", "insightface_1k3d68"]
+    need = ([ARCFACE_MODELS[arcface_model], "scrfd_det_10g"] if kind == "id"
+            else ["scrfd_det_10g", "insightface_1k3d68"])
     return ("arcface" if kind == "id" else "insightface") if all(REGISTRY[n].present() for n in need) else "dlib"
 
 
@@ -123,12 +131,19 @@ def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder
             m = AKDSynthLandmarks(int(protocol.resolution), locator=keypoint_locator, device=device)
             suite.frame_metrics.append(m)
             suite.facts["synth_landmarks"] = m.facts
+        elif name in THREEDMM_METRICS:
+            from eval.threedmm import build_threedmm_metric
+
+            suite.frame_metrics.append(build_threedmm_metric(name, protocol, pins, device=device))
         elif family in FACE_FAMILIES or split_face_name(name)[0] in FACE_FAMILIES:
             fam, backend = split_face_name(name)
             if backend is None:
                 kind = "landmarks" if fam in ("akd", "mkr") else "id"
                 backend = _face_backend(kind, protocol.get("id_backend" if kind == "id" else "landmark_backend",
-                                                           "auto"))
+                                                           "auto"),
+                                        str(protocol.get("arcface_model", DEFAULT_ARCFACE_MODEL)))
+            if backend == "arcface":    # the protocol's ArcFace model names the backend (id_arcface_glintr100)
+                backend = arcface_backend_name(str(protocol.get("arcface_model", DEFAULT_ARCFACE_MODEL)))
             face_requests[f"{fam}_{backend}"] = backend
         else:
             raise ValueError(f"protocol {protocol.get('name')}: unknown metric {name!r}")
@@ -143,4 +158,7 @@ def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder
         for m in face_metrics:
             if m.backend_name == "synthid" and getattr(m.analyzer, "facts", None):
                 suite.facts["synth_identity"] = m.analyzer.facts
+            elif isinstance(getattr(m.analyzer, "facts", None), dict) and "providers_requested" in m.analyzer.facts:
+                # onnxruntime providers per insightface analyzer (the dict fills in as sessions load)
+                suite.facts.setdefault("onnx_providers", {})[m.analyzer.name] = m.analyzer.facts
     return suite

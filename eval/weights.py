@@ -170,6 +170,34 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         used_by="id_arcface, aed_arcface",
         licence="insightface model zoo: non-commercial research only"),
     WeightFile(
+        name="arcface_glintr100", filename="glintr100.onnx", cache="insightface:antelopev2",
+        url="https://github.com/deepinsight/insightface/releases/download/model-zoo/antelopev2.zip",
+        env="PORTRAITLAB_ARCFACE_GLINTR100", sha256=None, archive_member="glintr100.onnx",
+        note="insightface antelopev2's recogniser (IResNet-100 ArcFace trained on Glint360K); the URL is the one "
+             "insightface 2.1's model_zoo_download_url gives for the pack; no published sha256: recorded on first "
+             "fetch, verified on every load",
+        used_by="id_arcface_glintr100, aed_arcface_glintr100 (eval_protocol.arcface_model=glintr100)",
+        licence="insightface model zoo: non-commercial research only"),
+    WeightFile(
+        name="deep3dfacerecon_epoch20", filename="epoch_20.pth", cache="portraitlab",
+        url="https://drive.google.com/drive/folders/1liaIxn9smpudjjqMaWWRpP0mXRW_qRPP",
+        env="PORTRAITLAB_DEEP3DFACERECON", sha256=None, manual=True,
+        note="Deep3DFaceRecon_pytorch (sicxu/Deep3DFaceRecon_pytorch, Deng et al. 2019) ResNet-50 coefficient "
+             "regressor, the original release (not the 2023 update), as OTAvatar's evaluation uses for APD/AED; "
+             "Google Drive folder (no direct link): put checkpoints/<name>/epoch_20.pth here by hand; no published "
+             "sha256: recorded on first load",
+        used_by="aed_3dmm_deep3d, apd_3dmm_deep3d, pose_deg_deep3d",
+        licence="MIT (Deep3DFaceRecon_pytorch code and released model)"),
+    WeightFile(
+        name="bfm09_front_face", filename="BFM_model_front.mat", cache="portraitlab",
+        url="https://faces.dmi.unibas.ch/bfm/main.php?nav=1-2&id=downloads",
+        env="PORTRAITLAB_BFM_FRONT", sha256=None, manual=True,
+        note="Basel Face Model 2009 (01_MorphableModel.mat, by registration) + Exp_Pca.bin, converted by "
+             "Deep3DFaceRecon_pytorch's util/load_mats.py into BFM_model_front.mat (the 3DMM the coefficients "
+             "refer to); no published sha256: recorded on first load",
+        used_by="aed_3dmm_deep3d, apd_3dmm_deep3d, pose_deg_deep3d",
+        licence="Basel Face Model 2009: non-commercial research only, by registration"),
+    WeightFile(
         name="scrfd_det_10g", filename="det_10g.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
         env="PORTRAITLAB_SCRFD", sha256=None, archive_member="det_10g.onnx",

@@ -252,7 +252,7 @@ def test_arcface_and_insightface_metrics_share_one_detection_per_frame(monkeypat
     made, calls = [], []
 
     class Fake:
-        def __init__(self, need_embedding=True, need_landmarks=True, pins=None):
+        def __init__(self, need_embedding=True, need_landmarks=True, pins=None, device="cpu", **kw):
             self.name = "arcface" if need_embedding else "insightface"
             self.need_embedding, self.need_landmarks = need_embedding, need_landmarks
             made.append(self)
