@@ -5,6 +5,11 @@ detector and one stable box per clip), resizes to the model's resolution, runs `
 `sampling.precision=auto|fp16|bf16|fp32`, one generator seeded from `seed`) and writes
 the generated clip plus a side-by-side grid (`OUT_grid.mp4`: source | driving | generated).
 
+``preprocess=auto|official|none``: methods with an official input preprocessing (``official_preprocess``) get it
+instead of the crops above (auto = official for them): X-Portrait's full-frame 512² alignment and FAN patches
+(:func:`xportrait_inputs`), X-NeMo's BlazeFace crops (:func:`xnemo_inputs`); its detector is built first
+(:func:`official_detector`), so absent weights or packages fail before any work.
+
 Models whose ``animate`` takes ``identity_source`` (InterAnimate's ID preserver) get the source crop at up to
 ``IDENTITY_MAX_SIDE`` px (the crop box's own size when smaller) rather than at the model's resolution: the face
 detector / recognizer behind the identity embedding finds no face in a 32² or 64² image.
@@ -106,14 +111,17 @@ def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: 
                   identity_source: torch.Tensor | None = None, progress: bool = True,
                   generator: torch.Generator | None = None, landmarks: torch.Tensor | None = None,
                   device: torch.device | None = None, precision: str = "fp32",
-                  patch_centres: torch.Tensor | None = None) -> torch.Tensor:
+                  patch_centres: torch.Tensor | None = None, reference_motion: torch.Tensor | None = None,
+                  clip_pixels: torch.Tensor | None = None) -> torch.Tensor:
     """source 3×H×W, driving T×3×H×W → T×3×H×W: ONE ``model.animate`` call on the whole clip (a diffusion method
     samples it in one trajectory, every draw from ``generator``; frame-wise methods chunk internally). Relative
     motion is taken w.r.t. the clip's first frame. ``identity_source`` (3×h×w, any size): the source for a model's
     ID preserver, when its ``animate`` takes one. ``landmarks`` (T×K×2 pixels of ``driving``): X-Portrait's local
     patches; None: dlib's, found here, for models with landmark-centred local control. ``device``: where the
     inputs go (the model is already there); ``precision``: fp32 | fp16 | bf16 (autocast). ``patch_centres``
-    (T×3×2 pixels): the official X-Portrait preprocessing's local patches (then no landmarks are detected here)."""
+    (T×3×2 pixels): the official X-Portrait preprocessing's local patches (then no landmarks are detected here).
+    ``reference_motion`` / ``clip_pixels`` (1×3×224×224): the official X-NeMo preprocessing's guidance-negative crop
+    and CLIP input of the reference."""
     from lit_models.base import animate_kwargs, precision_context
 
     device = torch.device(device) if device is not None else source.device
@@ -125,7 +133,9 @@ def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: 
         identity_source=None if identity_source is None else identity_source[None].to(device),
         driving_initial=driving[:1].to(device),
         keypoints=None if landmarks is None else landmarks[None].to(device),
-        patch_centres=None if patch_centres is None else patch_centres[None].to(device))
+        patch_centres=None if patch_centres is None else patch_centres[None].to(device),
+        reference_motion=None if reference_motion is None else reference_motion.to(device),
+        clip_pixels=None if clip_pixels is None else clip_pixels.to(device))
     from toolbox.progress import Progress
 
     with Progress(total=driving.shape[0], desc="animate", unit="frames", enabled=progress) as bar:
@@ -137,14 +147,94 @@ def run_animation(model, source: torch.Tensor, driving: torch.Tensor, relative: 
 
 def preprocess_of(model, spec: str) -> str:
     """``preprocess=auto|official|none`` for this model: auto = official for methods that define one
-    (``official_preprocess``, X-Portrait), none otherwise."""
+    (``official_preprocess``: X-Portrait, X-NeMo), none otherwise."""
     if spec not in ("auto", "official", "none"):
         raise runtime.ConfigError(f"preprocess must be auto | official | none, got {spec!r}")
     has = getattr(model, "official_preprocess", None) is not None
     if spec == "official" and not has:
-        raise runtime.ConfigError(f"preprocess=official: {type(model).__name__} has no official preprocessing here "
-                                  "(X-Portrait has); use preprocess=none")
+        raise runtime.ConfigError(f"preprocess=official: {_name(model)} has no official preprocessing here "
+                                  "(X-Portrait and X-NeMo have); use preprocess=none")
     return "official" if spec == "official" or (spec == "auto" and has) else "none"
+
+
+def official_detector(model, device: torch.device):
+    """The face detector of the model's official preprocessing (``official_preprocess``), built before any work so
+    that absent weights or packages fail first: X-Portrait — face_alignment's FAN; X-NeMo — mediapipe's BlazeFace
+    with ``eval.weights`` entry ``blazeface`` (sha256 checked)."""
+    kind = model.official_preprocess
+    try:
+        if kind == "xportrait":
+            from datamodules.preprocess.xportrait import fan_detector
+
+            return fan_detector("cuda" if device.type == "cuda" else "cpu")
+        if kind == "xnemo":
+            from datamodules.preprocess.xnemo import blazeface_detector
+            from eval.weights import resolve
+
+            return blazeface_detector(str(resolve("blazeface", verify=True)))
+    except (FileNotFoundError, ImportError) as err:
+        raise runtime.ConfigError(str(err)) from None
+    raise runtime.ConfigError(f"{_name(model)}.official_preprocess={kind!r}: no such preprocessing")
+
+
+def _name(model_or_class) -> str:
+    return model_or_class.__name__ if isinstance(model_or_class, type) else type(model_or_class).__name__
+
+
+def model_class(cfg: DictConfig):
+    """The LightningModule class ``animate`` will run, without building it: the checkpoint's ``model._target_``
+    (its hyper-parameters read memory-mapped, tensors and plain types only) or the model config's; None when it
+    cannot be told cheaply (then the checks run after loading)."""
+    import importlib
+
+    try:
+        if cfg.ckpt:
+            from lit_models.registry import _safe_globals
+
+            with torch.serialization.safe_globals(_safe_globals()):
+                ckpt = torch.load(cfg.ckpt, map_location="cpu", weights_only=True, mmap=True)
+            target = ckpt.get("hyper_parameters", {}).get("model", {}).get("_target_")
+        else:
+            target = OmegaConf.select(cfg, "model._target_")
+        module, _, attr = str(target).rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+    except Exception:       # not a zip checkpoint, no target, …: load_model reports it
+        return None
+
+
+def xportrait_inputs(src_img: np.ndarray, drv: np.ndarray, fps: float, detect, cfg: DictConfig) -> dict:
+    """X-Portrait's official inputs (``datamodules.preprocess.xportrait.official_inputs``): full-frame 512² source,
+    driving warped onto it by the ``best_frame`` landmark box, FAN patch centres."""
+    from datamodules.preprocess.xportrait import official_inputs
+
+    inp = official_inputs(src_img, list(drv), detect, best_frame=int(cfg.get("best_frame", 0) or 0))
+    print(f"X-Portrait official preprocessing: best frame {inp['best_frame']}, "
+          f"{'aligned' if inp['affine'] is not None else 'not aligned (no face)'}, "
+          f"{inp['no_face_frames']} frame(s) without patches")
+    return {"source": inp["source"], "driving": inp["driving"], "patch_centres": inp["patch_centres"]}
+
+
+def xnemo_inputs(src_img: np.ndarray, drv: np.ndarray, fps: float, detect, cfg: DictConfig) -> dict:
+    """X-NeMo's official inputs (``datamodules.preprocess.xnemo.detect_and_crop``): BlazeFace boxes, the 512²
+    reference crop and its CLIP input, the reference's own 224² crop (guidance negative), the smoothed 224² motion
+    crops of the driving frames' left squares; at most the official script's first 500 frames."""
+    from datamodules.preprocess.xnemo import OFFICIAL_MAX_FRAMES, detect_and_crop
+
+    if len(drv) > OFFICIAL_MAX_FRAMES:
+        print(f"X-NeMo official preprocessing: the first {OFFICIAL_MAX_FRAMES} of {len(drv)} driving frames "
+              "(the official script's clip_length)")
+        drv = drv[:OFFICIAL_MAX_FRAMES]
+    try:
+        inp = detect_and_crop(src_img, list(drv), detect, fps)
+    except ValueError as err:
+        raise runtime.ConfigError(f"source={cfg.source} driving={cfg.driving}: {err}") from None
+    print(f"X-NeMo official preprocessing: reference box {inp['reference_box'].tolist()}, "
+          f"{len(inp['driving_boxes'])} driving boxes at {fps:g} fps")
+    return {"source": inp["source"][0], "driving": inp["driving"][0],
+            "reference_motion": inp["reference_motion"], "clip_pixels": inp["clip_pixels"]}
+
+
+OFFICIAL_INPUTS = {"xportrait": xportrait_inputs, "xnemo": xnemo_inputs}
 
 
 def animate(cfg: DictConfig) -> Path:
@@ -161,6 +251,10 @@ def animate(cfg: DictConfig) -> Path:
     from lit_models.base import model_dtype, resolve_precision
 
     device = cli_device(cfg)        # device=cuda without CUDA fails here, before loading
+    spec = str(cfg.get("preprocess", "auto"))
+    planned = model_class(cfg)      # the official detector's files / packages fail before the weights load
+    detect = official_detector(planned, device) if planned is not None and preprocess_of(planned, spec) == "official" \
+        else None
     model = attach_identity_encoder(load_model(cfg.ckpt, weights=cfg.ckpt_weights) if cfg.ckpt else build_model(cfg.model))
     if not cfg.ckpt and model.trainable:
         raise runtime.ConfigError(f"model={cfg.model.name} has trainable parameters: pass ckpt=PATH")
@@ -169,26 +263,15 @@ def animate(cfg: DictConfig) -> Path:
     log.info("animate: device=%s dtype=%s precision=%s", device, model_dtype(model), precision)
     print(f"animate: device={device} dtype={model_dtype(model)} precision={precision}")
     size = int(model.hparams["model"].get("resolution", cfg.data.resolution))
-    preprocess = preprocess_of(model, str(cfg.get("preprocess", "auto")))
-    detect = None
-    if preprocess == "official":        # FAN weights checked before any work
-        from datamodules.preprocess.xportrait import fan_detector
-
-        try:
-            detect = fan_detector("cuda" if device.type == "cuda" else "cpu")
-        except FileNotFoundError as err:
-            raise runtime.ConfigError(str(err)) from None
+    preprocess = preprocess_of(model, spec)
+    if preprocess == "official" and detect is None:
+        detect = official_detector(model, device)                 # before reading any media
     src_img = read_image(cfg.source)[None]
     drv, fps = read_video(cfg.driving, cfg.max_frames)
-    id_source, patch_centres = None, None
+    id_source, extra = None, {}
     if preprocess == "official":
-        from datamodules.preprocess.xportrait import official_inputs
-
-        inp = official_inputs(src_img[0], list(drv), detect, best_frame=int(cfg.get("best_frame", 0) or 0))
-        source, driving, patch_centres = inp["source"], inp["driving"], inp["patch_centres"]
-        print(f"X-Portrait official preprocessing: best frame {inp['best_frame']}, "
-              f"{'aligned' if inp['affine'] is not None else 'not aligned (no face)'}, "
-              f"{inp['no_face_frames']} frame(s) without patches")
+        extra = OFFICIAL_INPUTS[model.official_preprocess](src_img[0], drv, fps, detect, cfg)
+        source, driving = extra.pop("source"), extra.pop("driving")
     else:
         src_box = square_box(src_img, cfg.animate_crop)
         source = crop_resize(src_img, src_box, size)[0]
@@ -199,7 +282,7 @@ def animate(cfg: DictConfig) -> Path:
     # one generator, seeded once, for the whole clip (noise, window offsets, posterior samples)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     generated = run_animation(model, source, driving, cfg.relative_motion, identity_source=id_source,
-                              generator=generator, device=device, precision=precision, patch_centres=patch_centres)
+                              generator=generator, device=device, precision=precision, **extra)
     ident = getattr(model, "last_identity", None)
     if ident is not None:
         if bool(ident["found"].all()):
@@ -210,9 +293,12 @@ def animate(cfg: DictConfig) -> Path:
     out = Path(cfg.out)
     frames = (generated.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
     write_video(frames, out, fps=round(fps))
-    grid = grid_frames(source[None], driving[None], generated[None])
+    shown = [torch.nn.functional.interpolate(x, size=generated.shape[-2:], mode="bilinear", antialias=True)
+             if x.shape[-2:] != generated.shape[-2:] else x for x in (source[None], driving)]   # X-NeMo: 512² | 224²
+    grid = grid_frames(shown[0], shown[1][None], generated[None])
     write_video(grid, out.with_name(out.stem + "_grid.mp4"), fps=round(fps))
-    print(f"animated {len(frames)} frames at {size}²: {out} (grid: {out.with_name(out.stem + '_grid.mp4')})")
+    print(f"animated {len(frames)} frames at {frames.shape[2]}×{frames.shape[1]}: {out} "
+          f"(grid: {out.with_name(out.stem + '_grid.mp4')})")
     return out
 
 

@@ -110,9 +110,9 @@ class RunConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     sampling: SamplingRunConfig = field(default_factory=SamplingRunConfig)
     # the method's official input preprocessing (X-Portrait: full-frame 512² resize, driving warped onto the source
-    # by FAN landmark boxes, patches on FAN landmarks) | none (animate_crop only, dlib landmarks) | auto (official for
-    # methods that define one, X-Portrait; none otherwise). animate.yaml / evaluate.yaml set auto; training-time
-    # evaluation keeps none
+    # by FAN landmark boxes, patches on FAN landmarks; X-NeMo in animate: BlazeFace crops) | none (animate_crop only,
+    # dlib landmarks) | auto (official for methods that define one, X-Portrait / X-NeMo; none otherwise).
+    # animate.yaml / evaluate.yaml set auto; training-time evaluation keeps none
     preprocess: str = "none"
     best_frame: int = 0             # preprocess=official: the driving frame whose landmark box is matched to the source
 

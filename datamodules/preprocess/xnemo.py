@@ -2,8 +2,9 @@
 ``scripts/vid2pose.py``, with the pipeline's resizes from ``src/pipelines/pipeline_pose2vid_motenc_long.py``): face
 boxes → crops → the arrays the networks read. The detector is BlazeFace (mediapipe ``FaceDetector`` with
 ``blaze_face_short_range.tflite``: the reference in image mode, driving frames in video mode); this module takes its
-boxes ``[left, top, right, bottom]`` in pixels (``extract_bbox_mp``: the highest-scoring face, clipped at 0) and
-does everything after the detection:
+boxes ``[left, top, right, bottom]`` in pixels (``extract_bbox_mp``: the highest-scoring face, clipped at 0;
+:func:`blazeface_detector` runs the official detector, :func:`detect_and_crop` detects then crops) and does
+everything after the detection:
 
 * **driving (motion) crops** — each frame's left square ``frame[:, :H]`` (H = frame height); one crop size for the
   clip: frame 0's box squared and scaled 1.1× (``scale_bb``; kept unscaled if that leaves the frame), its sides
@@ -173,43 +174,89 @@ def reference_crop(image: np.ndarray, box, size: int = REFERENCE_SIZE,
     return img_as_ubyte(resize(image[top:bot, left:right], (size, size), anti_aliasing=True))
 
 
+MEDIAPIPE = "mediapipe==0.10.35"
+"""The mediapipe build this project checks (``pip install --no-deps``; see :func:`require_mediapipe`)."""
+OFFICIAL_MAX_FRAMES = 500
+"""``pose2vid_xnemo.py`` ``clip_length``: the official script animates at most the first 500 driving frames."""
+
+
+def require_mediapipe():
+    """The ``mediapipe`` module, or an ImportError saying how to install it. Its wheels declare
+    ``opencv-contrib-python``, a second OpenCV build that overwrites this environment's ``cv2/``
+    (opencv-python-headless); BlazeFace's ``FaceDetector`` needs none of it, so install mediapipe alone."""
+    try:
+        import mediapipe as mp
+
+        mp.tasks.vision.FaceDetector                      # noqa: B018  (the task API this module calls)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(
+            f"X-NeMo's official preprocessing (BlazeFace face boxes) needs the mediapipe package: "
+            f"`pip install --no-deps {MEDIAPIPE}` (the `official` extra of pyproject.toml; --no-deps keeps out "
+            f"opencv-contrib-python, which would overwrite opencv-python-headless); or preprocess=none") from err
+    return mp
+
+
+def extract_box(detections, index: int = 0) -> np.ndarray:
+    """Official ``extract_bbox_mp`` on one frame's mediapipe detections: the highest-scoring face (``max`` of
+    (score, box) tuples) as [left, top, right, bottom] clipped at 0. The official script stops on a frame without a
+    face, and on several faces all scored above 0.8 (``"Detect Multiple faces!"``); so does this, naming the frame."""
+    found = [(d.categories[0].score, (d.bounding_box.origin_x, d.bounding_box.origin_y,
+                                      d.bounding_box.origin_x + d.bounding_box.width,
+                                      d.bounding_box.origin_y + d.bounding_box.height)) for d in detections]
+    if not found:
+        raise ValueError(f"BlazeFace found no face in frame {index} (the official X-NeMo script stops there too)")
+    if len(found) > 1 and min(found)[0] > 0.8:
+        raise ValueError(f"BlazeFace found {len(found)} faces in frame {index}, all scored > 0.8 (the official "
+                         "X-NeMo script refuses such frames: 'Detect Multiple faces!')")
+    return np.maximum(np.asarray(max(found)[1], dtype=np.float64), 0)
+
+
 def blazeface_boxes(frames, model_path: str, video: bool = True, fps: float = 25.0) -> np.ndarray:
     """The official detections (``extract_bbox_mp``): BlazeFace (mediapipe ``FaceDetector``, ``model_path`` =
-    ``blaze_face_short_range.tflite``) on each frame — video mode with timestamps ``+= int(1000 / fps)`` for the
-    driving clip (pass its left squares), image mode for the reference — the highest-scoring face, clipped at 0;
-    N×4 [left, top, right, bottom]. Needs the ``mediapipe`` package (not in this project's environment: it
-    conflicts with opencv-python-headless)."""
+    ``blaze_face_short_range.tflite``, default options) on each frame — ``video``: one detector in
+    ``RunningMode.VIDEO`` with timestamps ``+= int(1000 / fps)`` from 0 for the driving clip (pass its left
+    squares); else image mode (the reference) — N×4 [left, top, right, bottom] (:func:`extract_box`)."""
     from pathlib import Path
 
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"BlazeFace model not found at {model_path}; download {BLAZEFACE_URL}")
-    try:
-        import mediapipe as mp
-    except ImportError as err:
-        raise ImportError("blazeface_boxes needs the mediapipe package (pip install mediapipe==0.10.11, in an "
-                          "environment without opencv-python-headless), or pass boxes detected elsewhere") from err
+    mp = require_mediapipe()
     vision = mp.tasks.vision
     options = vision.FaceDetectorOptions(base_options=mp.tasks.BaseOptions(model_asset_path=str(model_path)),
                                          **({"running_mode": vision.RunningMode.VIDEO} if video else {}))
     out, stamp = [], 0
     with vision.FaceDetector.create_from_options(options) as detector:
         for i, frame in enumerate(frames):
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame, dtype=np.uint8))
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.asarray(frame, dtype=np.uint8).copy())
             stamp += int(1000 / fps)
             result = detector.detect_for_video(image, stamp) if video else detector.detect(image)
-            if not result.detections:
-                raise ValueError(f"BlazeFace found no face in frame {i}")
-            best = max(result.detections, key=lambda d: d.categories[0].score).bounding_box
-            out.append(np.maximum([best.origin_x, best.origin_y, best.origin_x + best.width,
-                                   best.origin_y + best.height], 0))
-    return np.asarray(out, dtype=np.float64)
+            out.append(extract_box(result.detections, i))
+    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+
+
+def blazeface_detector(model_path: str):
+    """The official X-NeMo face detector as a function ``detect(images, video=True, fps=25.0) → N×4`` boxes
+    (:func:`blazeface_boxes`: mediapipe's BlazeFace, video mode for the driving clip, image mode for the reference).
+    ``model_path``: ``blaze_face_short_range.tflite`` (``eval.weights`` entry ``blazeface``; resolved by the caller).
+    Fails at once when the file or the mediapipe package is absent, before any frame is read."""
+    from pathlib import Path
+
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"BlazeFace model not found at {model_path}; `python -m eval.weights fetch blazeface` "
+                                f"or download {BLAZEFACE_URL}")
+    require_mediapipe()
+
+    def detect(images, video: bool = True, fps: float = 25.0) -> np.ndarray:
+        return blazeface_boxes(images, str(model_path), video=video, fps=fps)
+
+    return detect
 
 
 def to_tensor(images):
     """uint8 …×H×W×3 → float32 …×3×H×W in [0, 1] (``torch``)."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(images)))
+    x = torch.from_numpy(np.array(images, dtype=np.uint8, order="C"))      # a writable copy
     return x.movedim(-1, -3).float() / 255.0
 
 
@@ -230,3 +277,20 @@ def official_inputs(reference: np.ndarray, reference_box_: Sequence[float], fram
     return {"source": to_tensor(ref)[None], "clip_pixels": clip_pixels(ref),
             "driving": to_tensor(motion_crops(frames, boxes))[None],
             "reference_motion": to_tensor(reference_motion_crop(reference, reference_box_))[None]}
+
+
+def detect_and_crop(reference: np.ndarray, frames, detect, fps: float) -> dict:
+    """The official script's order (``pose2vid_xnemo.py`` ``main``): the reference's box in image mode, each driving
+    frame's left square in video mode at the clip's ``fps``, then :func:`official_inputs`; adds the detections
+    (``reference_box``, ``driving_boxes``). ``detect``: :func:`blazeface_detector`'s function (or one returning
+    the same boxes)."""
+    try:
+        ref_box = np.asarray(detect([reference], video=False), dtype=np.float64).reshape(-1, 4)[0]
+    except ValueError as err:
+        raise ValueError(f"source image: {err}") from None
+    try:
+        boxes = np.asarray(detect([left_square(np.asarray(f)) for f in frames], video=True, fps=fps),
+                           dtype=np.float64)
+    except ValueError as err:
+        raise ValueError(f"driving clip: {err}") from None
+    return {**official_inputs(reference, ref_box, frames, boxes), "reference_box": ref_box, "driving_boxes": boxes}

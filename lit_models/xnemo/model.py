@@ -107,6 +107,9 @@ class XNeMo(ReferenceVideoDiffusion):
     # the official script (configs/prompts/animation.yaml weight_dtype: fp16) samples in fp16 on CUDA; ours runs
     # fp16 as autocast (fp32 weights, fp16 matmuls / convolutions), not as fp16 weights
     official_precision = "fp16"
+    # experiments.animate preprocess=auto: datamodules.preprocess.xnemo (BlazeFace boxes, 512² reference crop, 224²
+    # motion crops, the reference's own crop as the guidance negative, its CLIP input)
+    official_preprocess = "xnemo"
 
     def __init__(self, cfg):
         super().__init__(upgrade_legacy_config(cfg))
@@ -265,7 +268,8 @@ class XNeMo(ReferenceVideoDiffusion):
                 generator: Optional[torch.Generator] = None, reference_motion: Optional[torch.Tensor] = None,
                 clip_pixels: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
                 offsets=None) -> torch.Tensor:
-        """B×T×3×H×W frames in [0, 1] for a driving clip of any length T, sampled in one trajectory by
+        """B×T×3×H×W frames in [0, 1] (H×W: the source's size, as the official pipeline's output is the reference's
+        512²) for a driving clip of any length T, sampled in one trajectory by
         :class:`lit_models.xnemo.pipeline.XNeMoPipeline` (the official loop; ``generator``: all noise and window
         offsets, default seeded by ``sample_seed``). ``driving``: the motion crops (any size, official 224²);
         ``reference_motion``: the reference's face crop for the guidance negative (default ``source``);
@@ -280,7 +284,7 @@ class XNeMo(ReferenceVideoDiffusion):
                                        guidance_scale=guidance_scale, sampler=sampler, generator=generator,
                                        noise=noise, offsets=offsets, reference_motion=reference_motion,
                                        clip_pixels=clip_pixels,
-                                       show_progress=show_progress, output_size=tuple(driving.shape[-2:]))
+                                       show_progress=show_progress, output_size=tuple(source.shape[-2:]))
         finally:
             self.train(was_training)
 
