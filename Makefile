@@ -11,7 +11,7 @@ export HYDRA_FULL_ERROR := 1
 # OpenMP's busy-waiting makes small-tensor work 5–20× slower on a shared 2-core machine
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv demo test test-slow test-gpu test-all bench clean
+.PHONY: venv demo test lint test-slow test-gpu test-all bench clean
 
 venv: $(STAMP)
 
@@ -32,7 +32,11 @@ demo: venv
 
 # README command 2: the test suite (fast tier; CI runs exactly this).
 test: venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=15
+
+lint: venv
+	$(BIN)/ruff check .
 
 test-slow: venv
 	$(BIN)/python -m pytest -m "slow and not gpu" -q

@@ -16,7 +16,6 @@ TalkingHead-1KH tiles instead), in one process (no DataLoader workers, so every 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time

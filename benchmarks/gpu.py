@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -80,9 +80,10 @@ def tiny_rows(root: Path, steps: int) -> dict:
         cache = [next(it) for _ in range(2)]
         dev = torch.device("cuda")
 
-        def batch_fn(cache=cache, k=[0]):
-            k[0] += 1
-            b = cache[k[0] % len(cache)]
+        turn = itertools.count(1)
+
+        def batch_fn(cache=cache, turn=turn):
+            b = cache[next(turn) % len(cache)]
             return {key: (v.to(dev) if torch.is_tensor(v) else
                           ({kk: vv.to(dev) if torch.is_tensor(vv) else vv for kk, vv in v.items()} if isinstance(v, dict) else v))
                     for key, v in batch_to_float(b).items()}

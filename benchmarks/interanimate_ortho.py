@@ -23,7 +23,6 @@ output does not pass through them). ``--train-all`` trains everything. ``--json 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch

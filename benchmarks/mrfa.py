@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         row["time_ratio"] = row["ours_s"] / row["official_s"]
         row["mem_ratio"] = row["ours_peak_GiB"] / max(row["official_peak_GiB"], 1e-9)
         rows.append(row)
-        del off, ours, opt_off, opt_ours
+        off = ours = opt_off = opt_ours = None   # free both models before the next K
     cpu = not a.device.startswith("cuda")
     mem_kind = ("peak RSS above the step's start; tensors: peak live-tensor bytes above the step's start (profiler "
                 "allocation events)") if cpu else "max_memory_allocated"

@@ -1,7 +1,7 @@
 """Structured schema of the ``data`` config group (Hydra validates every key against it at compose time)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 

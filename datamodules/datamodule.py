@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.config import DataConfig, SynthConfig

@@ -313,8 +313,6 @@ def model_identity(model) -> str:
 
     Hashing every byte costs seconds at SD scale, and a run evaluates the same weights under several protocols: the
     digest is reused while no tensor was replaced or modified in place (same storage, same autograd version)."""
-    import hashlib
-    import json
 
     state = model.state_dict(keep_vars=True) if hasattr(model, "state_dict") else {}
     key = tuple((k, v.data_ptr(), v._version, tuple(v.shape)) for k, v in state.items() if torch.is_tensor(v))

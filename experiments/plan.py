@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +64,7 @@ class Plan:
                 f"{self.frozen / 1e6:.1f} M frozen)",
                 f"  strategy         {self.strategy}" + (f" ({self.sharding})" if self.strategy == "fsdp" else "")
                 + f", {self.world} rank(s), optimizer {self.optimizer}",
-                f"  per rank:",
+                "  per rank:",
                 f"    parameters     {gb(self.param_bytes)}",
                 f"    gradients      {gb(self.grad_bytes)}",
                 f"    optimizer      {gb(self.optim_bytes)}"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-import pytest
 from omegaconf import OmegaConf
 
 from toolbox import progress as P

@@ -30,7 +30,6 @@ over seeds when several runs share K).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional

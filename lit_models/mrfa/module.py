@@ -222,7 +222,7 @@ class MRFA(AnimationModule):
 
     def on_fit_start(self) -> None:
         if self.use_loss("perceptual"):
-            self.perceptual_loss   # fail now (naming the missing VGG file), not after the first batch
+            _ = self.perceptual_loss   # fail now (naming the missing VGG file), not after the first batch
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         c = self.cfg

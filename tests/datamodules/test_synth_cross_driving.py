@@ -2,7 +2,6 @@
 ``driving_cross`` = I(id', m_t), the driving frames' motion performed by another *training* identity."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -58,7 +58,6 @@ def _meta_alexnet_state():
 def standin_alexnet_home(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds a STAND-IN (random) AlexNet under torchvision's file name, so the official
     ``lpips.LPIPS(net='alex')`` and our wrapper both load exactly these weights through their own loading paths."""
-    import torchvision
 
     home = tmp_path_factory.mktemp("torch_home")
     ckpt = home / "hub" / "checkpoints"

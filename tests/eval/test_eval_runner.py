@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from eval.protocol import load_protocol, protocol_hash
 from eval.runner import run_evaluation

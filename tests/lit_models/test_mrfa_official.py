@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from lit_models.mrfa import MRFA
-from lit_models.mrfa.config import MRFAConfig
 from lit_models.mrfa.import_official import build_from_official, import_official, infer_sizes, normalise_state_dict
 from lit_models.mrfa.raft import refine_scales
 

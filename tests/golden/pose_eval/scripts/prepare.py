@@ -1,10 +1,10 @@
 """Write the test frames as lossless PNG folders and inject the repo's stand-in weights where the reference code
 loads its real weights (TORCH_HOME hub checkpoints, OpenFacePytorch/openface.pth)."""
-import sys, os
+import sys
 from pathlib import Path
 REPO = Path(sys.argv[1]); OUT = Path(sys.argv[2])
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "eval")]
-import numpy as np, torch, imageio.v2 as imageio
+import torch, imageio.v2 as imageio
 from pose_eval_frames import all_clip_frames, generated
 from eval.pose_eval import standin_state_dict
 clips = all_clip_frames(REPO.parent / "shared" / "fixtures" / "real" / "clips")
