@@ -338,6 +338,19 @@ def _job(args):
     return prepare_video(job, opt)
 
 
+# the public metadata of AliaksandrSiarohin/video-preprocessing@ac40aac (its train / test partition is the official
+# split FOMM, TPSMM and MRFA train and test on): 20,075 chunk rows of 3,442 videos (3,354 train, 88 test), 424 train identities
+VOX_METADATA_SHA256 = "dfbaf55a6edaaf84add29f93692f8bb7289aff1102631bcdf1b1aaf52f3953f7"
+
+
+def metadata_is_official(metadata: str | os.PathLike) -> tuple[bool, str]:
+    """(the file is the pinned public ``vox-metadata.csv``, its sha256)."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(metadata).read_bytes()).hexdigest()
+    return digest == VOX_METADATA_SHA256, digest
+
+
 def prepare_vox(metadata: str | os.PathLike, video_folder: str | os.PathLike, out: str | os.PathLike,
                 fmt: str = "png", workers: int = 1, image_shape: Optional[tuple[int, int]] = (256, 256),
                 download: bool = False, progress: bool = True) -> dict:
@@ -349,6 +362,10 @@ def prepare_vox(metadata: str | os.PathLike, video_folder: str | os.PathLike, ou
     if not Path(video_folder).is_dir() and not download:
         raise FileNotFoundError(f"--video-folder {video_folder} does not exist")
     jobs = read_metadata(metadata)
+    official, digest = metadata_is_official(metadata)
+    if not official:
+        log.warning("%s is not the pinned public vox-metadata.csv (sha256 %s…): the split is not the official one",
+                    metadata, digest[:12])
     Path(video_folder).mkdir(parents=True, exist_ok=True)
     out = Path(out)
     for part in sorted({j.partition for j in jobs} | {"train", "test"}):
@@ -374,7 +391,8 @@ def prepare_vox(metadata: str | os.PathLike, video_folder: str | os.PathLike, ou
             done(_job((j, opt)))
     order = {j.video_id: k for k, j in enumerate(jobs)}
     entries.sort(key=lambda e: order[e["video_id"]])
-    report = {"metadata": str(metadata), "video_folder": str(video_folder), "out": str(out), "format": fmt,
+    report = {"metadata": str(metadata), "metadata_sha256": digest, "metadata_is_official": official,
+              "video_folder": str(video_folder), "out": str(out), "format": fmt,
               "image_shape": list(image_shape) if image_shape else None, "videos": entries,
               "summary": summarize(entries)}
     atomic_write_json(out / REPORT_NAME, report)

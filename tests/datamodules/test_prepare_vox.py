@@ -114,6 +114,22 @@ def test_unreadable_video_is_reported_not_fatal(tmp_path):
     assert report["videos"][0]["chunks"][0]["status"] == "unreadable_video"
 
 
+def test_report_says_whether_the_metadata_is_the_pinned_public_file(tmp_path, monkeypatch):
+    """The report records the metadata's sha256 and whether it is the public vox-metadata.csv (the official split)."""
+    import hashlib
+
+    import datamodules.prepare.vox as vox
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    meta = _write_meta(tmp_path / "m.csv", ["gone,0,10,0-0-8-8,25,32,32,train,id00004"])
+    digest = hashlib.sha256(meta.read_bytes()).hexdigest()
+    report = prepare_vox(meta, raw, tmp_path / "out", progress=False)
+    assert report["metadata_sha256"] == digest and report["metadata_is_official"] is False
+    monkeypatch.setattr(vox, "VOX_METADATA_SHA256", digest)
+    assert prepare_vox(meta, raw, tmp_path / "out2", progress=False)["metadata_is_official"] is True
+
+
 def _real_raw(real_fixtures: Path, tmp_path: Path) -> Path:
     raw = tmp_path / "raw"
     raw.mkdir()
