@@ -246,6 +246,27 @@ class ReferenceVideoDiffusion(AnimationModule):
         """Training-time driving input (subclasses: cross-identity frames, appearance augmentation)."""
         return driving
 
+    def guidance_conditions(self, src: torch.Tensor, drv: torch.Tensor, use_cfg: bool,
+                            negative: Optional[dict] = None, **kw) -> tuple[MotionState, torch.Tensor, torch.Tensor]:
+        """The motion state of a sampling pass, ``keep_ref`` and the reference row of each batch row. With guidance
+        the batch is [uncond; cond]: the uncond half drops what ``guidance_uncond`` names (``motion``: the motion
+        condition, ``reference``: the reference attention); ``negative`` adds keywords to the uncond pass only
+        (X-NeMo's guidance-negative face crop). ``kw`` go to both passes of ``encode_motion``."""
+        B, dev = src.shape[0], src.device
+        ones = torch.ones(B, dtype=torch.bool, device=dev)
+        state = self.encode_motion(src, drv, ones, **kw)
+        ref_index, keep_ref = torch.arange(B, device=dev), ones
+        if use_cfg:
+            drop = set(self.cfg.guidance_uncond)
+            unknown = drop - {"reference", "motion"}
+            if unknown:
+                raise ValueError(f"guidance_uncond names unknown conditions {sorted(unknown)}")
+            uncond = self.encode_motion(src, drv, ~ones if "motion" in drop else ones, **(negative or {}), **kw)
+            state = {k: torch.cat([uncond[k], state[k]]) for k in state}
+            ref_index = ref_index.repeat(2)
+            keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
+        return state, keep_ref, ref_index
+
     # ---- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def animate(self, source: torch.Tensor, driving: torch.Tensor, num_inference_steps: Optional[int] = None,
@@ -265,20 +286,8 @@ class ReferenceVideoDiffusion(AnimationModule):
             dev = src.device
             scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
             use_cfg = scale != 1.0
-            ones = torch.ones(B, dtype=torch.bool, device=dev)
             kp = normalise_keypoints(keypoints, (H, W))
-            state = self.encode_motion(src, drv, ones, keypoints=kp)
-            ref_index = torch.arange(B, device=dev)
-            keep_ref = ones
-            if use_cfg:
-                drop = set(self.cfg.guidance_uncond)
-                unknown = drop - {"reference", "motion"}
-                if unknown:
-                    raise ValueError(f"guidance_uncond names unknown conditions {sorted(unknown)}")
-                uncond = self.encode_motion(src, drv, ~ones if "motion" in drop else ones, keypoints=kp)
-                state = {k: torch.cat([uncond[k], state[k]]) for k in state}
-                ref_index = ref_index.repeat(2)
-                keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
+            state, keep_ref, ref_index = self.guidance_conditions(src, drv, use_cfg, keypoints=kp)
             z_src = self.encode(src)
             z_ref_shape = z_src.shape[1:]
             gen = generator if generator is not None else torch.Generator().manual_seed(int(self.cfg.sample_seed))

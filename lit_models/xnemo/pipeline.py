@@ -91,23 +91,13 @@ class XNeMoPipeline:
 
         src = model.to_model(source.to(dev, dt))
         drv = driving.to(dev, dt)
-        ones = torch.ones(B, dtype=torch.bool, device=dev)
         ctx = None
         if clip_pixels is not None and getattr(model, "image_encoder", None) is not None:
             ctx = model.image_context(src, pixel_values=clip_pixels.to(dev, dt)).to(dt)
         extra = {} if ctx is None else {"image_embeds": ctx}
-        state = model.encode_motion(src, drv, ones, **extra)
-        ref_index, keep_ref = torch.arange(B, device=dev), ones
-        if use_cfg:
-            drop = set(cfg.guidance_uncond)
-            if drop - {"reference", "motion"}:
-                raise ValueError(f"guidance_uncond names unknown conditions {sorted(drop - {'reference', 'motion'})}")
-            neg_src = src if reference_motion is None else reference_motion.to(dev, dt)
-            uncond = model.encode_motion(src, drv, ~ones if "motion" in drop else ones, negative_source=neg_src,
-                                         **extra)
-            state = {k: torch.cat([uncond[k], state[k]]) for k in state}
-            ref_index = ref_index.repeat(2)
-            keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
+        neg_src = src if reference_motion is None else reference_motion.to(dev, dt)
+        state, keep_ref, ref_index = model.guidance_conditions(src, drv, use_cfg,
+                                                               negative={"negative_source": neg_src}, **extra)
 
         z_ref = model.encode(src)                                            # B×C×h×w
         model.write_reference(z_ref, source=src, context=ctx)

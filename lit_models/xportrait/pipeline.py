@@ -108,21 +108,11 @@ class XPortraitPipeline:
         dev = src.device
         scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
         use_cfg = scale != 1.0
-        ones = torch.ones(B, dtype=torch.bool, device=dev)
         kp = normalise_keypoints(keypoints, (H, W))
         pc = None if patch_centres is None else \
             patch_centres.float() / torch.tensor([W, H], dtype=torch.float32, device=patch_centres.device)
         extra = {} if pc is None else {"patch_centres": pc}
-        state = m.encode_motion(src, drv, ones, keypoints=kp, **extra)
-        keep_ref = ones
-        if use_cfg:
-            drop = set(cfg.guidance_uncond)
-            unknown = drop - {"reference", "motion"}
-            if unknown:
-                raise ValueError(f"guidance_uncond names unknown conditions {sorted(unknown)}")
-            uncond = m.encode_motion(src, drv, ~ones if "motion" in drop else ones, keypoints=kp, **extra)
-            state = {k: torch.cat([uncond[k], state[k]]) for k in state}
-            keep_ref = torch.cat([~ones if "reference" in drop else ones, ones])
+        state, keep_ref, _ = m.guidance_conditions(src, drv, use_cfg, keypoints=kp, **extra)
         z_src = m.encode(src)
         zshape = z_src.shape[1:]
         if noise is None:
