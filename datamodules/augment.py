@@ -12,8 +12,8 @@ The official transform, per sample (a clip = [source, driving] frames):
    ``img_as_ubyte → PIL → adjustments in that order → np.array`` with torchvision's PIL functions
    (``adjust_brightness`` …) — done here with the same functions on the uint8 frames, so the numbers are equal.
 
-``draw`` takes those draws from a numpy Generator (the lab's per-sample streams); ``draw_python_random`` takes them
-from Python's ``random`` exactly as the official code does (same values for the same ``random`` state).
+``draw`` takes those draws from a numpy Generator (the lab's per-sample streams) or from Python's ``random`` exactly
+as the official code does (same values for the same ``random`` state).
 """
 from __future__ import annotations
 
@@ -58,8 +58,10 @@ def _ranges(cfg) -> dict:
     return out
 
 
-def draw(rng: np.random.Generator, cfg) -> AugmentParams:
-    """A sample's draw from ``rng``, distributed as the official one."""
+def draw(rng, cfg) -> AugmentParams:
+    """A sample's draw, in the official order (RandomFlip, then ColorJitter's factors and its shuffled order), from a
+    numpy Generator (the lab's per-sample streams) or a ``random.Random`` / the ``random`` module (the official
+    code's own draws, for tests against it)."""
     p = AugmentParams()
     if rng.random() < 0.5 and bool(_cfg_value(cfg, "time_flip", False)):
         p.time_flip = True
@@ -69,26 +71,13 @@ def draw(rng: np.random.Generator, cfg) -> AugmentParams:
     for name in ("brightness", "contrast", "saturation", "hue"):
         if name in ranges:
             lo, hi = ranges[name]
-            p.factors[name] = float(lo + (hi - lo) * rng.random())
+            p.factors[name] = float(lo + (hi - lo) * rng.random())     # = random.uniform(lo, hi)
     names = [n for n in JITTER_ORDER if n in p.factors]
-    p.order = tuple(names[i] for i in rng.permutation(len(names)))
-    return p
-
-
-def draw_python_random(r, cfg) -> AugmentParams:
-    """The official draw from a ``random.Random`` (or the ``random`` module): RandomFlip, then ColorJitter."""
-    p = AugmentParams()
-    if r.random() < 0.5 and bool(_cfg_value(cfg, "time_flip", False)):
-        p.time_flip = True
-    elif r.random() < 0.5 and bool(_cfg_value(cfg, "horizontal_flip", False)):
-        p.horizontal_flip = True
-    ranges = _ranges(cfg)
-    for name in ("brightness", "contrast", "saturation", "hue"):
-        if name in ranges:
-            p.factors[name] = r.uniform(*ranges[name])
-    names = [n for n in JITTER_ORDER if n in p.factors]
-    r.shuffle(names)
-    p.order = tuple(names)
+    if isinstance(rng, np.random.Generator):
+        p.order = tuple(names[i] for i in rng.permutation(len(names)))
+    else:
+        rng.shuffle(names)                                          # official: random.shuffle of the transforms
+        p.order = tuple(names)
     return p
 
 

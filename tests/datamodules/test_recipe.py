@@ -64,7 +64,7 @@ def test_augmentation_equals_the_official_transform_on_the_same_draw(real_fixtur
     for smp in g["samples"]:
         frames = np.stack([got[smp["chunk"]][k][64:192, 64:192] for k in smp["frames"]])
         assert [_sha(f) for f in frames] == smp["input_sha256_16"]
-        p = augment.draw_python_random(random.Random(int(smp["seed"])), OFFICIAL)
+        p = augment.draw(random.Random(int(smp["seed"])), OFFICIAL)
         branches.add("t" if p.time_flip else "h" if p.horizontal_flip else "n")
         ours = augment.apply_frames(frames, p)
         assert [_sha(f) for f in ours] == smp["official_sha256_16"], f"seed {smp['seed']}"
