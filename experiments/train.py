@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import runtime
+from experiments.preemption import Preempted, Preemption, requeued
 from experiments.schema import register_configs
 
 log = logging.getLogger("portraitlab.train")
@@ -108,7 +109,7 @@ def train(cfg: DictConfig) -> dict:
     runtime.check_data_root(cfg)   # before a run directory exists
     run_dir = runtime.resolve_run_dir(cfg)
     with runtime.run_dir_lock(run_dir, "train"):   # one writer: a second process fails at once, naming this one
-        preemption = runtime.Preemption(run_dir).install()
+        preemption = Preemption(run_dir).install()
         try:
             return _train_locked(cfg, run_dir, preemption)
         finally:
@@ -116,10 +117,10 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _auto_resume(cfg: DictConfig, run_dir: Path) -> None:
-    """A requeued job (``runtime.requeued``: preempted / timed out, restarted by submitit or SLURM into the same
+    """A requeued job (``experiments.preemption.requeued``: preempted / timed out, restarted by submitit or SLURM into the same
     run directory) continues its ``last.ckpt``: ``resume`` is switched on."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.resume or not runtime.requeued(run_dir) or not last.exists():
+    if cfg.resume or not requeued(run_dir) or not last.exists():
         return
     log.info("requeued after preemption: resuming from %s", last)
     with_flag = OmegaConf.is_readonly(cfg)
@@ -128,7 +129,7 @@ def _auto_resume(cfg: DictConfig, run_dir: Path) -> None:
     OmegaConf.set_readonly(cfg, with_flag)
 
 
-def _train_locked(cfg: DictConfig, run_dir: Path, preemption: "runtime.Preemption") -> dict:
+def _train_locked(cfg: DictConfig, run_dir: Path, preemption: "Preemption") -> dict:
     _auto_resume(cfg, run_dir)
     finished = runtime.finished_run(cfg, run_dir)
     if finished is not None:   # resume=true on a finished job (a relaunched sweep): nothing to redo
@@ -167,7 +168,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, preemption: "runtime.Preemptio
 
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        except (runtime.Preempted, SIGTERMException):   # last.ckpt holds the step boundary the signal reached
+        except (Preempted, SIGTERMException):   # last.ckpt holds the step boundary the signal reached
             runtime.finish_loggers(loggers)
             preemption.forward()   # submitit / SLURM requeue (the restart resumes), else exit 128 + signal
         if preemption.signum is not None:   # the signal came with the last step: the final state is the checkpoint

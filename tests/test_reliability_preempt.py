@@ -196,7 +196,7 @@ def test_preemption_checkpoint_waits_for_the_step_boundary_and_syncs_ranks():
     import tempfile
     from types import SimpleNamespace
 
-    from experiments.runtime import Preempted, Preemption, PreemptionCheckpoint, requeued
+    from experiments.preemption import Preempted, Preemption, PreemptionCheckpoint, requeued
 
     with tempfile.TemporaryDirectory() as d:
         run_dir = Path(d)
