@@ -1,4 +1,5 @@
-"""Shared test fixtures: real-fixture lookup (skips cleanly when absent), config composition, small SynthFaces."""
+"""Shared test fixtures: real-fixture lookup (skips cleanly when absent), config composition, small SynthFaces, a
+headless Chromium. The plain helpers they share with the test files are in tests/helpers.py."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP b
 import torch  # noqa: E402
 
 from experiments.compose import compose  # noqa: E402
+from helpers import find_chromium  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,10 @@ def synth_root(tmp_path_factory) -> Path:
                       num_cross_pairs=4, seed=0)
     render_dataset(root, cfg)
     return root
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A headless-capable Chromium binary for Playwright (skips, naming what to install, when there is none)."""
+    pytest.importorskip("playwright", reason="pip install playwright (a project dependency)")
+    return find_chromium()

@@ -63,8 +63,8 @@ def _displayed() -> np.ndarray:
 @pytest.mark.parametrize("orientation, stored", [(6, lambda d: np.rot90(d, 1)), (8, lambda d: np.rot90(d, -1)),
                                                  (3, lambda d: np.rot90(d, 2))])
 def test_read_image_applies_exif_orientation(tmp_path, orientation, stored):
-    """A phone photo: pixels stored in sensor orientation plus an EXIF Orientation tag (main: the tag was
-    ignored, the portrait came out lying on its side)."""
+    """A phone photo: pixels stored in sensor orientation plus an EXIF Orientation tag; the tag is applied (ignored,
+    the portrait would come out lying on its side)."""
     from PIL import Image
 
     from experiments.animate import read_image
@@ -79,7 +79,7 @@ def test_read_image_applies_exif_orientation(tmp_path, orientation, stored):
 
 
 def test_read_image_scales_16_bit_pngs(tmp_path):
-    """16-bit grayscale PNG (main: clipped to white) and 16-bit RGB / RGBA PNGs give the 8-bit image."""
+    """16-bit grayscale PNG (not clipped to white) and 16-bit RGB / RGBA PNGs give the 8-bit image."""
     import cv2
 
     from experiments.animate import read_image

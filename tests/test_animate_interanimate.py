@@ -57,7 +57,7 @@ def test_animate_identity_tokens_come_from_the_full_resolution_face(compose_cfg,
         assert bool(found.all())
         assert torch.allclose(emb.float(), full_emb.float(), atol=1e-5)
         assert (tokens - null).abs().amax() > 1e-3          # identity tokens, not the learned no-identity tokens
-    # the bug this guards against: at the model's input size the detector finds no face
+    # why the face is found on the full-size frame: at the model's input size the detector finds none
     _, small_found = enc(crop_resize(img, box, 16))
     assert not bool(small_found.any())
 

@@ -47,8 +47,8 @@ def test_run_animation_calls_animate_once_with_the_whole_clip():
 
 
 def test_whole_clip_has_no_repeated_noise_and_is_reproducible():
-    """A still driving clip of 20 frames, windows of 8: with per-chunk sampling under one seed, frames t and t + 8
-    were the same sample; in one trajectory they are not, and the same seed gives the same video."""
+    """A still driving clip of 20 frames, windows of 8: in one trajectory frames t and t + 8 are different samples
+    (per-chunk sampling under one seed makes them the same sample), and the same seed gives the same video."""
     m = tiny_xportrait()
     src = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     drv = src[:, None].expand(1, 20, 3, 32, 32).contiguous()
@@ -57,11 +57,11 @@ def test_whole_clip_has_no_repeated_noise_and_is_reproducible():
     assert torch.equal(a, b)
     c = m.animate(src, drv, generator=torch.Generator().manual_seed(6))
     assert (a - c).abs().max() > 1e-3
-    # frames 8 apart: independent samples now (the chunked path gave identical ones)
+    # frames 8 apart: independent samples (sampling chunk by chunk gives identical ones)
     assert (a[:, 8:16] - a[:, 0:8]).abs().mean() > 1e-2
     chunked = torch.cat([m.animate(src, drv[:, s:s + 8], generator=torch.Generator().manual_seed(5))
                          for s in range(0, 16, 8)], 1)
-    assert (chunked[:, 8:16] - chunked[:, 0:8]).abs().max() < 1e-5       # what per-chunk seeding produced
+    assert (chunked[:, 8:16] - chunked[:, 0:8]).abs().max() < 1e-5       # what per-chunk seeding produces
     assert (a[:, :16] - chunked).abs().mean() > 1e-2
 
 

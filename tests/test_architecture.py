@@ -1,5 +1,5 @@
-"""The import graph obeys the data flow (issue 17): datamodules → batch dict → lit_models → eval → tables, with the
-entry points in experiments and toolbox as the neutral helper package.
+"""The import graph obeys the data flow: datamodules → batch dict → lit_models → eval → tables, with the entry points
+in experiments and toolbox as the neutral helper package.
 
 Every ``import`` / ``from … import`` of every module is read with ``ast`` (inside functions, methods and
 ``if TYPE_CHECKING`` blocks too; relative imports resolved against the module's package), so a lazy import counts
@@ -10,9 +10,9 @@ like a top-level one. Forbidden edges:
 * ``eval`` never imports ``experiments`` (it may import ``lit_models`` and ``datamodules``);
 * ``toolbox`` imports none of ``datamodules``, ``lit_models``, ``eval``, ``experiments``.
 
-``PENDING`` lists the known edges that other work is removing, as exact ``(file, imported module)`` pairs. It may
-only shrink: an edge not in it fails the test (with file:line), and so does an entry that no longer exists (remove
-it from ``PENDING`` then).
+``PENDING`` is the allow-list of known edges still to be removed, as exact ``(file, imported module)`` pairs. It may
+only shrink: an edge not in it fails the test (with file:line), and so does an entry whose edge is gone (remove it
+from ``PENDING`` then).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ FORBIDDEN = {
     "toolbox": {"datamodules", "lit_models", "eval", "experiments"},
 }
 
-# known back-edges being removed elsewhere (issue 17): (file relative to the repo, imported module). Shrink only.
-PENDING: set[tuple[str, str]] = set()   # empty: every back-edge is gone
+# allowed back-edges still to be removed: (file relative to the repo, imported module). Shrink only.
+PENDING: set[tuple[str, str]] = set()   # empty: no back-edge is allowed
 
 
 def imported_modules(path: Path, module: str) -> list[tuple[int, str]]:

@@ -1,4 +1,4 @@
-"""Issue 17: one CLI style (Hydra console scripts) and Trainer/callbacks built from config."""
+"""One CLI style (Hydra console scripts) and Trainer/callbacks built from config."""
 from __future__ import annotations
 
 import ast
@@ -56,7 +56,7 @@ def test_console_script_target_answers_hydra_completion():
     assert "complete" in out.stdout and "portraitlab-train" in out.stdout
 
 
-# ---- item 2: any lightning.Trainer option, callbacks from the `callbacks/` group -----------------------------------
+# ---- any lightning.Trainer option, callbacks from the `callbacks/` group -----------------------------------------
 def test_every_lightning_trainer_keyword_is_a_valid_trainer_key(compose_cfg, tmp_path):
     """`+trainer.<kw>` validates for every lightning.Trainer.__init__ keyword (except the four the lab builds), and a
     typo is still rejected with the nearest name (the Trainer's own keywords included)."""
@@ -84,8 +84,8 @@ def test_every_lightning_trainer_keyword_is_a_valid_trainer_key(compose_cfg, tmp
 
 
 def test_passthrough_trainer_options_reach_the_trainer(compose_cfg, tmp_path):
-    """`+trainer.profiler=simple` (main: dropped silently) and a `_target_` value built by hydra.utils.instantiate;
-    without them the Trainer gets Lightning's default (no profiler)."""
+    """`+trainer.profiler=simple` reaches the Trainer (not dropped silently), and so does a `_target_` value built by
+    hydra.utils.instantiate; without them the Trainer gets Lightning's default (no profiler)."""
     from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
 
     from experiments.runtime import build_trainer, validate

@@ -98,7 +98,7 @@ def test_a_variant_is_a_small_override():
 
 
 def test_mrfa_sweep_scores_keypoints_and_cross_identity_ground_truth(compose_cfg):
-    """Issue 4's table columns: AKD on ground-truth keypoints (akd_synthlm) under self-reenactment, and the error
+    """The MRFA sweep's table columns: AKD on ground-truth keypoints (akd_synthlm) under self-reenactment, and the error
     against SynthFaces' cross-identity ground truth (an extra synth_cross protocol) for every K."""
     cfg = compose_cfg("train", ["sweep=mrfa_refine_iters", "model.refine_iters=2"])
     validate(cfg)

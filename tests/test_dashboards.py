@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from helpers import tiny_run
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def small(synth_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.root={synth_root}", "data.synth=null", f"run_dir={run_dir}", "debug=fast",
-            "model.base_channels=4", "model.num_down=2", "logger=wandb", "logger.wandb.mode=offline",
-            "logger.wandb.project=dash_proj", *extra]
+WANDB = ["logger=wandb", "logger.wandb.mode=offline", "logger.wandb.project=dash_proj"]
 
 
 def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(compose_cfg, synth_root, tmp_path,
@@ -38,7 +37,7 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
         cfg = compose_cfg("train", ["experiment=baseline_direct", "sweep_name=dash", "axes=[model.lr]",
                                     f"model.lr={lr}", "seed=1", f"trainer.max_steps={steps}",
                                     "trainer.checkpoint_every_n_steps=100", "trainer.val_check_interval=100",
-                                    *small(synth_root, sweep / f"{j}_lr", *extra)])
+                                    *tiny_run(synth_root, sweep / f"{j}_lr", *WANDB, *extra)])
         train(cfg)
     hydra_like = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "sweeper": {"params": {"model.lr": "1e-3,2e-3"}},
                                              "overrides": {"task": ["sweep=dash"]}},
@@ -86,8 +85,7 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
     monkeypatch.setattr(runtime, "sweep_dir", lambda: None)
     ckpt = sweep / "0_lr" / "checkpoints" / "last.ckpt"
     ev_dir = tmp_path / "eval_later"
-    evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", *[o for o in small(synth_root, ev_dir)
-                                                         if not o.startswith("model.")]]))
+    evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", *tiny_run(synth_root, ev_dir, *WANDB, shrink_model=False)]))
     ev = run_files(ev_dir)[0]
     info, train_info = read_run(ev), read_run(job)
     assert info["job_type"] == "eval" and info["group"] == group and info["project"] == "dash_proj"

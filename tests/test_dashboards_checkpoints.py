@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from helpers import tiny_run
+
 SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encoder_resolution=16",
           "model.motion_encoder_channels=[8,16]", "model.num_inference_steps=2", "model.motion_dim=32"]
 
@@ -16,11 +18,11 @@ def test_keeps_the_last_n_and_every_k_steps(compose_cfg, synth_root, tmp_path):
     from experiments.train import train
 
     run = tmp_path / "run"
-    train(compose_cfg("train", ["experiment=baseline_direct", f"data.root={synth_root}", "data.synth=null",
-                                f"run_dir={run}", "debug=fast", "model.base_channels=4", "model.num_down=2",
-                                "logger=none", "evaluate_after_train=false", "trainer.max_steps=4",
-                                "trainer.val_check_interval=100", "trainer.checkpoint_every_n_steps=1",
-                                "trainer.keep_last_n=2", "trainer.keep_every_n_steps=2"]))
+    train(compose_cfg("train", ["experiment=baseline_direct",
+                                *tiny_run(synth_root, run, "logger=none", "evaluate_after_train=false",
+                                          "trainer.max_steps=4", "trainer.val_check_interval=100",
+                                          "trainer.checkpoint_every_n_steps=1", "trainer.keep_last_n=2",
+                                          "trainer.keep_every_n_steps=2")]))
     names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert names == ["keep-step0000002.ckpt", "keep-step0000004.ckpt", "last.ckpt", "step0000003.ckpt",
                      "step0000004.ckpt"]

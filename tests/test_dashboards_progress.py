@@ -6,6 +6,7 @@ import io
 
 from omegaconf import OmegaConf
 
+from helpers import tiny_run
 from toolbox import progress as P
 
 
@@ -84,10 +85,9 @@ def test_training_and_evaluation_write_progress_lines_when_stdout_is_a_log(compo
     monkeypatch.setenv("PORTRAITLAB_PROGRESS_EVERY", "0")
     monkeypatch.delenv("PORTRAITLAB_PROGRESS", raising=False)
     run = tmp_path / "run"
-    train(compose_cfg("train", ["experiment=baseline_direct", f"data.root={synth_root}", "data.synth=null",
-                                f"run_dir={run}", "debug=fast", "model.base_channels=4", "model.num_down=2",
-                                "logger=csv", "trainer.enable_progress_bar=true", "trainer.max_steps=3",
-                                "trainer.val_check_interval=100"]))
+    train(compose_cfg("train", ["experiment=baseline_direct",
+                                *tiny_run(synth_root, run, "logger=csv", "trainer.enable_progress_bar=true",
+                                          "trainer.max_steps=3", "trainer.val_check_interval=100")]))
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("[progress]")]
     train_lines = [ln for ln in lines if ln.startswith("[progress] train:")]

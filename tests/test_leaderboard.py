@@ -4,12 +4,12 @@ protocol hash and weights sha256 on one self-contained page (rendered in headles
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from helpers import assert_clean_screenshot, headless_page
 
 PROTOCOLS = ("synthfaces_self", "synthfaces_self_motion")
 
@@ -42,7 +42,6 @@ def board(synth_root, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("leaderboard")
     ckpts = make_checkpoints(tmp / "runs")
-    os.environ.setdefault("WANDB_MODE", "offline")
     res = leaderboard(args(ckpts, synth_root, tmp / "board", "reference=copy_source"))
     return res, ckpts, tmp
 
@@ -119,40 +118,21 @@ def test_bad_arguments_fail_before_any_work(tmp_path, synth_root):
     assert not (tmp_path / "o").exists()
 
 
-def test_leaderboard_page_renders_in_headless_chromium(board, tmp_path):
-    from test_report import LAUNCH_ARGS, _chromium  # the report page's browser set-up (tests/ is on sys.path)
-
-    pytest.importorskip("playwright", reason="pip install playwright (a project dependency)")
-    chromium = _chromium()
-    from playwright.sync_api import sync_playwright
-
+def test_leaderboard_page_renders_in_headless_chromium(chromium, board, tmp_path):
     res, ckpts, _ = board
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=chromium,
-                                                       headless=True, args=LAUNCH_ARGS,
-                                                       viewport={"width": 1400, "height": 900})
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
-            page.goto(res["page"].as_uri(), wait_until="load")
-            tables = page.locator("table.leaderboard")
-            assert tables.count() == len(PROTOCOLS)
-            for i in range(tables.count()):
-                names = [r.locator("td").first.inner_text().split("\n")[0]
-                         for r in tables.nth(i).locator("tbody tr").all()]
-                assert names == ["copy_source (reference)", "direct"]
-                assert "Δ" in tables.nth(i).locator("tbody tr").nth(1).inner_text()
-            shot = tmp_path / "leaderboard.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert not errors, errors
-    assert shot.stat().st_size > 10_000
-    copy_to = os.environ.get("PORTRAITLAB_LEADERBOARD_SCREENSHOT")   # e.g. for a closing note
-    if copy_to:
-        shutil.copy(shot, copy_to)
+    with headless_page(chromium, tmp_path, errors) as page:
+        page.goto(res["page"].as_uri(), wait_until="load")
+        tables = page.locator("table.leaderboard")
+        assert tables.count() == len(PROTOCOLS)
+        for i in range(tables.count()):
+            names = [r.locator("td").first.inner_text().split("\n")[0]
+                     for r in tables.nth(i).locator("tbody tr").all()]
+            assert names == ["copy_source (reference)", "direct"]
+            assert "Δ" in tables.nth(i).locator("tbody tr").nth(1).inner_text()
+        shot = tmp_path / "leaderboard.png"
+        page.screenshot(path=str(shot), full_page=True)
+    assert_clean_screenshot(errors, shot, 10_000, "PORTRAITLAB_LEADERBOARD_SCREENSHOT")
 
 
 def test_a_trained_runs_own_evaluation_is_reused_and_its_last_ckpt_is_the_final_state(synth_root, tmp_path, monkeypatch):

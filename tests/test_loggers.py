@@ -11,10 +11,7 @@ import pandas as pd
 import pytest
 from hydra.errors import ConfigCompositionException
 
-
-def small(synth_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.root={synth_root}", "data.synth=null", f"run_dir={run_dir}", "debug=fast",
-            "model.base_channels=4", "model.num_down=2", *extra]
+from helpers import tiny_run
 
 
 def csv_losses(run_dir: Path) -> dict[int, float]:
@@ -111,8 +108,8 @@ def test_extra_lightning_logger_from_the_command_line_writes_its_files(compose_c
 
     run = tmp_path / "run"
     cfg = compose_cfg("train", ["experiment=baseline_direct", "evaluate_after_train=false",
-                                *small(synth_root, run, "trainer.max_steps=3", "trainer.val_check_interval=100",
-                                       "+logger.tb={_target_:lightning.pytorch.loggers.TensorBoardLogger,name:tb}")])
+                                *tiny_run(synth_root, run, "trainer.max_steps=3", "trainer.val_check_interval=100",
+                                          "+logger.tb={_target_:lightning.pytorch.loggers.TensorBoardLogger,name:tb}")])
     train(cfg)
     events = sorted((run / "tb").glob("version_0/events.out.tfevents.*"))
     assert len(events) == 1
@@ -130,8 +127,8 @@ def test_wandb_entry_gets_group_job_type_tags_and_resume_keeps_id_and_group(comp
     run = tmp_path / "run"
     common = ["experiment=baseline_direct", "evaluate_after_train=false", "axes=[model.lr]", "model.lr=0.002",
               "trainer.val_check_interval=100", "trainer.checkpoint_every_n_steps=2",
-              *small(synth_root, run, "logger=wandb", "logger.wandb.mode=offline", "logger.wandb.project=lg_proj",
-                     "logger.wandb.tags=[mine]")]
+              *tiny_run(synth_root, run, "logger=wandb", "logger.wandb.mode=offline",
+                        "logger.wandb.project=lg_proj", "logger.wandb.tags=[mine]")]
     cfg = compose_cfg("train", [*common, "trainer.max_steps=2"])
     assert cfg.name == "baseline_direct"
     train(cfg)

@@ -1,6 +1,6 @@
-"""Reliability regressions (issue 14, training side): a non-finite loss stops training before it is checkpointed;
-one writer per run directory; unique sweep directories; SynthFaces roots keyed by content; short errors that name
-the config key; atomic checkpoints. Each test failed on the main branch before the fix."""
+"""Training reliability: a non-finite loss stops training before it is checkpointed; one writer per run directory;
+unique sweep directories; SynthFaces roots keyed by content; short errors that name the config key; atomic
+checkpoints; loading a checkpoint runs no code."""
 from __future__ import annotations
 
 import os
@@ -12,26 +12,28 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import lock_held_elsewhere, tiny_run
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def small(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.root={root}", "data.synth=null", f"run_dir={run_dir}", "debug=fast", "logger=none",
-            "evaluate_after_train=false", *extra]
+def quiet_run(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A quiet run: no logger, no evaluation after training (the model's size is the caller's)."""
+    return tiny_run(root, run_dir, "logger=none", "evaluate_after_train=false", *extra, shrink_model=False)
 
 
-# ---- item 2: non-finite training ------------------------------------------------------------------------------
+# ---- non-finite training ---------------------------------------------------------------------------------------------
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(compose_cfg, synth_root, tmp_path):
     """`model.lr=1e6` on mrfa_tiny: the loss is NaN from step 2 on. Training stops with a message naming the step
-    and the last good checkpoint; no checkpoint on disk holds a non-finite value (main: ran to the end, rc=0,
-    NaN checkpoints)."""
+    and the last good checkpoint; no checkpoint on disk holds a non-finite value (training does not run on to the
+    end with rc=0 and NaN checkpoints)."""
     from experiments.runtime import NonFiniteTrainingError
     from experiments.train import train
 
     run = tmp_path / "run"
     cfg = compose_cfg("train", ["model=mrfa_tiny", "model.lr=1e6", "data.num_frames=1",
-                                *small(synth_root, run, "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=1",
-                                       "trainer.limit_val_batches=0")])
+                                *quiet_run(synth_root, run, "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=1",
+                                           "trainer.limit_val_batches=0")])
     with pytest.raises(NonFiniteTrainingError, match=r"non-finite loss=nan at step \d.*Last good checkpoint: .*last\.ckpt"):
         train(cfg)
     ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
@@ -49,41 +51,32 @@ def test_finite_check_can_be_turned_off(compose_cfg, synth_root, tmp_path):
 
     run = tmp_path / "run"
     train(compose_cfg("train", ["model=mrfa_tiny", "model.lr=1e6", "data.num_frames=1", "trainer.finite_check=false",
-                                *small(synth_root, run, "trainer.max_steps=3", "trainer.limit_val_batches=0")]))
+                                *quiet_run(synth_root, run, "trainer.max_steps=3", "trainer.limit_val_batches=0")]))
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-# ---- item 5: one writer -----------------------------------------------------------------------------------------
+# ---- one writer ------------------------------------------------------------------------------------------------------
 def test_second_writer_of_a_run_directory_fails_at_once_naming_the_holder(compose_cfg, synth_root, tmp_path):
     from experiments.train import train
     from toolbox.locks import DirectoryLocked
 
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from toolbox.locks import DirLock; "
-                               f"DirLock({str(run)!r}, purpose='train').acquire(); print('held', flush=True); "
-                               "time.sleep(120)"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        cfg = compose_cfg("train", ["experiment=baseline_direct", *small(synth_root, run)])
+    with lock_held_elsewhere(run, "train") as holder:
+        cfg = compose_cfg("train", ["experiment=baseline_direct", *quiet_run(synth_root, run)])
         t0 = time.perf_counter()
         with pytest.raises(DirectoryLocked, match=rf"pid {holder.pid} .*train"):
             train(cfg)
         assert time.perf_counter() - t0 < 5
         assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
     train(cfg)    # the holder died: the OS freed the lock, no stale lock file blocks the directory
     assert (run / "checkpoints" / "last.ckpt").exists()
 
 
 def test_two_sweeps_launched_in_the_same_second_get_their_own_directories(tmp_path):
-    """The sweep directory resolved by two launching processes whose clock reads the same instant (main:
-    `%Y-%m-%d_%H-%M-%S` only, one shared directory)."""
+    """The sweep directory resolved by two launching processes whose clock reads the same instant differs (a
+    `%Y-%m-%d_%H-%M-%S` stamp alone would give both one shared directory)."""
     code = ("import datetime; from omegaconf import OmegaConf; import experiments.schema as s\n"
             "getattr(s, 'register_resolvers', lambda: None)()\n"
             "cfg = OmegaConf.load('experiments/configs/train.yaml'); cfg.sweep_name = cfg.name = 'baselines'\n"
@@ -98,8 +91,8 @@ def test_two_sweeps_launched_in_the_same_second_get_their_own_directories(tmp_pa
 
 
 def test_synthfaces_roots_are_keyed_by_every_content_parameter(compose_cfg, tmp_path):
-    """Two configs that render different data never share a root (main: keyed by the seed only, and a changed
-    `data.synth.*` re-rendered the shared root in place under the other job); a root holding another render is
+    """Two configs that render different data never share a root (a root keyed by the seed only would be
+    re-rendered in place, under the other job, by a changed `data.synth.*`); a root holding another render is
     refused, not replaced."""
     from dataclasses import fields
 
@@ -122,7 +115,7 @@ def _other(value):
     return (not value) if isinstance(value, bool) else (value + 1 if isinstance(value, int) else value + 0.25)
 
 
-# ---- item 7: short errors naming the key ------------------------------------------------------------------------
+# ---- short errors naming the key -------------------------------------------------------------------------------------
 def test_unknown_plus_key_is_rejected_naming_it(compose_cfg):
     from experiments.runtime import ConfigError, validate
 
@@ -179,11 +172,11 @@ def test_cli_config_error_is_short_and_leaves_no_run_directory(tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
 
 
-# ---- item 7: checkpoints renamed atomically on the same filesystem ---------------------------------------------
+# ---- checkpoints renamed atomically on the same filesystem -----------------------------------------------------------
 def test_checkpoint_write_is_atomic_in_its_own_directory(tmp_path, monkeypatch):
-    """The Trainer's checkpoint IO writes a temporary file beside the checkpoint and renames it (main: Lightning's
-    fsspec transaction wrote into the system temp dir and `shutil.move`d — a copy across filesystems, truncated
-    on a full disk); a write that fails half-way leaves the previous checkpoint intact and no temporary file."""
+    """The Trainer's checkpoint IO writes a temporary file beside the checkpoint and renames it (Lightning's fsspec
+    transaction writes into the system temp dir and `shutil.move`s — a copy across filesystems, truncated on a full
+    disk); a write that fails half-way leaves the previous checkpoint intact and no temporary file."""
     from experiments.compose import compose
     from experiments.runtime import build_trainer
 
@@ -210,7 +203,7 @@ def test_checkpoint_write_is_atomic_in_its_own_directory(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
-# ---- item 8: loading a checkpoint runs no code ------------------------------------------------------------------
+# ---- loading a checkpoint runs no code -------------------------------------------------------------------------------
 class _RunsCode:
     """Unpickling this calls exec(): what a crafted checkpoint can do under torch.load(weights_only=False)."""
 
@@ -240,7 +233,7 @@ def test_resume_of_a_finished_run_redoes_nothing_unless_the_config_asks_for_more
     from experiments.train import train
 
     run = tmp_path / "run"
-    args = ["experiment=baseline_direct", "model.base_channels=4", "model.num_down=2", *small(synth_root, run)]
+    args = ["experiment=baseline_direct", *tiny_run(synth_root, run, "logger=none", "evaluate_after_train=false")]
     first = train(compose_cfg("train", args))
     last = run / "checkpoints" / "last.ckpt"
     stamp = last.stat().st_mtime_ns

@@ -17,15 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import checkpoint_differences, subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def env(tmp_path: Path) -> dict:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    e.update(PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", WANDB_MODE="offline",
-             WANDB_SILENT="true", PORTRAITLAB_RUNS=str(tmp_path / "runs"), HYDRA_FULL_ERROR="1")
-    return e
 MAX_STEPS = 10
+
+
+def env(tmp_path: Path) -> dict:
+    return subprocess_env(tmp_path, HYDRA_FULL_ERROR="1")
 
 
 def args(data_root: Path, *extra: str) -> list[str]:
@@ -71,19 +72,11 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def weight_diff(a: Path, b: Path) -> float:
-    """Max |Δ| over every weight tensor and Adam moment of two checkpoints (both at MAX_STEPS)."""
-    sa = torch.load(a, map_location="cpu", weights_only=True)
-    sb = torch.load(b, map_location="cpu", weights_only=True)
-    assert sa["global_step"] == sb["global_step"] == MAX_STEPS
-    assert sa["state_dict"].keys() == sb["state_dict"].keys()
-    diff = max((sa["state_dict"][k].double() - v.double()).abs().max().item() for k, v in sb["state_dict"].items())
-    for ga, gb in zip(sa["optimizer_states"], sb["optimizer_states"]):
-        for k, st in ga["state"].items():
-            for name, t in st.items():
-                if torch.is_tensor(t):
-                    diff = max(diff, (t.double() - gb["state"][k][name].double()).abs().max().item())
-    return diff
+def assert_same_weights(a: Path, b: Path, what: str) -> None:
+    """Two checkpoints at MAX_STEPS hold bit-identical weights and Adam moments (the max |Δ| is printed)."""
+    diffs = checkpoint_differences(a, b, MAX_STEPS)
+    print(f"{what}, weight max abs diff vs uninterrupted = {max(diffs.values(), default=0.0)}")
+    assert not diffs, diffs
 
 
 def one_preemption(run_dir: Path, sig: int) -> dict:
@@ -138,9 +131,7 @@ def test_submitit_requeue_after_preemption_signal_resumes_bit_identical(synth_ro
     steps = [json.loads(ln)["step"] for ln in (run_dir / "samples" / "rank0.jsonl").read_text().splitlines()]
     cut = entry["step"]
     assert steps[-(MAX_STEPS - cut):] == list(range(cut, MAX_STEPS)), steps
-    diff = weight_diff(full, run_dir / "checkpoints" / "last.ckpt")
-    print(f"submitit requeue: preempted at step {cut}, weight max abs diff vs uninterrupted = {diff}")
-    assert diff == 0.0
+    assert_same_weights(full, run_dir / "checkpoints" / "last.ckpt", f"submitit requeue: preempted at step {cut}")
 
 
 @pytest.mark.slow
@@ -166,9 +157,7 @@ def test_preemption_signal_without_submitit_stops_with_checkpoint_and_restart_re
     assert out.returncode == 0, out.stderr[-3000:]
     assert "requeued after preemption: resuming from" in out.stdout + out.stderr
     one_preemption(split, signal.SIGUSR1)
-    diff = weight_diff(full, split / "checkpoints" / "last.ckpt")
-    print(f"plain SIGUSR1: preempted at step {marker['step']}, weight max abs diff vs uninterrupted = {diff}")
-    assert diff == 0.0
+    assert_same_weights(full, split / "checkpoints" / "last.ckpt", f"plain SIGUSR1: preempted at step {marker['step']}")
 
 
 def test_slurm_launcher_allocation_follows_the_trainer(compose_cfg):

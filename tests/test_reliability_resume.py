@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import checkpoint_differences, subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS, EVERY = 8, 2
 
 
 def env(tmp_path: Path) -> dict:
-    e = dict(os.environ)
-    e.update(PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", WANDB_MODE="offline",
-             WANDB_SILENT="true", PORTRAITLAB_RUNS=str(tmp_path / "runs"), PORTRAITLAB_DATA=str(tmp_path / "data"))
-    return e
+    return subprocess_env(tmp_path, PORTRAITLAB_DATA=str(tmp_path / "data"))
 
 
 def train_args(data_root: Path, *extra: str) -> list[str]:
@@ -70,17 +69,9 @@ def kill_between_checkpoints(cmd: list[str], ckpt_dir: Path, tmp_path: Path, tim
 
 
 def assert_bit_identical(a: Path, b: Path) -> None:
-    sa = torch.load(a, map_location="cpu", weights_only=True)
-    sb = torch.load(b, map_location="cpu", weights_only=True)
-    assert sa["global_step"] == sb["global_step"] == MAX_STEPS
-    assert sa["state_dict"].keys() == sb["state_dict"].keys()
-    diff = {k: (sa["state_dict"][k].double() - v.double()).abs().max().item()
-            for k, v in sb["state_dict"].items() if not torch.equal(sa["state_dict"][k], v)}
+    """Weights and Adam moments of two checkpoints at MAX_STEPS equal to the bit."""
+    diff = checkpoint_differences(a, b, MAX_STEPS)
     assert not diff, f"{len(diff)} tensors differ, max abs diff {max(diff.values()):.3g} ({next(iter(diff))})"
-    for ga, gb in zip(sa["optimizer_states"], sb["optimizer_states"]):   # Adam moments too
-        for k, st in ga["state"].items():
-            for name, t in st.items():
-                assert torch.equal(t, gb["state"][k][name]), f"optimizer state {k}.{name} differs"
 
 
 def kill_resume_compare(data_root: Path, tmp_path: Path, *extra: str) -> int:

@@ -7,9 +7,6 @@ process is root (as CI is); otherwise it skips and prints the install command.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +14,8 @@ import pytest
 import yaml
 
 from eval.report import build_report, main
+from helpers import assert_clean_screenshot, headless_page
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-INSTALL_CMD = "sudo apt-get update && sudo apt-get install -y chromium"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 AXIS_VALUES = (0, 1, 4)
 SEEDS = (0, 1)
 
@@ -99,70 +93,29 @@ def test_report_rejects_a_directory_without_runs(tmp_path):
 
 
 # ---- the page in a real browser ---------------------------------------------------------------------------------
-def _chromium() -> str:
-    for c in CHROMIUM_CANDIDATES:
-        if Path(c).exists():
-            return c
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
-        proc = subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, text=True,
-                              timeout=900)
-        if proc.returncode == 0 and Path("/usr/bin/chromium").exists():
-            return "/usr/bin/chromium"
-        pytest.skip(f"installing chromium failed (rc {proc.returncode}): {proc.stderr[-300:]}; run: {INSTALL_CMD}")
-    pytest.skip(f"no Chromium on this machine and not root to install it; run: {INSTALL_CMD}")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    pytest.importorskip("playwright", reason="pip install playwright (a project dependency)")
-    return _chromium()
-
-
 def test_report_renders_in_headless_chromium(tmp_path, chromium, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
     monkeypatch.setenv("WANDB_MODE", "disabled")
     sweep = write_fake_sweep(tmp_path / "mrfa_refine_iters" / "2026-01-01_00-00-00")
     page_path = build_report(sweep)
     errors: list[str] = []
-    with sync_playwright() as p:
-        # a fresh profile folder per test (Playwright passes it as --user-data-dir)
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=chromium,
-                                                       headless=True, args=LAUNCH_ARGS,
-                                                       viewport={"width": 1400, "height": 900})
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
-            page.goto(page_path.as_uri(), wait_until="load")
-            rows = page.locator("table.ablation tbody tr")
-            assert rows.count() == len(AXIS_VALUES)
-            assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == \
-                [str(v) for v in AXIS_VALUES]
-            # every video decodes: metadata loads (H.264 from the data URI) and its duration is > 0
-            durations = page.evaluate("""async () => Promise.all([...document.querySelectorAll('video')].map(v =>
-                new Promise(ok => { const done = () => ok(v.duration);
-                  if (v.readyState >= 2) done(); else { v.addEventListener('loadeddata', done);
-                    v.addEventListener('error', () => ok(-1)); setTimeout(() => ok(-2), 15000); } })))""")
-            assert len(durations) == len(AXIS_VALUES) * len(SEEDS)
-            assert all(d > 0 for d in durations), durations
-            # every image decoded
-            assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert not errors, errors
-    assert shot.stat().st_size > 20_000
-    copy_to = os.environ.get("PORTRAITLAB_REPORT_SCREENSHOT")   # e.g. for a closing note
-    if copy_to:
-        shutil.copy(shot, copy_to)
+    with headless_page(chromium, tmp_path, errors, console_errors=True) as page:
+        page.goto(page_path.as_uri(), wait_until="load")
+        rows = page.locator("table.ablation tbody tr")
+        assert rows.count() == len(AXIS_VALUES)
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == \
+            [str(v) for v in AXIS_VALUES]
+        # every video decodes: metadata loads (H.264 from the data URI) and its duration is > 0
+        durations = page.evaluate("""async () => Promise.all([...document.querySelectorAll('video')].map(v =>
+            new Promise(ok => { const done = () => ok(v.duration);
+              if (v.readyState >= 2) done(); else { v.addEventListener('loadeddata', done);
+                v.addEventListener('error', () => ok(-1)); setTimeout(() => ok(-2), 15000); } })))""")
+        assert len(durations) == len(AXIS_VALUES) * len(SEEDS)
+        assert all(d > 0 for d in durations), durations
+        # every image decoded
+        assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+    assert_clean_screenshot(errors, shot, 20_000, "PORTRAITLAB_REPORT_SCREENSHOT")
 
 
 def test_demo_writes_the_report_and_prints_its_path(tmp_path, monkeypatch, capsys):

@@ -10,12 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import tiny_run
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def small(synth_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.root={synth_root}", "data.synth=null", f"run_dir={run_dir}", "debug=fast",
-            "model.base_channels=4", "model.num_down=2", *extra]
 
 
 def csv_losses(run_dir: Path) -> pd.Series:
@@ -29,7 +26,7 @@ def test_train_then_evaluate_writes_checkpoint_config_and_metrics(compose_cfg, s
     from experiments.train import train
 
     run = tmp_path / "run"
-    cfg = compose_cfg("train", ["experiment=baseline_direct", *small(synth_root, run, "logger=csv")])
+    cfg = compose_cfg("train", ["experiment=baseline_direct", *tiny_run(synth_root, run, "logger=csv")])
     train(cfg)
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "config.yaml").exists()
@@ -49,7 +46,7 @@ def test_extra_protocols_join_the_runs_metrics_and_its_table_row(compose_cfg, sy
     cfg = compose_cfg("train", ["experiment=baseline_direct", "+eval_protocol@extra_eval.cross=synthfaces_cross",
                                 "extra_eval.cross.metrics=[l1,psnr]", "extra_eval.cross.max_videos=2",
                                 "extra_eval.cross.num_frames=4", "axes=[model.name]",
-                                *small(synth_root, run, "logger=csv")])
+                                *tiny_run(synth_root, run, "logger=csv")])
     train(cfg)
     main = json.loads((run / "metrics.json").read_text())
     cross = json.loads((run / "eval" / "cross" / "metrics.json").read_text())
@@ -69,7 +66,7 @@ def test_extra_protocol_named_like_the_main_one_is_rejected(compose_cfg, synth_r
     from experiments.runtime import ConfigError, validate
 
     cfg = compose_cfg("train", ["experiment=baseline_direct", "+eval_protocol@extra_eval.synthfaces_self=synthfaces_self",
-                                *small(synth_root, tmp_path / "r")])
+                                *tiny_run(synth_root, tmp_path / "r")])
     with pytest.raises(ConfigError, match="extra_eval.synthfaces_self"):
         validate(cfg)
 
@@ -80,8 +77,8 @@ def test_wandb_offline_run_reads_back_the_logged_losses(compose_cfg, synth_root,
 
     run = tmp_path / "run"
     cfg = compose_cfg("train", ["experiment=baseline_direct", "evaluate_after_train=false",
-                                *small(synth_root, run, "logger=wandb", "logger.wandb.mode=offline", "trainer.max_steps=4",
-                                       "trainer.val_check_interval=100")])
+                                *tiny_run(synth_root, run, "logger=wandb", "logger.wandb.mode=offline",
+                                          "trainer.max_steps=4", "trainer.val_check_interval=100")])
     train(cfg)
     rows = read_history(run / "wandb")
     wandb_losses = {r["trainer/global_step"] if "trainer/global_step" in r else r["_step"]: r["train/loss"]
@@ -100,9 +97,10 @@ def test_resume_continues_exactly(compose_cfg, synth_root, tmp_path):
     common = ["experiment=baseline_direct", "evaluate_after_train=false", "logger=csv",
               f"trainer.checkpoint_every_n_steps={n}", "trainer.val_check_interval=1000", "model.lr=1e-3"]
     full, split = tmp_path / "full", tmp_path / "split"
-    train(compose_cfg("train", [*common, *small(synth_root, full, f"trainer.max_steps={2 * n}")]))
-    train(compose_cfg("train", [*common, *small(synth_root, split, f"trainer.max_steps={n}")]))
-    train(compose_cfg("train", [*common, *small(synth_root, split, f"trainer.max_steps={2 * n}", "resume=true")]))
+    train(compose_cfg("train", [*common, *tiny_run(synth_root, full, f"trainer.max_steps={2 * n}")]))
+    train(compose_cfg("train", [*common, *tiny_run(synth_root, split, f"trainer.max_steps={n}")]))
+    train(compose_cfg("train", [*common, *tiny_run(synth_root, split, f"trainer.max_steps={2 * n}",
+                                                   "resume=true")]))
 
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
@@ -116,7 +114,7 @@ def test_resume_continues_exactly(compose_cfg, synth_root, tmp_path):
     from experiments.runtime import seed_everything
     from lit_models.registry import build_model
 
-    cfg = compose_cfg("train", [*common, *small(synth_root, full)])
+    cfg = compose_cfg("train", [*common, *tiny_run(synth_root, full)])
     seed_everything(cfg.seed)
     init = build_model(cfg.model).state_dict()
     assert max((init[k] - v).abs().max().item() for k, v in a["state_dict"].items()) > 1e-4
@@ -125,7 +123,8 @@ def test_resume_continues_exactly(compose_cfg, synth_root, tmp_path):
 def test_resume_without_checkpoint_names_the_missing_file(compose_cfg, synth_root, tmp_path):
     from experiments.train import train
 
-    cfg = compose_cfg("train", ["experiment=baseline_direct", *small(synth_root, tmp_path / "none", "resume=true")])
+    cfg = compose_cfg("train", ["experiment=baseline_direct",
+                                *tiny_run(synth_root, tmp_path / "none", "resume=true")])
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
         train(cfg)
 

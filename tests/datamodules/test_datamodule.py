@@ -11,21 +11,17 @@ import torch
 
 from datamodules.datamodule import ResumableIndexSampler, VideoClipDataModule
 from datamodules.dataset import FrameTransform, batch_to_float, collate_clips
+from helpers import make_datamodule
 from media import write_video
 
 
-def make_dm(root, **kw):
-    cfg = dict(root=str(root), resolution=32, num_frames=3, batch_size=2, num_workers=0, steps_per_epoch=3,
-               eval_num_frames=4, val_fraction=0.15, test_fraction=0.25, use_scan_cache=False)
-    cfg.update(kw)
-    dm = VideoClipDataModule(cfg)
-    dm.setup()
-    return dm
+DATA = dict(resolution=32, num_frames=3, batch_size=2, num_workers=0, steps_per_epoch=3, eval_num_frames=4,
+            val_fraction=0.15, test_fraction=0.25, use_scan_cache=False)
 
 
 @pytest.fixture(scope="module")
 def dm(synth_root):
-    return make_dm(synth_root)
+    return make_datamodule(synth_root, DATA)
 
 
 def test_composed_config_builds_the_datamodule(compose_cfg, synth_root):
@@ -61,14 +57,14 @@ def test_train_batch(dm, synth_root):
 
 
 def test_stream_is_a_pure_function_of_the_index(dm):
-    a, b = dm.train_dataset(), make_dm(dm.cfg.root).train_dataset()
+    a, b = dm.train_dataset(), make_datamodule(dm.cfg.root, DATA).train_dataset()
     for i in (0, 7, 123456):
         x, y = a[i], b[i]
         assert torch.equal(x["source"], y["source"]) and torch.equal(x["driving"], y["driving"])
         assert x["meta"]["frame_indices"].tolist() == y["meta"]["frame_indices"].tolist()
     assert not torch.equal(a[0]["driving"], a[1]["driving"])
     # another seed, another stream
-    c = make_dm(dm.cfg.root, seed=1).train_dataset()
+    c = make_datamodule(dm.cfg.root, DATA, seed=1).train_dataset()
     assert any(c.draw(i) != a.draw(i) for i in range(8))
 
 
@@ -147,7 +143,7 @@ def test_bad_files_are_skipped_at_setup(synth_root, tmp_path):
     (root / "train" / "id9999#bad#0#1.mp4").write_bytes(b"")
     write_video(root / "train" / "id9998#short#0#2.mp4", num_frames=2)
     with pytest.warns(UserWarning, match="skipped 2"):
-        dm = make_dm(root, use_scan_cache=True)
+        dm = make_datamodule(root, DATA, use_scan_cache=True)
     assert dm.summary["skipped"] == {"empty": 1, "too_short": 1} and dm.summary["usable"] == 16
     assert json.loads((root / ".portraitlab_scan.json").read_text())["probes"]
 
@@ -155,7 +151,7 @@ def test_bad_files_are_skipped_at_setup(synth_root, tmp_path):
 def test_decode_failure_mid_epoch_draws_another_clip(synth_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
-    dm = make_dm(root)
+    dm = make_datamodule(root, DATA)
     ds = dm.train_dataset()
     c, _, _ = ds.draw(0)
     (root / ds.records[c].path.split(str(root) + "/")[1]).write_bytes(b"\0" * 64)  # the file went bad after setup
@@ -217,7 +213,7 @@ def test_frame_transform_crops():
 @pytest.mark.parametrize("size, res, n", [(64, 48, 5), (64, 32, 60), (48, 64, 60)])
 def test_frame_transform_resizes_many_frames_like_one_at_a_time(size, res, n):
     """Frames are stacked along channels for one cv2 call; OpenCV 5 caps that (128 channels, 4 for INTER_AREA at a
-    non-integer ratio such as 64 → 48: both used to raise), and the chunks must give the per-frame resize."""
+    non-integer ratio such as 64 → 48: a larger stack raises), and the chunks must give the per-frame resize."""
     import cv2
 
     frames = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
@@ -232,7 +228,7 @@ def test_frame_transform_resizes_many_frames_like_one_at_a_time(size, res, n):
 
 def test_both_decoders_deliver_the_same_stream(dm):
     other = "pyav" if dm.cfg.decoder == "decord" else "decord"
-    a, b = dm.train_dataset(), make_dm(dm.cfg.root, decoder=other).train_dataset()
+    a, b = dm.train_dataset(), make_datamodule(dm.cfg.root, DATA, decoder=other).train_dataset()
     x, y = a[5], b[5]
     assert x["meta"]["frame_indices"].tolist() == y["meta"]["frame_indices"].tolist()
     assert float((x["driving"] - y["driving"]).abs().max()) <= 2 / 255 + 1e-6

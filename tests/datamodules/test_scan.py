@@ -69,8 +69,9 @@ def test_cli(bad_root):
 
 
 def test_scan_decodes_with_the_configured_decoder(tmp_path):
-    """Issue 14 item 3: a 32×32 H.264 clip decodes with PyAV but not with decord (the default decoder); the scan
-    used to probe with PyAV only, so the clip passed and the evaluation crashed on it after training."""
+    """A 32×32 H.264 clip decodes with PyAV but not with decord (the default decoder): the scan probes with the
+    configured decoder, so the clip is caught there (a PyAV-only probe would pass it, and the evaluation would crash
+    on it after training)."""
     import av
     import numpy as np
 

@@ -1,5 +1,6 @@
-"""SynthFaces cross-identity driving (``data.use_synth_cross_driving``, X-Portrait issue #5): training samples carry
-``driving_cross`` = I(id', m_t), the driving frames' motion performed by another *training* identity."""
+"""SynthFaces cross-identity driving (``data.use_synth_cross_driving``, for X-Portrait's
+``driving_appearance=cross_identity``): training samples carry ``driving_cross`` = I(id', m_t), the driving frames'
+motion performed by another *training* identity."""
 from __future__ import annotations
 
 
@@ -7,24 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.datamodule import VideoClipDataModule
 from datamodules.synthfaces import face_geometry, load_meta
+from helpers import make_datamodule
 from media import write_video
 
 
-def make_dm(root, **kw):
-    # decoder=pyav: decord cannot decode the 32² clips written below, and the scan now decodes with data.decoder
-    cfg = dict(root=str(root), layout="fomm", resolution=48, num_frames=3, batch_size=4, num_workers=0,
-               steps_per_epoch=2, use_scan_cache=False, use_synth_cross_driving=True, decoder="pyav")
-    cfg.update(kw)
-    dm = VideoClipDataModule(cfg)
-    dm.setup()
-    return dm
+# decoder=pyav: decord cannot decode the 32² clips written below, and the scan decodes with data.decoder
+DATA = dict(layout="fomm", resolution=48, num_frames=3, batch_size=4, num_workers=0, steps_per_epoch=2,
+            use_scan_cache=False, use_synth_cross_driving=True, decoder="pyav")
 
 
 @pytest.fixture(scope="module")
 def cross_batch(synth_root):
-    dm = make_dm(synth_root)
+    dm = make_datamodule(synth_root, DATA)
     return dm, next(iter(dm.train_dataloader()))
 
 
@@ -75,7 +71,7 @@ def test_driving_cross_shows_the_driving_motion(cross_batch, synth_root):
 def test_self_render_reproduces_the_stored_clip_and_the_stream_is_deterministic(synth_root):
     """Rendering the clip's *own* identity from its stored motion gives the decoded mp4 back (up to H.264): the meta's
     motion is what was rendered. Sample i is a pure function of (seed, i), and the option leaves the rest unchanged."""
-    dm = make_dm(synth_root, resolution=64, num_frames=2)
+    dm = make_datamodule(synth_root, DATA, resolution=64, num_frames=2)
     ds = dm.train_dataset()
     rec = ds.records[0]
     frames, _ = ds.cross.render(rec, [0, 5, 11], rec.identity)
@@ -84,7 +80,8 @@ def test_self_render_reproduces_the_stored_clip_and_the_stream_is_deterministic(
     assert err < 0.015, err
     a, b = ds[3], ds[3]
     assert a["identity_cross"] == b["identity_cross"] and torch.equal(a["driving_cross"], b["driving_cross"])
-    plain = make_dm(synth_root, resolution=64, num_frames=2, use_synth_cross_driving=False).train_dataset()[3]
+    plain = make_datamodule(synth_root, DATA, resolution=64, num_frames=2,
+                            use_synth_cross_driving=False).train_dataset()[3]
     assert "driving_cross" not in plain and torch.equal(plain["driving"], a["driving"])
     partners = {ds[i]["identity_cross"] for i in range(6)}
     assert len(partners) > 1, "partners vary with the sample index"
@@ -94,7 +91,7 @@ def test_non_synthfaces_data_names_the_key(tmp_path):
     for k in range(4):
         write_video(tmp_path / "train" / f"id{k}#vid#0#8.mp4", num_frames=8, size=(32, 32), seed=k)
     with pytest.raises(ValueError, match=r"driving_cross.*not a SynthFaces dataset") as err:
-        make_dm(tmp_path, resolution=32, val_fraction=0.0, test_fraction=0.25).train_dataset()
+        make_datamodule(tmp_path, DATA, resolution=32, val_fraction=0.0, test_fraction=0.25).train_dataset()
     assert "use_synth_cross_driving" in str(err.value)
-    make_dm(tmp_path, resolution=32, val_fraction=0.0, test_fraction=0.25,
+    make_datamodule(tmp_path, DATA, resolution=32, val_fraction=0.0, test_fraction=0.25,
             use_synth_cross_driving=False).train_dataset()  # off: the same data loads

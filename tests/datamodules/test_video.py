@@ -120,8 +120,8 @@ def _write_rotated(path, degrees: int, num_frames: int = 14, size=(32, 64)):
 
 @pytest.mark.parametrize("degrees", [90, 180, 270])
 def test_rotated_clip_gives_identical_displayed_frames_under_decord_and_pyav(tmp_path, degrees):
-    """Rotation metadata is applied once for every decoder (main: PyAV ignored it and returned the stored frames,
-    decord2 failed on the clip — `from_size == to_size`)."""
+    """Rotation metadata is applied once for every decoder (PyAV alone returns the stored frames; decord2 fails on
+    the clip — `from_size == to_size` — unless the reader handles it)."""
     from datamodules.video import display_rotation
 
     raw = _write_rotated(tmp_path / "r.mp4", degrees)

@@ -1,4 +1,4 @@
-"""Issue 13 items 1-3: any checkpoint under any protocol, the protocol is what happens, one definition per metric."""
+"""Any checkpoint under any protocol, the protocol is what happens, one definition per metric."""
 from __future__ import annotations
 
 import json
@@ -201,8 +201,8 @@ def test_copy_source_on_a_real_clip_matches_an_independent_computation(real_fixt
 
 
 def test_compare_runs_each_model_at_its_own_resolution(tmp_path, fake_data):
-    """`eval.compare` of a 16² and a 32² model under a 32² protocol: both evaluated (it used to need one data
-    resolution for all), each at its own resolution, recorded in their metrics.json."""
+    """`eval.compare` of a 16² and a 32² model under a 32² protocol: both evaluated from one data resolution, each
+    at its own model resolution, recorded in their metrics.json."""
     from eval.compare import compare
 
     proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=3", "metrics=[l1,psnr]"])

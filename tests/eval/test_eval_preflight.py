@@ -1,5 +1,5 @@
-"""Pre-flight (issue 14 item 3): weights, the evaluation set with the configured decoder, the protocol — checked
-before training; `experiments.train` fails in seconds naming the problem instead of after its training steps."""
+"""Pre-flight: weights, the evaluation set with the configured decoder, the protocol — checked before training;
+`experiments.train` fails in seconds naming the problem instead of after its training steps."""
 from __future__ import annotations
 
 import shutil
@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_run
+
 from eval.preflight import PreflightError, preflight
-
-
-def _small(synth_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["experiment=baseline_direct", f"data.root={synth_root}", "data.synth=null", f"run_dir={run_dir}",
-            "debug=fast", "model.base_channels=4", "model.num_down=2", "logger=csv", *extra]
 
 
 def test_train_fails_before_training_when_metric_weights_are_missing(compose_cfg, synth_root, tmp_path, monkeypatch):
@@ -20,14 +17,16 @@ def test_train_fails_before_training_when_metric_weights_are_missing(compose_cfg
 
     monkeypatch.setenv("PORTRAITLAB_ALEXNET", str(tmp_path / "absent" / "alexnet-owt-7be5be79.pth"))
     run = tmp_path / "run"
-    cfg = compose_cfg("train", _small(synth_root, run, "eval_protocol.metrics=[l1,lpips]"))
+    cfg = compose_cfg("train", ["experiment=baseline_direct",
+                                *tiny_run(synth_root, run, "logger=csv", "eval_protocol.metrics=[l1,lpips]")])
     with pytest.raises(PreflightError, match=r"(?s)nothing was trained.*alexnet_imagenet.*lpips_alex.*"
                                              r"eval\.weights fetch alexnet_imagenet"):
         train(cfg)
     assert not (run / "checkpoints").exists()          # not one training step
     # a stand-in LPIPS needs no weights: pre-flight passes
-    ok = compose_cfg("train", _small(synth_root, run, "eval_protocol.metrics=[l1,lpips]",
-                                     "eval_protocol.standin_metrics=[lpips]"))
+    ok = compose_cfg("train", ["experiment=baseline_direct",
+                               *tiny_run(synth_root, run, "logger=csv", "eval_protocol.metrics=[l1,lpips]",
+                                         "eval_protocol.standin_metrics=[lpips]")])
     from datamodules import VideoClipDataModule
 
     report = preflight({"eval_protocol": ok.eval_protocol}, VideoClipDataModule(ok.data))

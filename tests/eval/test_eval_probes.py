@@ -129,7 +129,7 @@ def test_run_probes_labels_standin_models_and_runs_only_for_their_method(tiny_xn
     assert run_probes(other, dm, None) == {} and len(calls) == 2
 
 
-def test_mrfa_probe_calls_the_models_networks_under_its_declared_names():
+def test_mrfa_probe_calls_the_models_networks_under_its_declared_names(monkeypatch):
     """The MRFA probe builds the self-test stream itself and calls only the model's networks (``kp_detector``,
     ``generate``): a fake model whose motion is the identity grid gives motion_err_prior = _refined = _zero, shift 0;
     a probe returning a name it does not declare is an error naming it."""
@@ -170,16 +170,13 @@ def test_mrfa_probe_calls_the_models_networks_under_its_declared_names():
     assert res["refine_shift"] == pytest.approx(0.0, abs=1e-6) and m.training
     probe = PROBES["mrfa.keypoint_motion"]
     bad = type(probe)(name="bad", methods=probe.methods, directions={}, run=lambda *a: {"kp_err": 1.0})
-    PROBES["bad"] = bad
-    try:
-        with pytest.raises(ValueError, match=r"bad.*'kp_err'"):
-            run_probes(m, DM(), proto)
-    finally:
-        del PROBES["bad"]
+    monkeypatch.setitem(PROBES, "bad", bad)
+    with pytest.raises(ValueError, match=r"bad.*'kp_err'"):
+        run_probes(m, DM(), proto)
 
 
-# directions of every probe metric before the move (eval/metrics.py hard-coded them): the declarations keep them
-OLD_DIRECTIONS = {"motion_err_prior": False, "motion_err_refined": False, "motion_err_zero": None,
+# the ranking direction of each probe and metric column (True: higher is better, False: lower, None: not ranked)
+DIRECTIONS = {"motion_err_prior": False, "motion_err_refined": False, "motion_err_zero": None,
                   "refine_shift": None, "motion_gain": None, "source_gain": None, "motion_ratio": None,
                   "motion_alignment": True, "motion_gain_STANDIN": None, "motion_alignment_STANDIN": True,
                   "synthfaces_cross/motion_err_prior": False,
@@ -191,7 +188,7 @@ def test_directions_come_from_probe_declarations(monkeypatch):
     from eval.metrics import higher_is_better
     from eval.probes import PROBES, Probe, declared_direction, register_probe
 
-    assert {m: higher_is_better(m) for m in OLD_DIRECTIONS} == OLD_DIRECTIONS
+    assert {m: higher_is_better(m) for m in DIRECTIONS} == DIRECTIONS
     from eval.metrics import STANDIN_SUFFIX
     from eval.probes.base import STANDIN_SUFFIX as PROBE_STANDIN
 

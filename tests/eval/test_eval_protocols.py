@@ -81,7 +81,7 @@ def test_suite_names_carry_backend_and_standin_label(tmp_path, monkeypatch):
 
 def test_new_fields_at_their_neutral_default_keep_earlier_hashes():
     """``model_resolution: null`` and ``pred_uint8: round`` reproduce what protocols computed before these fields
-    existed, so they are left out of the hash (vox_self's hash is the one results on main recorded)."""
+    existed, so they are left out of the hash (vox_self's hash stays the one its recorded results carry)."""
     assert protocol_hash(load_protocol("vox_self")) == protocol_hash(load_protocol("vox_self", ["model_resolution=null"]))
     assert protocol_hash(load_protocol("vox_self")).startswith("eaa868727eb9")
 

@@ -1,12 +1,10 @@
-"""Evaluation state and reliability: train ⇒ evaluate equality (issue 13 item 6), state keyed by model + protocol +
-data (issue 14 item 1), non-finite outputs counted (item 2), bad clips skipped (item 3), one writer (item 5),
-upscaled clips flagged (item 6), a state file that loads without unpickling code (item 8)."""
+"""Evaluation state and reliability: train ⇒ evaluate equality, state keyed by model + protocol + data, non-finite
+outputs counted, bad clips skipped, one writer, upscaled clips flagged, a state file that loads without unpickling
+code."""
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,31 +12,26 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import lock_held_elsewhere, tiny_run
+
 from eval.protocol import load_protocol
 from eval.runner import STATE, run_evaluation
 from lit_models.baselines import CopySource
 from lit_models.baselines.config import CopySourceConfig
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _proto(*extra):
     return load_protocol("synthfaces_self", ["resolution=32", "num_frames=4", "batch_size=2", *extra])
 
 
-def _small(synth_root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["experiment=baseline_direct", f"data.root={synth_root}", "data.synth=null", f"run_dir={run_dir}",
-            "debug=fast", "model.base_channels=4", "model.num_down=2", "logger=csv", *extra]
-
-
 def test_train_then_evaluate_ckpt_gives_the_runs_own_metrics(compose_cfg, synth_root, tmp_path):
-    """Issue 13 item 6: a tiny run's end-of-training evaluation and `experiments.evaluate ckpt=…/last.ckpt` under
+    """A tiny run's end-of-training evaluation and `experiments.evaluate ckpt=…/last.ckpt` under
     the same protocol agree to 1e-6 (same frames, same resize, same model resolution, same weights)."""
     from experiments.evaluate import evaluate
     from experiments.train import train
 
     run = tmp_path / "run"
-    train(compose_cfg("train", _small(synth_root, run)))
+    train(compose_cfg("train", ["experiment=baseline_direct", *tiny_run(synth_root, run, "logger=csv")]))
     trained = json.loads((run / "metrics.json").read_text())
     cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"data.root={synth_root}",
                                    "data.synth=null", "data=synthfaces_tiny", f"run_dir={tmp_path / 'eval'}",
@@ -54,15 +47,17 @@ def test_train_then_evaluate_ckpt_gives_the_runs_own_metrics(compose_cfg, synth_
 
 
 def test_resume_to_train_longer_then_evaluate_reevaluates(compose_cfg, synth_root, tmp_path):
-    """Issue 14 item 1: `resume=true trainer.max_steps=4` into the run of a 2-step training used to evaluate 0
-    videos and report the 2-step numbers under the 4-step last.ckpt."""
+    """`resume=true trainer.max_steps=4` into the run of a 2-step training evaluates the 4-step weights again (the
+    2-step run's finished evaluation must not be reused: 0 videos scored, the 2-step numbers under the 4-step
+    last.ckpt)."""
     from experiments.evaluate import evaluate
     from experiments.train import train
 
     run = tmp_path / "run"
-    train(compose_cfg("train", _small(synth_root, run)))
+    train(compose_cfg("train", ["experiment=baseline_direct", *tiny_run(synth_root, run, "logger=csv")]))
     first = json.loads((run / "metrics.json").read_text())
-    train(compose_cfg("train", _small(synth_root, run, "resume=true", "trainer.max_steps=4")))
+    train(compose_cfg("train", ["experiment=baseline_direct", *tiny_run(synth_root, run, "logger=csv", "resume=true",
+                                                                       "trainer.max_steps=4")]))
     longer = json.loads((run / "metrics.json").read_text())
     assert longer["model_id"] != first["model_id"]
     assert longer["num_videos"] == first["num_videos"] and longer["metrics"]["psnr"] != first["metrics"]["psnr"]
@@ -75,8 +70,8 @@ def test_resume_to_train_longer_then_evaluate_reevaluates(compose_cfg, synth_roo
 
 
 def test_another_model_into_a_used_run_dir_reports_its_own_numbers(tmp_path, fake_data):
-    """Issue 14 item 1: a second model evaluated into a run_dir that holds a finished evaluation recomputes every
-    video (it used to report the first model's rows under the second model's name)."""
+    """A second model evaluated into a run_dir that holds a finished evaluation recomputes every video (the first
+    model's rows must not be reported under the second model's name)."""
     from lit_models.baselines import DirectRegression
     from lit_models.baselines.config import DirectConfig
 
@@ -118,8 +113,8 @@ class NaNOnVideo(CopySource):
 
 
 def test_nonfinite_outputs_are_counted_and_json_is_valid(tmp_path, fake_data):
-    """Issue 14 item 2: a video partly turned to NaN used to vanish inside nanmean while the counts claimed full
-    coverage; now nonfinite_frames / nonfinite_videos say so, per_video.csv too, and the JSON stays valid."""
+    """A video partly turned to NaN does not vanish inside nanmean while the counts claim full coverage:
+    nonfinite_frames / nonfinite_videos say so, per_video.csv too, and the JSON stays valid."""
     proto = load_protocol("synthfaces_self", ["resolution=32", "num_frames=4", "batch_size=1",
                                               "metrics=[l1,psnr,ssim,fid]", "standin_metrics=[fid]"])
     res = run_evaluation(NaNOnVideo([2, 3]), fake_data(n=3, T=4, size=32), proto, tmp_path, progress=False)
@@ -140,8 +135,8 @@ def test_nonfinite_outputs_are_counted_and_json_is_valid(tmp_path, fake_data):
 
 
 def test_upscaled_videos_are_counted(tmp_path, fake_data):
-    """Issue 14 item 6: clips smaller than the protocol resolution are counted and named (they used to be upscaled
-    and scored without a word)."""
+    """Clips smaller than the protocol resolution are upscaled, and counted and named (not scored without a
+    word)."""
     res = run_evaluation(CopySource(CopySourceConfig()), fake_data(n=2, T=3, size=16), _proto(), tmp_path,
                          progress=False)
     assert res["upscaled_videos"] == 2 and res["upscaled"] == ["vid0", "vid1"]
@@ -151,8 +146,8 @@ def test_upscaled_videos_are_counted(tmp_path, fake_data):
 
 
 def test_bad_clip_found_during_evaluation_is_skipped_counted_and_named(tmp_path, synth_root):
-    """Issue 14 item 3: a clip that passed the scan but fails to decode during the evaluation used to crash it
-    (and every retry); now the evaluation finishes, and metrics.json names the clip and the error."""
+    """A clip that passed the scan but fails to decode during the evaluation does not crash it (nor every retry):
+    the evaluation finishes, and metrics.json names the clip and the error."""
     from datamodules import VideoClipDataModule
 
     root = tmp_path / "root"
@@ -173,30 +168,24 @@ def test_bad_clip_found_during_evaluation_is_skipped_counted_and_named(tmp_path,
 
 
 def test_second_writer_fails_at_once_naming_the_holder(tmp_path, fake_data):
-    """Issue 14 item 5: two evaluations into one run_dir used to both succeed and double every row."""
+    """Two evaluations into one run_dir: the second fails at once naming the holder (both succeeding would double
+    every row)."""
     from toolbox.locks import DirectoryLocked
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from toolbox.locks import DirLock; "
-                               f"DirLock({str(tmp_path)!r}, purpose='evaluation').acquire(); print('held', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path, "evaluation") as holder:
         t0 = time.monotonic()
         with pytest.raises(DirectoryLocked, match=f"pid {holder.pid}"):
             run_evaluation(CopySource(CopySourceConfig()), fake_data(n=2, T=3, size=32), _proto(), tmp_path,
                            progress=False)
         assert time.monotonic() - t0 < 5
         assert not (tmp_path / "per_frame.csv").exists() and not (tmp_path / "metrics.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     res = run_evaluation(CopySource(CopySourceConfig()), fake_data(n=2, T=3, size=32), _proto(), tmp_path,
                          progress=False)
     assert res["num_frames"] == 4
 
 
 def test_state_file_loads_without_running_code(tmp_path, fake_data):
-    """Issue 14 item 8: eval_state.pt is read with weights_only=True; a crafted pickle is refused, not run."""
+    """eval_state.pt is read with weights_only=True; a crafted pickle is refused, not run."""
     run_evaluation(CopySource(CopySourceConfig()), fake_data(n=2, T=3, size=32), _proto("metrics=[l1,fid]",
                    "standin_metrics=[fid]"), tmp_path, progress=False)
     torch.load(tmp_path / STATE, weights_only=True)         # what the runner does

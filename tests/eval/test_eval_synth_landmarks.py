@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from eval import synth_landmarks as SL
+from helpers import assert_cache_hit_and_deterministic_training, forbid_training, packaged_default_config
 
 TINY = SL.SynthLandmarkConfig(resolution=32, num_train_clips=24, frames_per_clip=2, num_val_clips=8, width=8,
                               steps=10, batch_size=8)
@@ -34,13 +35,8 @@ def test_tiny_locator_trains_caches_and_is_deterministic(tmp_path, monkeypatch):
         assert SL.point_error(loc(xv), kv) == pytest.approx(info["heldout_px"], rel=1e-4)
         assert info["heldout_px"] < SL.point_error(untrained(xv), kv)
     # second use loads the cache (no training); same weights as a fresh deterministic training
-    monkeypatch.setattr(SL, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    again = SL.SynthLandmarkLocator(TINY, progress=False)
-    assert torch.equal(again(xv[:4]), loc(xv[:4]))
-    monkeypatch.undo()
-    fresh, _ = SL.train(TINY, progress=False)
-    for a, b in zip(fresh.state_dict().values(), loc.model.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_cache_hit_and_deterministic_training(monkeypatch, SL, TINY,
+                                                lambda: SL.SynthLandmarkLocator(TINY, progress=False), loc, xv[:4])
     # a different training config is a different cache entry
     assert SL.SynthLandmarkConfig(steps=10).hash() != SL.SynthLandmarkConfig().hash()
     # frames of another size are resized to the locator's and the points scaled back (pixel centres at integers)
@@ -83,11 +79,7 @@ def test_default_locator_ships_pinned_and_is_accurate(tmp_path, monkeypatch):
     (never retrained on a new machine), its sha256 recorded; accurate on renders it never saw."""
     from datamodules.synthfaces.renderer import neutral_motion, render_clip, sample_identity
 
-    monkeypatch.setenv("PORTRAITLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(SL, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    cfg = SL.SynthLandmarkConfig()
-    assert (SL.PACKAGED_DIR / f"{cfg.hash()}.pt").is_file(), "default config changed: re-ship its weights " \
-        "(python -m eval.synth_landmarks --retrain --root eval/assets/synth_landmarks)"
+    cfg = packaged_default_config(SL, SL.SynthLandmarkConfig, tmp_path, monkeypatch)
     loc = SL.SynthLandmarkLocator(cfg, progress=False)
     assert loc.info["packaged"] is True and len(loc.info["weights_sha256"]) == 64
     assert loc.info["heldout_px"] < 1.5
@@ -114,7 +106,7 @@ def test_default_locator_ships_pinned_and_is_accurate(tmp_path, monkeypatch):
 
 def test_cli_prints_the_shipped_locators_info(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PORTRAITLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(SL, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    forbid_training(monkeypatch, SL)
     assert SL.main([]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["packaged"] is True and info["hash"] == SL.SynthLandmarkConfig().hash() and info["heldout_px"] < 1.5

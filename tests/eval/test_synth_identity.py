@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from eval import synth_identity as SI
 from eval.metrics import FrameBatch
+from helpers import assert_cache_hit_and_deterministic_training, packaged_default_config
 
 TINY = SI.SynthIdentityConfig(resolution=32, num_train_identities=24, views_per_identity=3, num_val_identities=8,
                               embed_dim=16, width=8, steps=30, ids_per_batch=12, views_per_batch=2, lr=5e-3)
@@ -61,13 +62,9 @@ def test_tiny_embedder_trains_caches_is_deterministic_and_separates(tiny, monkey
     # unseen identities in new scenes: same identity closer than different identities on average
     assert info["heldout"]["cos_same"] > info["heldout"]["cos_diff"] and info["heldout"]["auc"] > 0.6
     # second use loads the cache; a fresh training gives the same weights
-    monkeypatch.setattr(SI, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    again = SI.SynthIdentityEmbedder(TINY, root=root, progress=False)
-    assert torch.equal(again(xv[:4]), emb(xv[:4]))
-    monkeypatch.undo()
-    fresh, _ = SI.train(TINY, progress=False)
-    for a, b in zip(fresh.state_dict().values(), emb.model.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_cache_hit_and_deterministic_training(monkeypatch, SI, TINY,
+                                                lambda: SI.SynthIdentityEmbedder(TINY, root=root, progress=False), emb,
+                                                xv[:4])
     assert SI.SynthIdentityConfig(steps=30).hash() != SI.SynthIdentityConfig().hash()
     # frames of another size are resized to the trained resolution; embeddings are unit vectors
     big = torch.nn.functional.interpolate(xv[:2], size=(64, 64), mode="bilinear", align_corners=False)
@@ -126,11 +123,7 @@ def test_leakage_sign_and_suite_resolution(tiny):
 def test_default_embedder_ships_pinned_and_separates_unseen_identities_on_soft_frames(tmp_path, monkeypatch):
     """The protocols' embedder (default config, 64²) is pinned: loaded from eval/assets with an empty user cache
     (never retrained on a new machine), its sha256 recorded; it separates identities it never saw."""
-    monkeypatch.setenv("PORTRAITLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(SI, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    cfg = SI.SynthIdentityConfig()
-    assert (SI.PACKAGED_DIR / f"{cfg.hash()}.pt").is_file(), "default config changed: re-ship its weights " \
-        "(python -m eval.synth_identity --retrain --root eval/assets/synth_identity)"
+    packaged_default_config(SI, SI.SynthIdentityConfig, tmp_path, monkeypatch)
     emb = SI.SynthIdentityEmbedder(progress=False)
     assert emb.info["packaged"] is True and len(emb.info["weights_sha256"]) == 64
     assert emb.info["heldout"]["auc"] > 0.95 and emb.info["heldout_degraded"]["auc"] > 0.9

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import random_clip
 from lit_models.diffusion.reference_attention import (ReferenceReadProcessor, ReferenceWriteProcessor,
                                                        is_spatial_self_attention)
 from lit_models.diffusion.sampling import (blend_windows, condition_keep_masks, make_sampler, sample_clip,
@@ -25,11 +26,6 @@ def tiny(compose_cfg, *overrides, model="xnemo_tiny"):
     cfg = compose_cfg("train", [f"model={model}", *SHRINK, *overrides])
     torch.manual_seed(0)
     return build_model(cfg.model)
-
-
-def clip(B=1, T=2, seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return {"source": torch.rand(B, 3, size, size, generator=g), "driving": torch.rand(B, T, 3, size, size, generator=g)}
 
 
 def denoise_once(model, source, driving, keep_reference=True, seed=0):
@@ -74,7 +70,7 @@ def test_processors_write_and_read_only_spatial_self_attention(xnemo):
 
 
 def test_reference_tokens_reach_the_denoiser_attention(xnemo):
-    a, b = clip(seed=1), clip(seed=2)
+    a, b = random_clip(seed=1), random_clip(seed=2)
     out_a = denoise_once(xnemo, a["source"], a["driving"])
     out_b = denoise_once(xnemo, b["source"], a["driving"])
     assert (out_a - out_b).abs().max() > 1e-4, "changing the reference must change ε_θ"
@@ -85,7 +81,7 @@ def test_reference_tokens_reach_the_denoiser_attention(xnemo):
 
 
 def test_dropped_reference_is_exactly_plain_self_attention(xnemo):
-    a, b = clip(seed=1), clip(seed=2)
+    a, b = random_clip(seed=1), random_clip(seed=2)
     drop_a = denoise_once(xnemo, a["source"], a["driving"], keep_reference=False)
     drop_b = denoise_once(xnemo, b["source"], a["driving"], keep_reference=False)
     torch.testing.assert_close(drop_a, drop_b, rtol=0, atol=1e-6)
@@ -101,7 +97,7 @@ def test_dropped_reference_is_exactly_plain_self_attention(xnemo):
 
 def test_temporal_layers_are_zero_initialised_and_act_across_frames(xnemo):
     m = xnemo
-    d = clip(T=3)
+    d = random_clip(T=3)
     z = torch.randn(1, 3, m.latent_channels, 8, 8, generator=torch.Generator().manual_seed(3))
     keep = torch.ones(1, dtype=torch.bool)
     t = torch.full((1,), 300)
@@ -137,32 +133,26 @@ def test_condition_keep_masks_drop_each_condition_independently():
     assert not keep["reference"].any() and keep["motion"].all()
 
 
-def test_training_reference_dropout_really_drops_the_reference(xnemo):
-    a, b = clip(T=1, seed=1), clip(T=1, seed=2)
-    saved = xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob
-    try:
-        for prob, same in ((1.0, True), (0.0, False)):
-            xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = prob, 0.0
-            with torch.no_grad():
-                la = xnemo.compute_losses({"source": a["source"], "driving": a["driving"]})["loss_diffusion"]
-                lb = xnemo.compute_losses({"source": b["source"], "driving": a["driving"]})["loss_diffusion"]
-            assert torch.equal(la, lb) == same, f"drop_reference_prob={prob}"
-    finally:
-        xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = saved
+def test_training_reference_dropout_really_drops_the_reference(xnemo, monkeypatch):
+    a, b = random_clip(T=1, seed=1), random_clip(T=1, seed=2)
+    monkeypatch.setitem(xnemo.cfg, "drop_motion_prob", 0.0)
+    for prob, same in ((1.0, True), (0.0, False)):
+        monkeypatch.setitem(xnemo.cfg, "drop_reference_prob", prob)
+        with torch.no_grad():
+            la = xnemo.compute_losses({"source": a["source"], "driving": a["driving"]})["loss_diffusion"]
+            lb = xnemo.compute_losses({"source": b["source"], "driving": a["driving"]})["loss_diffusion"]
+        assert torch.equal(la, lb) == same, f"drop_reference_prob={prob}"
 
 
-def test_step_noise_is_a_function_of_seed_and_step(xnemo):
-    d = clip(T=1)
+def test_step_noise_is_a_function_of_seed_and_step(xnemo, monkeypatch):
+    d = random_clip(T=1)
     with torch.no_grad():
         l0 = xnemo.compute_losses(d)["loss_diffusion"]
         l0b = xnemo.compute_losses(d)["loss_diffusion"]
     assert torch.equal(l0, l0b)
     g1 = xnemo.step_generator().initial_seed()
-    xnemo.cfg.noise_seed = 1
-    try:
-        assert xnemo.step_generator().initial_seed() != g1
-    finally:
-        xnemo.cfg.noise_seed = 0
+    monkeypatch.setitem(xnemo.cfg, "noise_seed", xnemo.cfg.noise_seed + 1)
+    assert xnemo.step_generator().initial_seed() != g1
 
 
 def test_window_spans_cover_and_weights_sum_to_one():
@@ -209,30 +199,29 @@ def test_windowed_sampling_equals_single_window_for_frame_independent_denoiser()
         torch.testing.assert_close(full, win, rtol=1e-5, atol=1e-5)
 
 
-def test_animate_windowed_matches_unwindowed_at_init(xnemo):
+def test_animate_windowed_matches_unwindowed_at_init(xnemo, monkeypatch):
     """Zero-initialised temporal layers make frames independent, so windowed sampling must equal one window."""
-    d = clip(T=5, seed=4, size=24)
-    saved = xnemo.cfg.window_size, xnemo.cfg.window_overlap
-    try:
-        xnemo.cfg.window_size, xnemo.cfg.window_overlap = 8, 0
-        full = xnemo.animate(d["source"], d["driving"], num_inference_steps=2)
-        xnemo.cfg.window_size, xnemo.cfg.window_overlap = 3, 1
-        win = xnemo.animate(d["source"], d["driving"], num_inference_steps=2, sampler="dpmpp")
-        win_ddim = xnemo.animate(d["source"], d["driving"], num_inference_steps=2)
-    finally:
-        xnemo.cfg.window_size, xnemo.cfg.window_overlap = saved
+    d = random_clip(T=5, seed=4, size=24)
+    monkeypatch.setitem(xnemo.cfg, "window_size", 8)
+    monkeypatch.setitem(xnemo.cfg, "window_overlap", 0)
+    full = xnemo.animate(d["source"], d["driving"], num_inference_steps=2)
+    monkeypatch.setitem(xnemo.cfg, "window_size", 3)
+    monkeypatch.setitem(xnemo.cfg, "window_overlap", 1)
+    win = xnemo.animate(d["source"], d["driving"], num_inference_steps=2, sampler="dpmpp")
+    win_ddim = xnemo.animate(d["source"], d["driving"], num_inference_steps=2)
     assert full.shape == (1, 5, 3, 24, 24) and 0 <= full.min() and full.max() <= 1
     torch.testing.assert_close(full, win_ddim, rtol=1e-4, atol=1e-4)
     assert win.shape == full.shape
 
 
-def test_a_few_training_steps_reduce_the_loss(xnemo):
-    m = xnemo  # shared fixture: restore its weights and switches afterwards
-    saved = m.cfg.drop_reference_prob, m.cfg.drop_motion_prob, m.cfg.use_driving_augmentation
+def test_a_few_training_steps_reduce_the_loss(xnemo, monkeypatch):
+    m = xnemo  # shared fixture: its weights are restored afterwards, its switches by monkeypatch
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    m.cfg.drop_reference_prob, m.cfg.drop_motion_prob, m.cfg.use_driving_augmentation = 0.0, 0.0, False
+    monkeypatch.setitem(m.cfg, "drop_reference_prob", 0.0)
+    monkeypatch.setitem(m.cfg, "drop_motion_prob", 0.0)
+    monkeypatch.setitem(m.cfg, "use_driving_augmentation", False)
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    d = clip(B=2, T=1, seed=5)
+    d = random_clip(B=2, T=1, seed=5)
     losses = []
     try:
         for _ in range(3):  # global_step stays 0: the same noise and timesteps, so the loss is comparable
@@ -242,7 +231,6 @@ def test_a_few_training_steps_reduce_the_loss(xnemo):
             opt.step()
             losses.append(loss.item())
     finally:
-        m.cfg.drop_reference_prob, m.cfg.drop_motion_prob, m.cfg.use_driving_augmentation = saved
         m.load_state_dict(state)
     assert losses[-1] < 0.9 * losses[0], losses
 
@@ -289,7 +277,7 @@ def test_full_size_video_denoiser_one_forward(compose_cfg_module):
     print(counts)
     assert counts["denoiser"] > 1.2e9 and counts["reference_net"] > 8.5e8
     with torch.no_grad():
-        loss = m.compute_losses(clip(B=1, T=2, size=16))["loss_diffusion"]
+        loss = m.compute_losses(random_clip(B=1, T=2, size=16))["loss_diffusion"]
     assert torch.isfinite(loss)
 
 
@@ -316,7 +304,7 @@ def test_timestep_spacing_knob_reaches_both_samplers():
 def test_prediction_type_sets_the_regression_target(xnemo, monkeypatch):
     """With ε_θ ≡ 0 the loss is E[goal²]: ε for epsilon, z_0 (the clean target latents) for sample, and
     √ᾱ ε − √(1−ᾱ) z_0 for v_prediction (reference: the same step's noise and t drawn again from step_generator)."""
-    d = clip(B=2, T=1, seed=6)
+    d = random_clip(B=2, T=1, seed=6)
     monkeypatch.setattr(xnemo, "denoise", lambda z_t, *a, **k: torch.zeros_like(z_t))
     target = xnemo.to_model(d["driving"])
     z0 = xnemo.encode(target.flatten(0, 1))
@@ -329,18 +317,14 @@ def test_prediction_type_sets_the_regression_target(xnemo, monkeypatch):
     ab = xnemo.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     expected = {"epsilon": noise.pow(2).mean(), "sample": z0.pow(2).mean(),
                 "v_prediction": (ab.sqrt() * noise - (1 - ab).sqrt() * z0).pow(2).mean()}
-    saved = xnemo.cfg.prediction_type
-    try:
-        for kind, value in expected.items():
-            xnemo.cfg.prediction_type = kind
-            with torch.no_grad():
-                loss = xnemo.compute_losses(d)["loss_diffusion"]
-            torch.testing.assert_close(loss, value, rtol=1e-5, atol=1e-6, msg=kind)
-        xnemo.cfg.prediction_type = "x1"
-        with pytest.raises(ValueError, match="prediction_type"):
-            xnemo.compute_losses(d)
-    finally:
-        xnemo.cfg.prediction_type = saved
+    for kind, value in expected.items():
+        monkeypatch.setitem(xnemo.cfg, "prediction_type", kind)
+        with torch.no_grad():
+            loss = xnemo.compute_losses(d)["loss_diffusion"]
+        torch.testing.assert_close(loss, value, rtol=1e-5, atol=1e-6, msg=kind)
+    monkeypatch.setitem(xnemo.cfg, "prediction_type", "x1")
+    with pytest.raises(ValueError, match="prediction_type"):
+        xnemo.compute_losses(d)
 
 
 def test_reference_keys_projected_once_per_reference_equal_the_concatenation():

@@ -69,7 +69,7 @@ def test_masking_confines_the_update_to_the_region():
     assert torch.equal(changed, region > 0)
 
 
-def test_orthogonality_loss_reference_and_gradient_only_when_positive(small_model):
+def test_orthogonality_loss_reference_and_gradient_only_when_positive(small_model, monkeypatch):
     lat = torch.randn(6, 5)
     lh = lat / lat.norm(dim=1, keepdim=True)
     ref = ((lh @ lh.T - torch.eye(6)) ** 2).sum() / 36
@@ -84,7 +84,8 @@ def test_orthogonality_loss_reference_and_gradient_only_when_positive(small_mode
     batch = _batch()
 
     def grads(lambda_ortho, target):
-        m.cfg.lambda_ortho, m.cfg.ortho_target = lambda_ortho, target
+        monkeypatch.setitem(m.cfg, "lambda_ortho", lambda_ortho)
+        monkeypatch.setitem(m.cfg, "ortho_target", target)
         m.zero_grad(set_to_none=True)
         terms = m.compute_losses(batch)
         m.weighted_total(terms).backward()
@@ -95,7 +96,6 @@ def test_orthogonality_loss_reference_and_gradient_only_when_positive(small_mode
         keys1, g1 = grads(0.5, "raw")
         keysq, gq = grads(0.5, "quantized")
     finally:
-        m.cfg.lambda_ortho, m.cfg.ortho_target = 0.01, "quantized"
         m.zero_grad(set_to_none=True)
     assert "loss_ortho" not in keys0 and "loss_ortho" in keys1 and "loss_ortho" in keysq  # λ = 0 skips it
     assert g0["spatial_latents"].abs().sum() > 0 and g0["temporal_latents"].abs().sum() > 0  # diffusion reaches L

@@ -1,6 +1,6 @@
 """MRFA = the official network: the reduced official checkpoint imports and reproduces every official golden tensor,
 the full model has the official key set and 114,339,206 parameters, K < 6 is the official fewer-steps variant,
-and the importer refuses anything it cannot load exactly (issue 11)."""
+and the importer refuses anything it cannot load exactly."""
 from __future__ import annotations
 
 import json

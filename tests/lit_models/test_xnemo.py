@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from animate_helpers import animate_entry_point, luma_blocks
+from helpers import assert_motion_dropout_drops_the_driving, random_clip
 
 from lit_models.registry import build_model
 from lit_models.xnemo.motion_encoder import MotionTokenizer, temporal_lowpass
@@ -27,7 +28,8 @@ def xnemo():
 
 @pytest.fixture(scope="module")
 def xnemo_text():
-    """portraitlab's earlier design, still selectable: motion tokens as the U-Net's text context."""
+    """The text_xattn design (selectable, and what old checkpoints load as): motion tokens as the U-Net's text
+    context."""
     from experiments.compose import compose
 
     torch.manual_seed(0)
@@ -51,11 +53,6 @@ def trained_motion_modules(model):
             p.weight.data.zero_()
 
 
-def clip(B=1, T=2, seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return {"source": torch.rand(B, 3, size, size, generator=g), "driving": torch.rand(B, T, 3, size, size, generator=g)}
-
-
 @pytest.mark.parametrize("motion_dim", [16, 64, 512])
 def test_motion_dim_sets_descriptor_and_token_shapes(xnemo, motion_dim):
     from lit_models.xnemo.motion_encoder import MotionEncoder
@@ -67,7 +64,7 @@ def test_motion_dim_sets_descriptor_and_token_shapes(xnemo, motion_dim):
     tokens = tok(m, torch.ones(6, dtype=torch.bool))
     assert tokens.shape == (6, motion_dim // 16, 64)
     # the model itself: descriptor and state follow model.motion_dim = L tokens × d (the motion modules' kv width)
-    d = clip(B=2, T=3)
+    d = random_clip(B=2, T=3)
     assert xnemo.descriptor(d["driving"]).shape == (2, 3, 64)
     state = xnemo.encode_motion(d["source"], d["driving"], torch.ones(2, dtype=torch.bool))
     assert state["motion_tokens"].shape == (2, 3, 64 // 16, 16)
@@ -113,7 +110,7 @@ def test_motion_enters_only_through_motion_modules_of_every_level(xnemo):
         assert mods and all(isinstance(m, MotionThenTemporal) for m in mods), type(block).__name__
         assert all(m.motion.transformer.transformer_blocks[0].attn1.to_k.in_features == 16 for m in mods)
     assert xnemo.motion_context.num_modules == sum(len(b.motion_modules) for b in blocks)
-    d = clip()
+    d = random_clip()
     rows = {k: v.flatten(0, 1) for k, v in
             xnemo.encode_motion(d["source"], d["driving"], torch.ones(1, dtype=torch.bool)).items()}
     xnemo.write_reference(xnemo.encode(d["source"]))
@@ -132,7 +129,7 @@ def test_motion_enters_only_through_motion_modules_of_every_level(xnemo):
 def test_driving_motion_reaches_the_output_only_through_the_motion_modules(xnemo):
     """Zero-initialised motion modules: the driving clip cannot change ε_θ; once their output projections are
     trained (here: random), it does."""
-    a, b = clip(seed=1), clip(seed=2)
+    a, b = random_clip(seed=1), random_clip(seed=2)
     z = torch.randn(1, 2, xnemo.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     t, keep = torch.full((1,), 500), torch.ones(1, dtype=torch.bool)
 
@@ -148,10 +145,10 @@ def test_driving_motion_reaches_the_output_only_through_the_motion_modules(xnemo
         assert (eps(a["driving"]) - eps(b["driving"])).abs().max() > 1e-4
 
 
-def test_guidance_negative_is_the_references_own_motion_and_drops_the_image_context(xnemo):
+def test_guidance_negative_is_the_references_own_motion_and_drops_the_image_context(xnemo, monkeypatch):
     """Unconditional branch as official: motion tokens = E_m(reference) on every frame; c_img = 0 where the
     reference is dropped (or none was written)."""
-    d = clip(B=2, T=3)
+    d = random_clip(B=2, T=3)
     keep = torch.tensor([True, False])
     with torch.no_grad():
         state = xnemo.encode_motion(d["source"], d["driving"], keep)
@@ -161,11 +158,8 @@ def test_guidance_negative_is_the_references_own_motion_and_drops_the_image_cont
     assert all(torch.equal(state["motion_tokens"][1, f], own[1]) for f in range(3))
     assert not torch.equal(full["motion_tokens"][1, 0], own[1])
     rows = {k: v.flatten(0, 1) for k, v in state.items()}
-    xnemo._keep_reference_rows = torch.tensor([True] * 3 + [False] * 3)
-    try:
-        ehs, _, _ = xnemo.condition_denoiser(rows, None, None)
-    finally:
-        xnemo._keep_reference_rows = None
+    monkeypatch.setattr(xnemo, "_keep_reference_rows", torch.tensor([True] * 3 + [False] * 3))
+    ehs, _, _ = xnemo.condition_denoiser(rows, None, None)
     assert ehs[:3].abs().sum() > 0 and torch.equal(ehs[3:], torch.zeros_like(ehs[3:]))
 
 
@@ -175,7 +169,7 @@ def test_text_xattn_design_stays_selectable(xnemo_text):
     m = xnemo_text
     assert m.motion_context is None
     assert not any(type(x).__name__ == "MotionThenTemporal" for x in m.denoiser.modules())
-    d = clip()
+    d = random_clip()
     rows = {k: v.flatten(0, 1) for k, v in
             m.encode_motion(d["source"], d["driving"], torch.ones(1, dtype=torch.bool)).items()}
     ehs, down, mid = m.condition_denoiser(rows, torch.zeros(2, m.latent_channels, 8, 8), torch.zeros(2))
@@ -186,7 +180,7 @@ def test_text_xattn_design_stays_selectable(xnemo_text):
 
 
 def test_zeroed_motion_input_still_runs(xnemo):
-    d = clip(T=2)
+    d = random_clip(T=2)
     zero = torch.zeros_like(d["driving"])
     with torch.no_grad():
         loss = xnemo.compute_losses({"source": d["source"], "driving": zero, "target": d["driving"]})["loss_diffusion"]
@@ -195,40 +189,26 @@ def test_zeroed_motion_input_still_runs(xnemo):
     assert out.shape == zero.shape and torch.isfinite(out).all()
 
 
-def test_motion_dropout_really_drops_the_driving_input(xnemo):
-    a, b = clip(T=1, seed=1), clip(T=1, seed=2)
-    saved = xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob
-    try:
-        with trained_motion_modules(xnemo):
-            for prob, same in ((1.0, True), (0.0, False)):
-                xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = 0.0, prob
-                with torch.no_grad():
-                    la = xnemo.compute_losses({"source": a["source"], "driving": a["driving"], "target": a["driving"]})
-                    lb = xnemo.compute_losses({"source": a["source"], "driving": b["driving"], "target": a["driving"]})
-                assert torch.equal(la["loss_diffusion"], lb["loss_diffusion"]) == same, f"drop_motion_prob={prob}"
-    finally:
-        xnemo.cfg.drop_reference_prob, xnemo.cfg.drop_motion_prob = saved
+def test_motion_dropout_really_drops_the_driving_input(xnemo, monkeypatch):
+    assert_motion_dropout_drops_the_driving(xnemo, monkeypatch, motion_active=trained_motion_modules)
 
 
-def test_leakage_guards_are_switches(xnemo):
-    d = clip(T=4)
+def test_leakage_guards_are_switches(xnemo, monkeypatch):
+    d = random_clip(T=4)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     aug = xnemo.prepare_driving(d, d["driving"], g())
     assert aug.shape == d["driving"].shape and (aug - d["driving"]).abs().mean() > 0.01
     torch.testing.assert_close(aug, xnemo.prepare_driving(d, d["driving"], g()))  # deterministic per step
     assert xnemo.cfg.reference_mask_ratio > 0 and xnemo.reference_mask_ratio() == xnemo.cfg.reference_mask_ratio
-    saved = xnemo.cfg.use_driving_augmentation, xnemo.cfg.use_reference_masking, xnemo.cfg.use_descriptor_lowpass
-    try:
-        xnemo.cfg.use_driving_augmentation = xnemo.cfg.use_reference_masking = False
-        assert torch.equal(xnemo.prepare_driving(d, d["driving"], g()), d["driving"])
-        assert xnemo.reference_mask_ratio() == 0
-        with torch.no_grad():
-            raw = xnemo.descriptor(d["driving"])
-            xnemo.cfg.use_descriptor_lowpass = True
-            smooth = xnemo.descriptor(d["driving"])
-        assert raw.diff(dim=1).abs().mean() > smooth.diff(dim=1).abs().mean()
-    finally:
-        xnemo.cfg.use_driving_augmentation, xnemo.cfg.use_reference_masking, xnemo.cfg.use_descriptor_lowpass = saved
+    monkeypatch.setitem(xnemo.cfg, "use_driving_augmentation", False)
+    monkeypatch.setitem(xnemo.cfg, "use_reference_masking", False)
+    assert torch.equal(xnemo.prepare_driving(d, d["driving"], g()), d["driving"])
+    assert xnemo.reference_mask_ratio() == 0
+    with torch.no_grad():
+        raw = xnemo.descriptor(d["driving"])
+        monkeypatch.setitem(xnemo.cfg, "use_descriptor_lowpass", True)
+        smooth = xnemo.descriptor(d["driving"])
+    assert raw.diff(dim=1).abs().mean() > smooth.diff(dim=1).abs().mean()
 
 
 def test_reference_masking_hides_tokens_in_attention():
@@ -284,18 +264,14 @@ def test_motion_dim_sweep_grid():
     assert sweep["hydra"]["callbacks"]["table"]["_target_"] == "eval.table.SweepTableCallback"
 
 
-def test_animate_entry_point_on_real_fixtures(xnemo, compose_cfg, real_fixtures, tmp_path):
+def test_animate_entry_point_on_real_fixtures(xnemo, compose_cfg, real_fixtures, tmp_path, monkeypatch):
     """`experiments.animate` with a freshly saved tiny checkpoint: face crops of the real portrait and clip, the
     model's 32² output written as video, equal (up to H.264) to `animate` called directly on the same crops."""
     written, source, driving = animate_entry_point(xnemo, compose_cfg, real_fixtures, tmp_path)
     assert written.shape == (3, 32, 32, 3)
     direct = xnemo.animate(source, driving)[0].permute(0, 2, 3, 1)
-    saved = xnemo.cfg.sample_seed
-    try:
-        xnemo.cfg.sample_seed = saved + 1
-        other = xnemo.animate(source, driving)[0].permute(0, 2, 3, 1)
-    finally:
-        xnemo.cfg.sample_seed = saved
+    monkeypatch.setitem(xnemo.cfg, "sample_seed", xnemo.cfg.sample_seed + 1)
+    other = xnemo.animate(source, driving)[0].permute(0, 2, 3, 1)
     err = (luma_blocks(written) - luma_blocks(direct)).abs().mean()
     assert err < 0.5 * (luma_blocks(written) - luma_blocks(other)).abs().mean(), err
 
@@ -341,7 +317,7 @@ def test_official_sampling_preset(compose_cfg):
 def test_reference_net_reads_the_image_embedding(xnemo):
     """As official, the ReferenceNet's cross-attention context is c_img of the reference (not a learned prompt):
     changing c_img changes the reference tokens the denoiser reads."""
-    d = clip()
+    d = random_clip()
     z = xnemo.encode(d["source"])
     with torch.no_grad():
         ctx = xnemo.reference_context(z, d["source"])
@@ -349,7 +325,7 @@ def test_reference_net_reads_the_image_embedding(xnemo):
         torch.testing.assert_close(xnemo.reference_context(z), ctx)           # latent only: decoded (pixel: exact)
         xnemo.write_reference(z, source=d["source"])
         a = {k: v.clone() for k, v in xnemo.bank.features.items()}
-        xnemo.write_reference(z, source=clip(seed=5)["source"])
+        xnemo.write_reference(z, source=random_clip(seed=5)["source"])
         b = dict(xnemo.bank.features)
         xnemo.bank.clear()
     # the first self-attention layer runs before any cross-attention: only later layers can differ
@@ -357,7 +333,8 @@ def test_reference_net_reads_the_image_embedding(xnemo):
 
 
 def test_checkpoint_of_the_earlier_design_still_loads(xnemo_text, tmp_path):
-    """A checkpoint saved before issue 12 (its model config has none of the new keys) loads as text_xattn."""
+    """A checkpoint of the text_xattn design whose model config has none of the motion-module keys (``_NEW_KEYS``)
+    loads as text_xattn."""
     from lit_models.registry import load_model
     from lit_models.xnemo.model import _NEW_KEYS
 
@@ -366,5 +343,5 @@ def test_checkpoint_of_the_earlier_design_still_loads(xnemo_text, tmp_path):
     torch.save({"state_dict": xnemo_text.state_dict(), "hyper_parameters": {"model": hp}}, path)
     old = load_model(str(path))
     assert old.cfg.motion_injection == "text_xattn" and old.motion_context is None
-    d = clip()
+    d = random_clip()
     torch.testing.assert_close(old.descriptor(d["driving"]), xnemo_text.eval().descriptor(d["driving"]))

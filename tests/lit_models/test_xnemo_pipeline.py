@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import random_clip
 from lit_models.registry import build_model
 
 SHRINK = ["model.resolution=32", "model.unet.sample_size=8", "model.motion_encoder_resolution=16",
@@ -24,10 +25,9 @@ def official_tiny():
 
 
 def _clip(T, seed=0, same_frames=False):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.rand(1, 3, 32, 32, generator=g)
-    drv = torch.rand(1, 1 if same_frames else T, 3, 32, 32, generator=g).expand(1, T, 3, 32, 32)
-    return src, drv.contiguous()
+    """A 32² (source, T-frame driving) pair; ``same_frames``: one driving frame repeated T times."""
+    d = random_clip(T=1 if same_frames else T, seed=seed, size=32)
+    return d["source"], d["driving"].expand(1, T, 3, 32, 32).contiguous()
 
 
 def test_reproducible_with_a_fixed_generator_and_seeded_by_default(official_tiny):
@@ -67,7 +67,7 @@ def test_one_trajectory_noise_does_not_repeat_across_windows(official_tiny):
         assert (out[i] - out[j]).abs().mean() > 1e-3, (i, j)
 
 
-def test_41_frames_run_3_official_windows_per_step_in_one_trajectory(official_tiny):
+def test_41_frames_run_3_official_windows_per_step_in_one_trajectory(official_tiny, monkeypatch):
     """N = 41: every step runs the official 3 windows of 24 (offset drawn in [0, 24)); with frame-independent
     networks the windowed video equals the video of one-frame windows (frames in two windows get the mean of equal
     predictions), so the averaging is per frame and nothing is dropped or doubled."""
@@ -80,13 +80,10 @@ def test_41_frames_run_3_official_windows_per_step_in_one_trajectory(official_ti
     assert len(pipe.last_windows) == 2 and all(len(w) == 3 for w in pipe.last_windows)
     for off, wins in zip(pipe.last_offsets, pipe.last_windows):
         assert 0 <= off < 24 and [w.tolist() for w in wins] == [w.tolist() for w in uniform_windows(41, 24, 4, off)]
-    saved = official_tiny.cfg.window_size, official_tiny.cfg.window_overlap
-    try:
-        official_tiny.cfg.window_size, official_tiny.cfg.window_overlap = 1, 0     # every frame its own window
-        single = pipe(src, drv, generator=torch.Generator().manual_seed(1))
-        assert all(len(w) == 41 for w in pipe.last_windows)
-    finally:
-        official_tiny.cfg.window_size, official_tiny.cfg.window_overlap = saved
+    monkeypatch.setitem(official_tiny.cfg, "window_size", 1)       # every frame its own window
+    monkeypatch.setitem(official_tiny.cfg, "window_overlap", 0)
+    single = pipe(src, drv, generator=torch.Generator().manual_seed(1))
+    assert all(len(w) == 41 for w in pipe.last_windows)
     torch.testing.assert_close(windowed, single, atol=1e-5, rtol=0)
 
 

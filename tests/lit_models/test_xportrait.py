@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from animate_helpers import animate_entry_point, luma_blocks
+from helpers import assert_motion_dropout_drops_the_driving, random_clip
 
 from lit_models.registry import build_model
 from lit_models.xportrait.local_control import REGION_LAYOUTS, local_patch_masks, official_patch_masks, region_boxes
@@ -30,11 +31,6 @@ def build(*overrides):
 @pytest.fixture(scope="module")
 def xportrait():
     return build()
-
-
-def clip(B=1, T=2, seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return {"source": torch.rand(B, 3, size, size, generator=g), "driving": torch.rand(B, T, 3, size, size, generator=g)}
 
 
 def test_patches_from_68_point_and_synthfaces_landmarks():
@@ -96,8 +92,8 @@ def test_official_local_patches_are_128_at_512_and_landmark_centred():
     assert none[0, 0, int(0.385 * 64), int(0.36 * 64)] == 1 and none[0, 0, 2, 2] == 0
 
 
-def test_local_control_sees_only_the_patches_and_the_flag_removes_it(xportrait):
-    d = {k: xportrait.to_model(v) for k, v in clip().items()}  # model resolution (32²): 8² latents
+def test_local_control_sees_only_the_patches_and_the_flag_removes_it(xportrait, monkeypatch):
+    d = {k: xportrait.to_model(v) for k, v in random_clip().items()}  # model resolution (32²): 8² latents
     B, T = d["driving"].shape[:2]
     keep = torch.ones(B, dtype=torch.bool)
     state = xportrait.encode_motion(d["source"], d["driving"], keep)
@@ -106,14 +102,11 @@ def test_local_control_sees_only_the_patches_and_the_flag_removes_it(xportrait):
     assert xportrait.cfg.local_patch_mode == "official"       # official: the driving frame in the patches, −1 outside
     assert outside.any() and (state["local"][outside] == -1).all()
     assert torch.equal(state["local"][inside], (d["driving"] * 2 - 1)[inside])
-    saved = xportrait.cfg.local_patch_mode
-    try:
-        xportrait.cfg.local_patch_mode = "box"                 # ours: 0 outside
+    with monkeypatch.context() as mp:
+        mp.setitem(xportrait.cfg, "local_patch_mode", "box")   # ours: 0 outside
         box = xportrait.encode_motion(d["source"], d["driving"], keep)
         out_box = (box["local_mask"] == 0).expand_as(box["local"])
         assert out_box.any() and (box["local"][out_box] == 0).all()
-    finally:
-        xportrait.cfg.local_patch_mode = saved
     z = torch.randn(B * T, xportrait.latent_channels, 8, 8)
     rows = {k: v.flatten(0, 1) for k, v in state.items()}
     with torch.no_grad():
@@ -128,37 +121,23 @@ def test_local_control_sees_only_the_patches_and_the_flag_removes_it(xportrait):
     assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in xportrait.parameters())
 
 
-def test_motion_dropout_zeroes_every_control_residual(xportrait):
-    a, b = clip(T=1, seed=1), clip(T=1, seed=2)
-    saved = xportrait.cfg.drop_reference_prob, xportrait.cfg.drop_motion_prob
-    try:
-        for prob, same in ((1.0, True), (0.0, False)):
-            xportrait.cfg.drop_reference_prob, xportrait.cfg.drop_motion_prob = 0.0, prob
-            with torch.no_grad():
-                la = xportrait.compute_losses({"source": a["source"], "driving": a["driving"], "target": a["driving"]})
-                lb = xportrait.compute_losses({"source": a["source"], "driving": b["driving"], "target": a["driving"]})
-            assert torch.equal(la["loss_diffusion"], lb["loss_diffusion"]) == same, f"drop_motion_prob={prob}"
-    finally:
-        xportrait.cfg.drop_reference_prob, xportrait.cfg.drop_motion_prob = saved
+def test_motion_dropout_zeroes_every_control_residual(xportrait, monkeypatch):
+    assert_motion_dropout_drops_the_driving(xportrait, monkeypatch)
 
 
-def test_training_driving_does_not_share_the_source_appearance(xportrait):
-    d = clip(T=2)
+def test_training_driving_does_not_share_the_source_appearance(xportrait, monkeypatch):
+    d = random_clip(T=2)
     g = torch.Generator().manual_seed(0)
     aug = xportrait.prepare_driving(d, d["driving"], g)
     assert (aug - d["driving"]).abs().mean() > 0.01
-    saved = xportrait.cfg.driving_appearance
-    try:
-        xportrait.cfg.driving_appearance = "cross_identity"
-        with pytest.raises(KeyError, match="driving_cross"):
-            xportrait.prepare_driving(d, d["driving"], g)
-        other = torch.rand(1, 2, 3, 64, 64)
-        out = xportrait.prepare_driving(dict(d, driving_cross=other), d["driving"], g)
-        assert torch.allclose(out, xportrait.to_model(other))
-        xportrait.cfg.driving_appearance = "none"
-        assert torch.equal(xportrait.prepare_driving(d, d["driving"], g), d["driving"])
-    finally:
-        xportrait.cfg.driving_appearance = saved
+    monkeypatch.setitem(xportrait.cfg, "driving_appearance", "cross_identity")
+    with pytest.raises(KeyError, match="driving_cross"):
+        xportrait.prepare_driving(d, d["driving"], g)
+    other = torch.rand(1, 2, 3, 64, 64)
+    out = xportrait.prepare_driving(dict(d, driving_cross=other), d["driving"], g)
+    assert torch.allclose(out, xportrait.to_model(other))
+    monkeypatch.setitem(xportrait.cfg, "driving_appearance", "none")
+    assert torch.equal(xportrait.prepare_driving(d, d["driving"], g), d["driving"])
 
 
 def test_cross_identity_driving_trains_one_step_on_synthfaces(xportrait, compose_cfg, synth_root, tmp_path):
@@ -213,7 +192,7 @@ def test_cross_identity_driving_trains_one_step_on_synthfaces(xportrait, compose
 
 
 def test_animate_with_and_without_keypoints(xportrait):
-    d = clip(T=2, size=20)
+    d = random_clip(T=2, size=20)
     out = xportrait.animate(d["source"], d["driving"], num_inference_steps=1)  # detector finds nothing → fixed boxes
     assert out.shape == (1, 2, 3, 20, 20) and 0 <= out.min() and out.max() <= 1
     kp = torch.rand(1, 2, 29, 2) * 19
@@ -236,26 +215,21 @@ def test_animate_entry_point_on_real_fixtures(xportrait, compose_cfg, real_fixtu
         "frames driven by different driving frames differ; frame 0 (same driving frame) does not"
 
 
-def test_reference_net_runs_at_the_current_timestep(xportrait):
+def test_reference_net_runs_at_the_current_timestep(xportrait, monkeypatch):
     """Official X-Portrait runs the appearance net at the denoiser's t: training hands the sampled t to the
     ReferenceNet (reference_timestep=zero hands none, i.e. t = 0), and the bank depends on it."""
-    a = clip(T=1, seed=3)
+    a = random_clip(T=1, seed=3)
     calls, write = [], xportrait.write_reference
 
     def spy(z, *args, t=None, **kw):
         calls.append(t)
         return write(z, *args, t=t, **kw)
 
-    saved = xportrait.cfg.reference_timestep
-    xportrait.write_reference = spy
-    try:
-        with torch.no_grad():
-            for mode in ("current", "zero"):
-                xportrait.cfg.reference_timestep = mode
-                xportrait.compute_losses({"source": a["source"], "driving": a["driving"]})
-    finally:
-        del xportrait.write_reference
-        xportrait.cfg.reference_timestep = saved
+    with monkeypatch.context() as mp, torch.no_grad():
+        mp.setattr(xportrait, "write_reference", spy)
+        for mode in ("current", "zero"):
+            mp.setitem(xportrait.cfg, "reference_timestep", mode)
+            xportrait.compute_losses({"source": a["source"], "driving": a["driving"]})
     assert calls[0] is not None and calls[0].shape == (1,) and calls[1] is None
     z = xportrait.encode(xportrait.to_model(a["source"]))
     banks = []
@@ -303,7 +277,7 @@ def test_official_sampling_preset(compose_cfg):
 
     torch.manual_seed(0)
     m = build_model(cfg)
-    d = clip(T=5, seed=4)
+    d = random_clip(T=5, seed=4)
     runs = {}
     for init in ("noised_reference", "noise"):
         m.cfg.initial_latent = init
@@ -318,7 +292,7 @@ def test_official_sampling_preset(compose_cfg):
     mean = m.animate(d["source"], d["driving"], num_inference_steps=2)
     torch.testing.assert_close(mean, runs["noise"], atol=1e-5, rtol=0)
     m.cfg.reference_latent = "sample_per_frame"
-    other = clip(T=5, seed=5)["source"]
+    other = random_clip(T=5, seed=5)["source"]
     m.cfg.initial_latent = "noise"
     swapped = m.animate(other, d["driving"], num_inference_steps=2)
     assert (swapped - runs["noise"]).abs().max() > 1e-3            # the reference matters on the per-frame path

@@ -36,7 +36,7 @@ def test_regenerated_driving_frames_are_the_goldens():
 
 
 @torch.no_grad()
-def test_animate_equals_the_official_sampling_loop(reduced):  # noqa: F811
+def test_animate_equals_the_official_sampling_loop(reduced, monkeypatch):  # noqa: F811
     model, _ = reduced
     g = torch.load(LOOP, weights_only=True)
     N, H = g["latents"].shape[0], g["latents"].shape[-1]
@@ -54,14 +54,12 @@ def test_animate_equals_the_official_sampling_loop(reduced):  # noqa: F811
         decoded.append(z.clone())
         return torch.zeros(len(z), 3, 8 * H, 8 * H)
 
-    model.encode = lambda x: torch.zeros(x.shape[0], 4, H, H)
-    model.codec.sample, model.decode = sample, decode
-    try:
-        driving = (d8.float() / 255)[None]
-        model.animate(torch.zeros(1, 3, 8 * H, 8 * H), driving, patch_centres=g["patch_centres"][None],
-                      noise=g["noise"][None], offsets=g["offsets"], num_inference_steps=g["steps"])
-    finally:
-        del model.encode, model.codec.sample, model.decode
+    monkeypatch.setattr(model, "encode", lambda x: torch.zeros(x.shape[0], 4, H, H))
+    monkeypatch.setattr(model.codec, "sample", sample)
+    monkeypatch.setattr(model, "decode", decode)
+    driving = (d8.float() / 255)[None]
+    model.animate(torch.zeros(1, 3, 8 * H, 8 * H), driving, patch_centres=g["patch_centres"][None],
+                  noise=g["noise"][None], offsets=g["offsets"], num_inference_steps=g["steps"])
     ours = torch.cat(decoded)
     ref = g["latents"]
     diff = float((ours - ref).abs().max())
