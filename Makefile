@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q -e .
+	# MTCNN of the 3DMM metrics (pyproject extra `threedmm`): without its dependencies, its wheel pins torch<2.3
+	$(BIN)/python -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 	# insightface pulls opencv-python, which writes the same cv2/ as the headless build: keep exactly one.
 	$(BIN)/python -m pip uninstall -q -y opencv-python || true
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps "$$($(BIN)/python -m pip freeze | grep -i '^opencv-python-headless==')"

@@ -87,13 +87,13 @@ def required_weights(protocol) -> list[str]:
 
     from eval.faces import ARCFACE_MODELS, DEFAULT_ARCFACE_MODEL, arcface_model_of
     from eval.suite import THREEDMM_METRICS
-    from eval.threedmm import THREEDMM_WEIGHTS
+    from eval.threedmm import required_weights as threedmm_weights
 
     arcface_model = str(protocol.get("arcface_model", DEFAULT_ARCFACE_MODEL))
     for name in protocol.metrics:
         family = name.split("_")[0]
         if name in THREEDMM_METRICS:
-            add(*THREEDMM_WEIGHTS)
+            add(*threedmm_weights(name, standins))
         elif name == "fid" and "fid" not in standins:
             add(str(protocol.fid_backend))
         elif name == "fvd" and "fvd" not in standins:

@@ -53,6 +53,16 @@ def _face_recognition_models() -> Path:
     return Path(face_recognition_models.__file__).parent / "models"
 
 
+def _facenet_pytorch_data() -> Path:
+    """facenet-pytorch's bundled weights folder; a path that does not exist when the package is not installed."""
+    from importlib.util import find_spec
+
+    spec = find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return Path("<facenet-pytorch not installed>") / "facenet_pytorch" / "data"
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
 def _hf_snapshot(repo_id: str) -> Optional[Path]:
     """The local snapshot folder of ``repo_id`` in the huggingface_hub cache (no network), or None."""
     try:
@@ -81,7 +91,7 @@ def _portraitlab_weights() -> Path:
 class WeightFile:
     name: str                   # registry key (what protocols pin under `weights:`)
     filename: str
-    cache: str                  # "torch_hub" | "insightface:<pack>" | "face_recognition_models"
+    cache: str                  # "torch_hub" | "insightface:<pack>" | "face_recognition_models" | "facenet_pytorch"
     url: str
     env: str                    # environment variable holding an explicit path (wins over the cache)
     sha256: Optional[str] = None
@@ -103,6 +113,8 @@ class WeightFile:
             return _insightface_root() / self.cache.split(":", 1)[1]
         if self.cache == "face_recognition_models":
             return _face_recognition_models()
+        if self.cache == "facenet_pytorch":
+            return _facenet_pytorch_data()
         if self.cache == "hf_hub":
             return _hf_cache_root() / ("models--" + self.filename.replace("/", "--"))
         if self.cache == "portraitlab":
@@ -185,7 +197,7 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         note="Deep3DFaceRecon_pytorch (sicxu/Deep3DFaceRecon_pytorch, Deng et al. 2019) ResNet-50 coefficient "
              "regressor, the original release (not the 2023 update), as OTAvatar's evaluation uses for APD/AED; "
              "Google Drive folder (no direct link): put checkpoints/<name>/epoch_20.pth here by hand; no published "
-             "sha256: recorded on first load",
+             "sha256: recorded on first load; the file is a dict whose 'net_recon' is the ResNet-50 state dict",
         used_by="aed_3dmm_deep3d, apd_3dmm_deep3d, pose_deg_deep3d",
         licence="MIT (Deep3DFaceRecon_pytorch code and released model)"),
     WeightFile(
@@ -194,9 +206,20 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         env="PORTRAITLAB_BFM_FRONT", sha256=None, manual=True,
         note="Basel Face Model 2009 (01_MorphableModel.mat, by registration) + Exp_Pca.bin, converted by "
              "Deep3DFaceRecon_pytorch's util/load_mats.py into BFM_model_front.mat (the 3DMM the coefficients "
-             "refer to); no published sha256: recorded on first load",
-        used_by="aed_3dmm_deep3d, apd_3dmm_deep3d, pose_deg_deep3d",
+             "refer to); for RENDERING the coefficients as a mesh only — the 3DMM metrics (coefficient regression) "
+             "do not need it; no published sha256: recorded on first load",
+        used_by="rendering Deep3DFaceRecon coefficients (no metric needs it)",
         licence="Basel Face Model 2009: non-commercial research only, by registration"),
+    WeightFile(
+        name="mtcnn_facenet_pytorch", filename="onet.pt", cache="facenet_pytorch",
+        url="https://pypi.org/project/facenet-pytorch/2.6.0/", env="PORTRAITLAB_MTCNN_ONET",
+        sha256="165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+        note="MTCNN (Zhang et al. 2016) O-Net, with pnet.pt / rnet.pt beside it, inside the facenet-pytorch 2.6.0 "
+             "wheel (facenet_pytorch/data/; pnet a2a71925…, rnet bbb937de…): the 5 points of the Deep3DFaceRecon "
+             "alignment; install without its dependencies (its wheel pins torch<2.3)",
+        used_by="aed_3dmm_deep3d, apd_3dmm_deep3d, pose_deg_deep3d",
+        pip="--no-deps facenet-pytorch==2.6.0",
+        licence="MIT (facenet-pytorch; MTCNN weights from kpzhang93/MTCNN_face_detection_alignment, MIT)"),
     WeightFile(
         name="scrfd_det_10g", filename="det_10g.onnx", cache="insightface:buffalo_l",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",

@@ -209,28 +209,6 @@ def test_glintr100_registered_and_absent_weights_fail_before_work(monkeypatch, t
         build_suite(proto, device="cpu")
 
 
-def test_3dmm_metrics_fail_before_work_naming_the_weights(monkeypatch, tmp_path):
-    from eval.preflight import check_protocol, required_weights
-    from eval.suite import build_suite
-    from eval.threedmm import ThreeDMMUnavailable
-    from eval.weights import REGISTRY, MissingWeightsError
-
-    monkeypatch.setenv("PORTRAITLAB_CACHE", str(tmp_path))
-    for n in ("deep3dfacerecon_epoch20", "bfm09_front_face"):
-        monkeypatch.delenv(REGISTRY[n].env, raising=False)
-    proto = _protocol(metrics=["aed_3dmm_deep3d", "pose_deg_deep3d"])
-    assert required_weights(proto) == ["deep3dfacerecon_epoch20", "bfm09_front_face"]
-    assert check_protocol(proto)[0] == []
-    with pytest.raises(MissingWeightsError, match=r"epoch_20\.pth.*\n.*drive\.google\.com"):
-        build_suite(proto, device="cpu")
-    for n in ("deep3dfacerecon_epoch20", "bfm09_front_face"):
-        f = tmp_path / REGISTRY[n].filename
-        f.write_bytes(b"x")
-        monkeypatch.setenv(REGISTRY[n].env, str(f))
-    with pytest.raises(ThreeDMMUnavailable, match="Deep3DFaceRecon_pytorch"):
-        build_suite(proto, device="cpu")
-
-
 def test_run_evaluation_records_the_providers_in_metrics_json(fake_ort, fakes, tmp_path, fake_data):
     import json
 
