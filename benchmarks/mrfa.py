@@ -197,7 +197,7 @@ def build_pair(Official, cfg: dict, res: int, K: int, device: str, overrides=())
 
     from lit_models.common.perceptual import MultiScalePerceptualLoss, VGG19Features
     from lit_models.mrfa import MRFA
-    from lit_models.mrfa.blocks import AntiAliasInterpolation2d
+    from lit_models.common.warp import AntiAliasInterpolation2d
     from lit_models.mrfa.import_official import infer_sizes, normalise_state_dict
 
     torch.manual_seed(0)

@@ -11,9 +11,9 @@ from typing import Iterable
 import numpy as np
 
 
-# x264's macroblock-tree rate control, in the libx264 of PyAV's wheel on an AVX-512 CPU, gave other bytes for the same
-# frames depending on the process's history (datamodules/synthfaces/writer.py, docs/RESULTS.md): every lab encode
-# of training data turns it off, so a prepared or rendered dataset is a function of its inputs
+# x264's macroblock-tree rate control, in the libx264 of PyAV's wheel on an AVX-512 CPU, can give other bytes for the
+# same frames depending on what the process encoded before: every lab encode of training data turns it off, so a
+# prepared or rendered dataset is a function of its inputs
 X264_REPRODUCIBLE = "mbtree=0"
 
 

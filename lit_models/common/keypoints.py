@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_models.common.hourglass import Hourglass
+from lit_models.common.hourglass import DownBlock2d, Hourglass, SameBlock2d
 from lit_models.common.warp import downsample_image, make_coordinate_grid
 
 
-def kp2gaussian(kp: torch.Tensor, spatial_size, kp_variance: float) -> torch.Tensor:
-    """Keypoints B×K×2 → isotropic Gaussian maps B×K×H×W, ``exp(-|z - p_k|² / (2 σ²))`` with σ² = kp_variance (FOMM)."""
+def kp2gaussian(kp: torch.Tensor, spatial_size, kp_variance: float, *, fomm_arithmetic: bool = False) -> torch.Tensor:
+    """Keypoints B×K×2 → isotropic Gaussian maps B×K×H×W, ``exp(-|z - p_k|² / (2 σ²))`` with σ² = kp_variance (FOMM).
+    ``fomm_arithmetic``: the grid convention of the official code (``lit_models.common.warp``)."""
     h, w = spatial_size
-    grid = make_coordinate_grid(h, w, kp.device, kp.dtype)                   # H×W×2
+    grid = make_coordinate_grid(h, w, kp.device, kp.dtype, fomm_arithmetic=fomm_arithmetic)   # H×W×2
     diff = grid[None, None] - kp[:, :, None, None, :]                        # B×K×H×W×2
     return torch.exp(-0.5 * (diff ** 2).sum(-1) / kp_variance)
 
@@ -101,8 +102,6 @@ class TPSKPDetector(nn.Module):
 
             self.net = resnet18(weights=None, num_classes=n_out)
         elif backbone == "conv":
-            from lit_models.common.hourglass import DownBlock2d, SameBlock2d
-
             layers, c = [SameBlock2d(num_channels, block_expansion, 7, norm)], block_expansion
             for _ in range(num_blocks):
                 layers.append(DownBlock2d(c, min(512, c * 2), norm))

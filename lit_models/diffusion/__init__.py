@@ -1,4 +1,5 @@
-"""Shared reference-conditioned video diffusion core (X-Portrait, X-NeMo, InterAnimate, ImPoster build on it).
+"""Shared reference-conditioned video diffusion core (X-Portrait, X-NeMo and InterAnimate build on it; ImPoster
+is a text-to-image personalisation method on a Stable Diffusion backbone of its own, ``lit_models.imposter``).
 
 * ``config``: :class:`DiffusionConfig` (subclass it in a method's ``config.py``), :class:`UNetArch`, :class:`TemporalArch`.
 * ``networks``: diffusers builders — spatial U-Net, video U-Net (AnimateDiff temporal layers), ReferenceNet,

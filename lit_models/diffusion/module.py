@@ -205,6 +205,35 @@ class ReferenceVideoDiffusion(AnimationModule):
         """Sampling start (B×T×C×h×w, noised to the first timestep by the sampler), or None: pure noise."""
         return None
 
+    def reference_latents(self, src: torch.Tensor, z_src: torch.Tensor, num_frames: int,
+                          generator: torch.Generator, chunk: Optional[int] = None) -> torch.Tensor:
+        """The reference latent of every frame, B×T×C×h×w, as ``reference_latent`` says: ``mean`` repeats the
+        source's posterior mean ``z_src``; ``sample_per_frame`` (official X-Portrait) draws one VAE posterior
+        sample of the source ``src`` (model range) per frame from ``generator``, ``chunk`` rows per codec call
+        (None: one call)."""
+        B, T, shape = src.shape[0], num_frames, z_src.shape[1:]
+        mode = self.cfg.reference_latent
+        if mode == "sample_per_frame":
+            rows = src.repeat_interleave(T, 0) * 2 - 1
+            n = len(rows) if chunk is None else chunk
+            z = torch.cat([self.codec.sample(rows[i:i + n], generator) for i in range(0, len(rows), n)])
+            return z.view(B, T, *shape)
+        if mode == "mean":
+            return z_src[:, None].expand(B, T, *shape)
+        raise ValueError(f"reference_latent must be mean | sample_per_frame, got {mode!r}")
+
+    def noised_reference_start(self, z_rep: torch.Tensor, noise: torch.Tensor) -> Optional[torch.Tensor]:
+        """The sampling start ``x_T`` for ``initial_latent=noised_reference`` (official X-Portrait: ``q_sample`` of
+        each frame's reference latent ``z_rep`` at t = T − 1 with ``noise``, both B×T×C×h×w); None for ``noise``
+        (the sampler starts from scaled noise)."""
+        if self.cfg.initial_latent == "noised_reference":
+            t_last = torch.full((noise.shape[0] * noise.shape[1],), self.noise_scheduler.config.num_train_timesteps - 1,
+                                dtype=torch.long, device=noise.device)
+            return self.noise_scheduler.add_noise(z_rep.flatten(0, 1), noise.flatten(0, 1), t_last).view_as(noise)
+        if self.cfg.initial_latent != "noise":
+            raise ValueError(f"initial_latent must be noise | noised_reference, got {self.cfg.initial_latent!r}")
+        return None
+
     # ---- training -------------------------------------------------------------------------------------------
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         source = self.to_model(batch["source"])
@@ -292,27 +321,17 @@ class ReferenceVideoDiffusion(AnimationModule):
             z_ref_shape = z_src.shape[1:]
             gen = generator if generator is not None else torch.Generator().manual_seed(int(self.cfg.sample_seed))
             noise = torch.randn((B, T, *z_ref_shape), generator=gen).to(dev, src.dtype)
-            mode = self.cfg.reference_latent
-            if mode == "sample_per_frame":     # official X-Portrait: one VAE posterior sample of the source per frame
-                z_rep = self.codec.sample(src.repeat_interleave(T, 0) * 2 - 1, gen).view(B, T, *z_ref_shape)
-                z_rows = z_rep.flatten(0, 1)                                  # reference rows: B·T
+            z_rep = self.reference_latents(src, z_src, T, gen)
+            per_frame_ref = self.cfg.reference_latent == "sample_per_frame"
+            z_rows = z_rep.flatten(0, 1) if per_frame_ref else z_src        # reference rows: B·T or B
+            if per_frame_ref:
                 ref_index = torch.arange(B * T, device=dev).view(B, T).repeat(2 if use_cfg else 1, 1)
-            elif mode == "mean":
-                z_rep, z_rows = z_src[:, None].expand(B, T, *z_ref_shape), z_src
-            else:
-                raise ValueError(f"reference_latent must be mean | sample_per_frame, got {mode!r}")
             per_step = self.reference_t(torch.zeros(B, dtype=torch.long, device=dev)) is not None
             written = {"t": None}
-            src_rows = src.repeat_interleave(T, 0) if mode == "sample_per_frame" else src
+            src_rows = src.repeat_interleave(T, 0) if per_frame_ref else src
             if not per_step:
                 self.write_reference(z_rows, source=src_rows)
-            init = None
-            if self.cfg.initial_latent == "noised_reference":   # official X-Portrait: x_T = q_sample(z_src, T − 1)
-                t_last = torch.full((B * T,), self.noise_scheduler.config.num_train_timesteps - 1, dtype=torch.long)
-                init = self.noise_scheduler.add_noise(z_rep.flatten(0, 1), noise.flatten(0, 1),
-                                                      t_last.to(dev)).view_as(noise)
-            elif self.cfg.initial_latent != "noise":
-                raise ValueError(f"initial_latent must be noise | noised_reference, got {self.cfg.initial_latent!r}")
+            init = self.noised_reference_start(z_rep, noise)
 
             def denoise(z, t, s, e):
                 tt = torch.full((z.shape[0] * (2 if use_cfg else 1),), int(t), device=dev, dtype=torch.long)

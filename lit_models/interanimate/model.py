@@ -10,7 +10,7 @@ followed by a region-aware interaction block reading the spatial latents ``L_s``
 Losses: ``λ_diffusion·‖ε − ε_θ‖²`` (core) + ``λ_ortho·(O_s + O_t)`` + ``λ_mask·BCE(mask predictor, batch masks)``,
 with ``O = ‖X̂X̂ᵀ − I‖²_F / n²`` on ``X`` = the quantized latents ``L̃`` of each spatial (O_s) / temporal (O_t) block,
 averaged over its blocks and rows (``ortho_target=quantized``, default) or ``X`` = ``L_s`` / ``L_t`` themselves
-(``ortho_target=raw``, the earlier design, which cannot reach the samples at the full-size initialisation; see
+(``ortho_target=raw``, which cannot reach the samples at the full-size initialisation; see
 ``interaction`` and ``benchmarks/interanimate_ortho.py``).
 """
 from __future__ import annotations

@@ -1,13 +1,12 @@
-"""MRFA's convolutional building blocks, prior dense-motion network and occlusion-aware generator, laid out as in
-the official code (JialeTao/MRFA, itself built on FOMM, Siarohin et al. NeurIPS 2019) so that an official state
-dict loads key for key (``lit_models.mrfa.import_official``).
+"""MRFA's own building blocks — RAFT-style pixel grids and sampling, activation checkpointing and the
+occlusion-aware generator — laid out as in the official code (JialeTao/MRFA, itself built on FOMM, Siarohin et
+al. NeurIPS 2019) so that an official state dict loads key for key (``lit_models.mrfa.import_official``).
 
-Conventions that matter for numerical parity with the official code (all reproduced here on purpose):
-
-* identity grids ``make_coordinate_grid`` are ``2·(i/(n-1)) - 1`` (x first), not ``linspace``;
-* the dense-motion network samples with ``grid_sample``'s default ``align_corners=False``;
-* ``AntiAliasInterpolation2d`` = Gaussian blur (σ = (1/s - 1)/2) then *nearest* resampling;
-* up-sampling blocks use nearest ×2 interpolation; every norm is BatchNorm.
+The FOMM blocks (``SameBlock2d`` … ``Hourglass``, ``AntiAliasInterpolation2d``, ``kp2gaussian``, the dense-motion
+network) are the shared ones of ``lit_models.common``, used here with the official code's conventions, which
+matter for numerical parity: ``fomm_arithmetic`` identity grids, ``grid_sample``'s default
+``align_corners=False`` in the dense-motion network, Gaussian-then-nearest down-sampling, nearest ×2
+up-sampling and BatchNorm everywhere (``lit_models.common.warp`` documents both conventions).
 """
 from __future__ import annotations
 
@@ -18,28 +17,20 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
+from lit_models.common.dense_motion import DenseMotionNetwork
+from lit_models.common.hourglass import DownBlock2d, Hourglass, ResBlock2d, SameBlock2d, UpBlock2d
+from lit_models.common.warp import AntiAliasInterpolation2d
 
-# ---- coordinates ---------------------------------------------------------------------------------------------
-def make_coordinate_grid(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    """Identity grid h×w×2 in [-1, 1], last dim (x, y); FOMM's exact arithmetic."""
-    x = torch.arange(w, device=like.device, dtype=like.dtype)
-    y = torch.arange(h, device=like.device, dtype=like.dtype)
-    x = 2 * (x / (w - 1)) - 1
-    y = 2 * (y / (h - 1)) - 1
-    return torch.stack([x.view(1, -1).expand(h, w), y.view(-1, 1).expand(h, w)], dim=-1)
+__all__ = ["AntiAliasInterpolation2d", "ChannelBlock2d", "DenseMotionNetwork", "DownBlock2d", "Hourglass",
+           "OcclusionAwareGenerator", "ResBlock2d", "SameBlock2d", "UpBlock2d", "bilinear_sampler", "checkpointed",
+           "coords_grid"]
 
 
+# ---- pixel coordinates (RAFT) ----------------------------------------------------------------------------------
 def coords_grid(batch: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     """Pixel identity grid B×2×h×w, channel 0 = x (RAFT's ``coords_grid``)."""
     y, x = torch.meshgrid(torch.arange(h, device=like.device), torch.arange(w, device=like.device), indexing="ij")
     return torch.stack([x, y], 0).to(like.dtype)[None].expand(batch, -1, -1, -1)
-
-
-def kp2gaussian(kp: torch.Tensor, size, variance: float) -> torch.Tensor:
-    """Keypoints B×K×2 (normalised) → Gaussian heatmaps B×K×h×w, ``exp(-|z - p_k|² / (2·variance))``."""
-    grid = make_coordinate_grid(size[0], size[1], kp)
-    d = grid[None, None] - kp[:, :, None, None, :]
-    return torch.exp(-0.5 * (d ** 2).sum(-1) / variance)
 
 
 def bilinear_sampler(img: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -81,52 +72,7 @@ def checkpointed(fn, module: nn.Module | None, *args):
                                                                  _scratch_batchnorm_stats(module)))
 
 
-# ---- blocks (official key names: conv / norm / pool, conv1 / norm1 …) -------------------------------------------
-class SameBlock2d(nn.Module):
-    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3):
-        super().__init__()
-        self.conv = nn.Conv2d(in_features, out_features, kernel_size, padding=kernel_size // 2)
-        self.norm = nn.BatchNorm2d(out_features, affine=True)
-
-    def forward(self, x):
-        return F.relu(self.norm(self.conv(x)))
-
-
-class DownBlock2d(nn.Module):
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_features, out_features, 3, padding=1)
-        self.norm = nn.BatchNorm2d(out_features, affine=True)
-        self.pool = nn.AvgPool2d(kernel_size=(2, 2))
-
-    def forward(self, x):
-        return self.pool(F.relu(self.norm(self.conv(x))))
-
-
-class UpBlock2d(nn.Module):
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_features, out_features, 3, padding=1)
-        self.norm = nn.BatchNorm2d(out_features, affine=True)
-
-    def forward(self, x):
-        return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2))))
-
-
-class ResBlock2d(nn.Module):
-    """Pre-activation residual block: ``x + conv2(relu(norm2(conv1(relu(norm1(x))))))``."""
-
-    def __init__(self, features: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
-        self.norm1 = nn.BatchNorm2d(features, affine=True)
-        self.norm2 = nn.BatchNorm2d(features, affine=True)
-
-    def forward(self, x):
-        return x + self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
-
-
+# ---- generator -----------------------------------------------------------------------------------------------------
 class ChannelBlock2d(nn.Module):
     """norm → ReLU → conv halving the channels (fuses [refined-warp, prior-warp] features in the generator)."""
 
@@ -139,138 +85,6 @@ class ChannelBlock2d(nn.Module):
         return self.conv1(F.relu(self.norm1(x)))
 
 
-class _Encoder(nn.Module):
-    def __init__(self, block_expansion, in_features, num_blocks, max_features):
-        super().__init__()
-        ch = lambda i: min(max_features, block_expansion * 2 ** i)  # noqa: E731
-        self.down_blocks = nn.ModuleList(DownBlock2d(in_features if i == 0 else ch(i), ch(i + 1))
-                                         for i in range(num_blocks))
-
-    def forward(self, x):
-        outs = [x]
-        for blk in self.down_blocks:
-            outs.append(blk(outs[-1]))
-        return outs
-
-
-class _Decoder(nn.Module):
-    def __init__(self, block_expansion, in_features, num_blocks, max_features):
-        super().__init__()
-        ch = lambda i: min(max_features, block_expansion * 2 ** i)  # noqa: E731
-        self.up_blocks = nn.ModuleList(UpBlock2d((1 if i == num_blocks - 1 else 2) * ch(i + 1), ch(i))
-                                       for i in reversed(range(num_blocks)))
-        self.out_filters = block_expansion + in_features
-
-    def forward(self, xs):
-        xs = list(xs)
-        out = xs.pop()
-        for blk in self.up_blocks:
-            out = torch.cat([blk(out), xs.pop()], dim=1)
-        return out
-
-
-class Hourglass(nn.Module):
-    """FOMM's U-Net (skip concatenation); output channels ``out_filters = block_expansion + in_features``."""
-
-    def __init__(self, block_expansion: int, in_features: int, num_blocks: int = 3, max_features: int = 256):
-        super().__init__()
-        self.encoder = _Encoder(block_expansion, in_features, num_blocks, max_features)
-        self.decoder = _Decoder(block_expansion, in_features, num_blocks, max_features)
-        self.out_filters = self.decoder.out_filters
-
-    def forward(self, x):
-        return self.decoder(self.encoder(x))
-
-
-class AntiAliasInterpolation2d(nn.Module):
-    """Band-limited down-sampling: Gaussian blur with σ = (1/scale - 1)/2, then nearest resampling by ``scale``."""
-
-    def __init__(self, channels: int, scale: float):
-        super().__init__()
-        sigma = (1 / scale - 1) / 2
-        ks = 2 * round(sigma * 4) + 1
-        self.ka = ks // 2
-        self.kb = self.ka - 1 if ks % 2 == 0 else self.ka
-        grids = torch.meshgrid(torch.arange(ks, dtype=torch.float32), torch.arange(ks, dtype=torch.float32),
-                               indexing="ij")
-        kernel = 1
-        for g in grids:
-            kernel = kernel * torch.exp(-(g - (ks - 1) / 2) ** 2 / (2 * sigma ** 2))
-        kernel = kernel / torch.sum(kernel)
-        self.register_buffer("weight", kernel.view(1, 1, ks, ks).repeat(channels, 1, 1, 1))
-        self.groups, self.scale = channels, scale
-
-    def forward(self, x):
-        if self.scale == 1.0:
-            return x
-        padded, weight = F.pad(x, (self.ka, self.kb, self.ka, self.kb)), self.weight.to(x.dtype)
-        inv = round(1 / self.scale)
-        if 1 / self.scale == inv:
-            # nearest resampling by 1/inv keeps the blurred pixels 0, inv, 2·inv, … (F.interpolate's source index
-            # floor(i·inv)): compute only those, a stride-inv convolution — the same sums, 1/inv² of the work
-            out = F.conv2d(padded, weight=weight, stride=inv, groups=self.groups)
-            return out[:, :, :int(x.shape[2] * self.scale), :int(x.shape[3] * self.scale)]
-        out = F.conv2d(padded, weight=weight, groups=self.groups)
-        return F.interpolate(out, scale_factor=(self.scale, self.scale))
-
-
-# ---- prior motion: FOMM dense-motion network ---------------------------------------------------------------------
-class DenseMotionNetwork(nn.Module):
-    """Prior motion (FOMM Eq. 6–8 as used by MRFA): sparse first-order motions ``T_k(z) = p_k^S + J_k (z - p_k^D)``,
-    ``J_k = J_k^S (J_k^D)^{-1}``, plus the identity background; masks ``M`` = softmax over K+1; coarse backward flow
-    ``T̂(z) = Σ_k M_k(z) T_k(z)`` (B×h×w×2 normalised grid) and the occlusion *logit* ``Ô`` (B×1×h×w; the official
-    code applies the sigmoid downstream), at ``scale_factor`` × the image size."""
-
-    def __init__(self, num_kp: int = 10, num_channels: int = 3, block_expansion: int = 64, num_blocks: int = 5,
-                 max_features: int = 1024, scale_factor: float = 0.25, kp_variance: float = 0.01,
-                 estimate_occlusion_map: bool = True):
-        super().__init__()
-        self.num_kp, self.scale_factor, self.kp_variance = num_kp, scale_factor, kp_variance
-        self.hourglass = Hourglass(block_expansion, (num_kp + 1) * (num_channels + 1), num_blocks, max_features)
-        self.mask = nn.Conv2d(self.hourglass.out_filters, num_kp + 1, 7, padding=3)
-        self.occlusion = nn.Conv2d(self.hourglass.out_filters, 1, 7, padding=3) if estimate_occlusion_map else None
-        if scale_factor != 1:
-            self.down = AntiAliasInterpolation2d(num_channels, scale_factor)
-
-    def sparse_motions(self, h, w, kp_source: dict, kp_driving: dict, bg_param=None) -> torch.Tensor:
-        ps, pd = kp_source["value"], kp_driving["value"]
-        B = ps.shape[0]
-        ident = make_coordinate_grid(h, w, ps).view(1, 1, h, w, 2)
-        coord = ident - pd.view(B, self.num_kp, 1, 1, 2)
-        if "jacobian" in kp_driving and "jacobian" in kp_source:
-            # in float32 (torch.inverse has no half / bfloat16 kernels; the official model runs in float32)
-            jac = torch.matmul(kp_source["jacobian"].float(), torch.inverse(kp_driving["jacobian"].float()))
-            coord = torch.matmul(jac[:, :, None, None], coord.unsqueeze(-1)).squeeze(-1)
-        motion = coord + ps.view(B, self.num_kp, 1, 1, 2)
-        bg = ident.expand(B, 1, h, w, 2)
-        if bg_param is not None:
-            hom = torch.cat([bg, torch.ones_like(bg[..., :1])], -1)
-            bg = torch.matmul(bg_param.view(B, 1, 1, 1, 3, 3), hom.unsqueeze(-1)).squeeze(-1)
-            bg = bg[..., :2] / bg[..., 2:3]
-        return torch.cat([bg, motion], dim=1)
-
-    def forward(self, source: torch.Tensor, kp_source: dict, kp_driving: dict, bg_param=None) -> dict:
-        if self.scale_factor != 1:
-            source = self.down(source)
-        B, C, h, w = source.shape
-        K1 = self.num_kp + 1
-        heat = kp2gaussian(kp_driving["value"], (h, w), self.kp_variance) - \
-            kp2gaussian(kp_source["value"], (h, w), self.kp_variance)
-        heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1).unsqueeze(2)
-        sparse = self.sparse_motions(h, w, kp_source, kp_driving, bg_param)              # B×(K+1)×h×w×2
-        deformed = F.grid_sample(source.unsqueeze(1).expand(B, K1, C, h, w).reshape(B * K1, C, h, w),
-                                 sparse.reshape(B * K1, h, w, 2), align_corners=False).view(B, K1, C, h, w)
-        pred = self.hourglass(torch.cat([heat, deformed], dim=2).view(B, -1, h, w))
-        logit_mask = self.mask(pred)
-        mask = F.softmax(logit_mask, dim=1)
-        deformation = (sparse.permute(0, 1, 4, 2, 3) * mask.unsqueeze(2)).sum(dim=1).permute(0, 2, 3, 1)
-        out = {"sparse_deformed": deformed, "logit_mask": logit_mask, "mask": mask, "deformation": deformation}
-        if self.occlusion is not None:
-            out["occlusion_logit"] = self.occlusion(pred)
-        return out
-
-
-# ---- generator -----------------------------------------------------------------------------------------------------
 class OcclusionAwareGenerator(nn.Module):
     """Encoder features ``e_s`` at S = num_up_blocks + 1 scales; the decoder blends, per scale, the source features
     warped by the refined motion ``Õ_s ⊙ W(e_s, T̃_s) + (1 - Õ_s) ⊙ h_s`` and concatenates the prior-warped ones

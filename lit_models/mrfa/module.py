@@ -3,7 +3,7 @@ LightningModule that *is* the official network (JialeTao/MRFA @ 20f935f; numeric
 golden tensors in tests/lit_models/test_mrfa_official.py). The forward pass follows the paper's Fig. 2:
 
 1. prior motion: MTIA keypoints ``p^S, p^D`` with Jacobians ``J`` (``mtia.py``; or ``prior=fomm|tps``) →
-   dense-motion network → coarse backward flow ``T̂_{S<-D}`` and occlusion logit ``Ô`` (``blocks.py``);
+   dense-motion network → coarse backward flow ``T̂_{S<-D}`` and occlusion logit ``Ô`` (``lit_models.common``);
 2. structure correlation volume ``C`` from keypoint-structure features of S and D (``raft.py``);
 3. K refinement steps, coarse to fine over the generator scales (``raft.py``, mapping of K documented there);
 4. the occlusion-aware generator decodes the refined-warped and prior-warped source features (``blocks.py``).
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from lit_models.base import AnimationModule
-from lit_models.common.dense_motion import BGMotionPredictor
-from lit_models.common.dense_motion import DenseMotionNetwork as TPSDenseMotion
+from lit_models.common.dense_motion import BGMotionPredictor, DenseMotionNetwork
 from lit_models.common.hourglass import replace_batchnorm
 from lit_models.common.keypoints import KPDetector, TPSKPDetector
 from lit_models.common.perceptual import MultiScalePerceptualLoss
-from lit_models.mrfa.blocks import AntiAliasInterpolation2d, DenseMotionNetwork, checkpointed
+from lit_models.common.warp import AntiAliasInterpolation2d
+from lit_models.mrfa.blocks import checkpointed
 from lit_models.mrfa.losses import bg_loss, equivariance_losses
 from lit_models.mrfa.mtia import MTIAKeypointDetector
 from lit_models.mrfa.raft import RaftFlow
@@ -104,17 +104,14 @@ class MRFA(AnimationModule):
                                          num_channels=c.num_channels, backbone=k.tps_backbone,
                                          block_expansion=k.block_expansion, num_blocks=4, norm=c.norm)
         d = c.dense_motion
-        if c.prior == "tps":   # TPSMM's sparse motions (lit_models.common; occlusion logits as the official code)
-            self.dense_motion = TPSDenseMotion(prior="tps", num_kp=c.num_kp, points_per_tps=c.points_per_tps,
-                                               num_channels=c.num_channels, block_expansion=d.block_expansion,
-                                               num_blocks=d.num_blocks, max_features=d.max_features,
-                                               scale_factor=d.scale_factor, kp_variance=d.kp_variance,
-                                               estimate_occlusion=True, norm=c.norm)
-        else:
-            self.dense_motion = DenseMotionNetwork(num_kp=c.num_kp, num_channels=c.num_channels,
-                                                   block_expansion=d.block_expansion, num_blocks=d.num_blocks,
-                                                   max_features=d.max_features, scale_factor=d.scale_factor,
-                                                   kp_variance=d.kp_variance)
+        # mtia / fomm keypoints carry Jacobians: FOMM's first-order sparse motions in the official code's
+        # convention; tps: TPSMM's motions in lit_models.common's (align_corners=True) convention
+        self.dense_motion = DenseMotionNetwork(prior="tps" if c.prior == "tps" else "fomm", num_kp=c.num_kp,
+                                               points_per_tps=c.points_per_tps, num_channels=c.num_channels,
+                                               block_expansion=d.block_expansion, num_blocks=d.num_blocks,
+                                               max_features=d.max_features, scale_factor=d.scale_factor,
+                                               kp_variance=d.kp_variance, norm=c.norm if c.prior == "tps" else "batch",
+                                               align_corners=c.prior == "tps")
         self.bg_predictor = BGMotionPredictor(num_channels=c.num_channels, norm=c.norm) if c.use_bg_motion else None
         r = c.refiner
         self.decoder = RaftFlow(size=c.resolution, num_kp=c.num_kp, generator=dict(num_channels=c.num_channels, **c.generator),

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_models.mrfa.blocks import (Hourglass, OcclusionAwareGenerator, bilinear_sampler, checkpointed, coords_grid,
-                                   kp2gaussian)
+from lit_models.common.hourglass import Hourglass
+from lit_models.common.keypoints import kp2gaussian
+from lit_models.mrfa.blocks import OcclusionAwareGenerator, bilinear_sampler, checkpointed, coords_grid
 
 
 def refine_scales(num_iters: int, num_scales: int, schedule: str = "official") -> list[int]:
@@ -181,8 +182,8 @@ class RaftFlow(nn.Module):
     def correlation(self, kp_s, kp_d, img):
         """Structure correlation volume B×(h·w driving)×(h·w source) and the encoder outputs."""
         b, _, h, w = img.shape
-        hs = kp2gaussian(kp_s, (h, w), self.kp_variance) + self.pos_embedding
-        hd = kp2gaussian(kp_d, (h, w), self.kp_variance) + self.pos_embedding
+        hs = kp2gaussian(kp_s, (h, w), self.kp_variance, fomm_arithmetic=True) + self.pos_embedding
+        hd = kp2gaussian(kp_d, (h, w), self.kp_variance, fomm_arithmetic=True) + self.pos_embedding
         fe_s = self.kp_img(torch.cat([hs, img], dim=1))
         fe_d = self.kp(hd)
         k_s, q_d = self.kp_img_head(fe_s), self.kp_head(fe_d)

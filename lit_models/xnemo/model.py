@@ -11,9 +11,9 @@ Official layout (``motion_injection=motion_xattn``, the default; ``fixtures/offi
 * guidance: ``ε̂ = ε(∅) + s (ε(c) − ε(∅))`` where ∅ = no reference tokens, ``c_img = 0`` and the motion tokens of the
   **reference image itself**, ``E_m(S)`` (``guidance_negative_motion=reference``).
 
-``motion_injection=text_xattn`` keeps portraitlab's earlier design (the motion tokens, projected, replace the U-Net's
-text context; learned null tokens for guidance). Identity-leakage guards in both: driving appearance augmentation,
-random reference-feature masking, temporal low-pass of ``m``.
+``motion_injection=text_xattn`` (the motion tokens, projected, replace the U-Net's text context; learned null tokens
+for guidance) is kept for its checkpoints and lives in ``legacy.py``. Identity-leakage guards in both: driving
+appearance augmentation, random reference-feature masking, temporal low-pass of ``m``.
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ from lit_models.diffusion.networks import MissingWeightsError
 from lit_models.xnemo.config import (IMAGE_ENCODERS, INIT_LATENTS, MOTION_ENCODERS, MOTION_INJECTIONS,
                                      NEGATIVE_MOTIONS)
 from lit_models.xnemo.fan import sincos_1d
-from lit_models.xnemo.motion_encoder import MotionEncoder, MotionTokenizer, temporal_lowpass
+from lit_models.xnemo.legacy import OFFICIAL_LAYOUT_KEYS as _NEW_KEYS  # noqa: F401  (name kept for importers)
+from lit_models.xnemo.legacy import LegacyTextXattn, upgrade_legacy_config
+from lit_models.xnemo.motion_encoder import MotionEncoder, temporal_lowpass
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,27 +84,6 @@ def build_image_encoder(kind: str, path: Optional[str], dim: int) -> nn.Module:
     return enc.requires_grad_(False).eval()
 
 
-# keys added by issue 12 (official layout); a model config without them is from a checkpoint of the earlier design
-_NEW_KEYS = ("motion_injection", "motion_encoder", "motion_heads", "bbox_param", "image_encoder", "image_encoder_path",
-             "guidance_negative_motion", "set_alpha_to_one", "init_latents", "init_blur_kernel", "init_blur_sigma")
-
-
-def upgrade_legacy_config(cfg):
-    """A pre-issue-12 X-NeMo config (no ``motion_injection``: motion tokens as the U-Net's text context, conv
-    encoder) → the same design under today's schema (``motion_injection=text_xattn``, ``motion_encoder=conv``), so
-    its checkpoints still load; any other config is returned as is."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if not isinstance(cfg, (dict, DictConfig)) or "motion_injection" in cfg:
-        return cfg
-    from lit_models.xnemo.config import XNeMoConfig
-
-    old = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    merged = OmegaConf.merge(OmegaConf.structured(XNeMoConfig), old,
-                             {"motion_injection": "text_xattn", "motion_encoder": "conv"})
-    return OmegaConf.create(OmegaConf.to_container(merged, resolve=True))
-
-
 class XNeMo(ReferenceVideoDiffusion):
     # the official script (configs/prompts/animation.yaml weight_dtype: fp16) samples in fp16 on CUDA; ours runs
     # fp16 as autocast (fp32 weights, fp16 matmuls / convolutions), not as fp16 weights
@@ -146,8 +127,8 @@ class XNeMo(ReferenceVideoDiffusion):
             # the fan encoder carries its own table (official ``pe``); the conv encoder gets the same kind
             self.register_buffer("motion_pe", sincos_1d(d, torch.arange(self.num_motion_tokens)).float()[None],
                                  persistent=False)
-        if cfg.motion_injection == "text_xattn":
-            self.motion_tokens = MotionTokenizer(cfg.motion_dim, d, D)
+        self.legacy = LegacyTextXattn(self, d, D) if cfg.motion_injection == "text_xattn" else None
+        if self.legacy is not None:
             return
         if cfg.guidance_negative_motion == "null":
             self.null_motion = nn.Parameter(torch.zeros(1, self.num_motion_tokens, d))
@@ -192,8 +173,8 @@ class XNeMo(ReferenceVideoDiffusion):
     def reference_context(self, z_ref: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Official: the ReferenceNet's cross-attention reads the same image embedding c_img as the denoiser
         (``source`` in [0, 1]; when a caller passes only the latent, the image is its decoding)."""
-        if self.cfg.motion_injection == "text_xattn":
-            return super().reference_context(z_ref, source)
+        if self.legacy is not None:
+            return self.legacy.reference_context(z_ref, source)
         if source is None:
             source = self.decode(z_ref)
         return self.image_context(source).to(z_ref.dtype)
@@ -206,10 +187,8 @@ class XNeMo(ReferenceVideoDiffusion):
         ``image_embeds``: c_img B×1×D computed by the caller (default ``image_context(source)``)."""
         B, T = driving.shape[:2]
         m = self.descriptor(driving)                                       # B×T×(L·d)
-        if self.cfg.motion_injection == "text_xattn":
-            keep = keep_motion[:, None].expand(B, T).reshape(-1)
-            tokens = self.motion_tokens(m.flatten(0, 1), keep)
-            return {"tokens": tokens.view(B, T, *tokens.shape[1:])}
+        if self.legacy is not None:
+            return self.legacy.motion_state(m, keep_motion)
         tokens = m.view(B, T, self.num_motion_tokens, -1)
         if not bool(keep_motion.all()):
             if self.cfg.guidance_negative_motion == "reference":
@@ -233,8 +212,8 @@ class XNeMo(ReferenceVideoDiffusion):
             self._keep_reference_rows = None
 
     def condition_denoiser(self, rows: MotionState, z_t, t):
-        if self.cfg.motion_injection == "text_xattn":
-            return rows["tokens"], None, None
+        if self.legacy is not None:
+            return self.legacy.condition_denoiser(rows)
         self.motion_context.tokens = rows["motion_tokens"]               # N×L×d, read by every motion module
         ctx = rows["context"]
         keep = self._keep_reference_rows

@@ -43,10 +43,11 @@ class MotionEncoder(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         w = state_dict.get(prefix + "head.weight")
         if w is not None and w.ndim == 2 and w.shape[1] != self.head.in_features:
+            other = "mean" if self.pool == "flatten" else "flatten"
             raise ValueError(
                 f"{prefix}head.weight takes {w.shape[1]} features, this motion encoder's head {self.head.in_features} "
-                f"(motion_encoder_pool={self.pool!r}): the checkpoint was trained with another pool — X-NeMo checkpoints "
-                f"from before 2026-11-22 used the mean pool: load them with model.motion_encoder_pool=mean")
+                f"(motion_encoder_pool={self.pool!r}): the checkpoint was trained with another pool — load it with "
+                f"model.motion_encoder_pool={other}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, frames01: torch.Tensor) -> torch.Tensor:

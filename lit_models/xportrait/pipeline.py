@@ -118,26 +118,11 @@ class XPortraitPipeline:
         if noise is None:
             noise = torch.randn((B, T, *zshape), generator=gen)
         noise = noise.to(dev, z_src.dtype)
-        mode = cfg.reference_latent
-        if mode == "sample_per_frame":      # one VAE posterior sample of the source per frame, 16 frames at a time
-            rows = src.repeat_interleave(T, 0) * 2 - 1
-            z_rep = torch.cat([m.codec.sample(rows[i:i + VAE_CHUNK], gen) for i in range(0, len(rows), VAE_CHUNK)])
-            z_rep = z_rep.view(B, T, *zshape)
-        elif mode == "mean":
-            z_rep = z_src[:, None].expand(B, T, *zshape)
-        else:
-            raise ValueError(f"reference_latent must be mean | sample_per_frame, got {mode!r}")
-        per_frame_ref = mode == "sample_per_frame"
+        z_rep = m.reference_latents(src, z_src, T, gen, chunk=VAE_CHUNK)      # the official 16 frames per call
+        per_frame_ref = cfg.reference_latent == "sample_per_frame"
         per_step = m.reference_t(torch.zeros(B, dtype=torch.long, device=dev)) is not None
-        if cfg.initial_latent == "noised_reference":    # official: x_T = q_sample(z_src, t = T − 1)
-            t_last = torch.full((B * T,), m.noise_scheduler.config.num_train_timesteps - 1, dtype=torch.long,
-                                device=dev)
-            latents = m.noise_scheduler.add_noise(z_rep.flatten(0, 1), noise.flatten(0, 1), t_last).view_as(noise)
-            init_scaled = False
-        elif cfg.initial_latent == "noise":
-            latents, init_scaled = noise, True
-        else:
-            raise ValueError(f"initial_latent must be noise | noised_reference, got {cfg.initial_latent!r}")
+        start = m.noised_reference_start(z_rep, noise)
+        latents, init_scaled = (noise, True) if start is None else (start, False)
         init_clean = m.initial_latents(z_src, T)
 
         scheduler = make_sampler(cfg, sampler)
