@@ -223,7 +223,8 @@ def grid_base(datamodule, protocol, num_videos: int = 4) -> list[dict]:
     native-size inputs every model animates (``grid_column``)."""
     import torch
 
-    from eval.runner import eval_samples, resize_frames
+    from eval.resize import resize_frames
+    from eval.samples import eval_samples
 
     samples, _ = eval_samples(datamodule, protocol, skip=set())
     size, method = int(protocol.resolution), str(protocol.resize)
@@ -245,7 +246,7 @@ def grid_column(model, base: list[dict], protocol) -> list:
     """``model``'s frames for each ``grid_base`` video (CPU tensors), so the grid needs one model at a time."""
     import torch
 
-    from eval.runner import animate_at_model_resolution, model_resolution
+    from eval.resize import animate_at_model_resolution, model_resolution
 
     size, method = int(protocol.resolution), str(protocol.resize)
     cols = []
@@ -313,7 +314,7 @@ def compare(ckpts: list[str], protocol, datamodule, out: str | Path, use_wandb: 
     from datamodules.utils import atomic_write_text
     from eval.protocol import protocol_hash
     from eval.reuse import evaluate_or_reuse
-    from eval.runner import PER_FRAME
+    from eval.results import PER_FRAME
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,10 +393,10 @@ def new_command(argv: list[str]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m eval.compare`` moved to ``python -m experiments.compare`` (a Hydra entry point; eval does not import
-    the entry points' configs): print the equivalent command and exit 2."""
+    """``python -m eval.compare`` is not a command: the command line is ``python -m experiments.compare`` (a Hydra
+    entry point; eval does not import the entry points' configs). Print the equivalent command and exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    print("eval.compare is a library now; the command line is a Hydra entry point like train / evaluate:\n"
+    print("eval.compare is a library; the command line is a Hydra entry point like train / evaluate:\n"
           f"  {new_command(argv)}", file=sys.stderr)
     return 2
 

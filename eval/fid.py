@@ -76,7 +76,7 @@ class FID:
         self.name = "fid" + (STANDIN_SUFFIX if standin else "")
         if standin:
             self.metric = FrechetInceptionDistance(feature=StandinFeatures(), reset_real_features=False,
-                                                   normalize=True)
+                                                   normalize=True, sync_on_compute=False)
         else:
             if backend != "inception_v3_2015_12_05":
                 raise ValueError(f"unknown fid_backend {backend!r} (inception_v3_2015_12_05, or list `fid` in "
@@ -85,7 +85,7 @@ class FID:
 
             path = resolve(backend, expected_sha256=weights_sha256)
             self.metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path),
-                                                   reset_real_features=False, normalize=True)
+                                                   reset_real_features=False, normalize=True, sync_on_compute=False)
         self.device = torch.device(device)
         self.metric.to(self.device)
         self.reference_loaded = False
@@ -124,6 +124,12 @@ class FID:
         for k in _STATE_KEYS:
             setattr(self.metric, k, state[k].to(self.device))
         self.reference_loaded = bool(state.get("reference_loaded", False))
+
+    def merge_state(self, state: dict) -> None:
+        """Add another shard's running statistics (a ``state_dict()``; DDP ranks) with torchmetrics' own reduction of
+        the metric's states (``Metric.merge_state``: the sums and counts add). ``compute`` never syncs by itself
+        (``sync_on_compute=False``): the evaluation merges the ranks' states once, on the rank that computes."""
+        self.metric.merge_state({k: state[k].to(self.device) for k in _STATE_KEYS})
 
     def save_reference(self, path) -> Path:
         path = Path(path)   # written to a temporary file in the same folder, then renamed (atomic)

@@ -144,6 +144,18 @@ class FVD:
                 out[f"sum_{w}"], out[f"outer_{w}"] = self.sums[w].clone(), self.outer[w].clone()
         return out
 
+    def merge_state(self, state: dict) -> None:
+        """Add another shard's running sums, clip counts and short-video count (a ``state_dict()``; DDP ranks)."""
+        for w in ("real", "fake"):
+            self.count[w] += int(state.get(f"count_{w}", 0))
+            if f"sum_{w}" in state:
+                s, o = state[f"sum_{w}"].double(), state[f"outer_{w}"].double()
+                if self.sums[w] is None:
+                    self.sums[w], self.outer[w] = s.clone(), o.clone()
+                else:
+                    self.sums[w], self.outer[w] = self.sums[w] + s, self.outer[w] + o
+        self.videos_without_clip += int(state.get("videos_without_clip", 0))
+
     def load_state_dict(self, state: dict) -> None:
         self.reset()
         for w in ("real", "fake"):

@@ -28,7 +28,7 @@ def leaderboard_table(entries: list[dict], reference: str, num_resamples: int = 
     import pandas as pd
 
     from eval.compare import dataset_metric_values, paired_differences
-    from eval.runner import PER_FRAME
+    from eval.results import PER_FRAME
 
     rows = []
     for proto in dict.fromkeys(e["protocol"] for e in entries):

@@ -45,7 +45,7 @@ def check_protocol(proto, key: str = "eval_protocol") -> tuple[list[str], Any]:
     """(problems, the protocol merged against its schema)."""
     from omegaconf import OmegaConf
 
-    from eval.runner import RESIZE_METHODS
+    from eval.resize import RESIZE_METHODS
 
     problems: list[str] = []
     try:
@@ -59,15 +59,13 @@ def check_protocol(proto, key: str = "eval_protocol") -> tuple[list[str], Any]:
         problems.append(f"{key}.resize={merged.resize!r} is not one of {', '.join(RESIZE_METHODS)}")
     if merged.crop is not None and merged.crop not in CROPS:
         problems.append(f"{key}.crop={merged.crop!r} is not one of {', '.join(CROPS)} (or null: the data's crop)")
-    from eval.faces import ARCFACE_MODELS, split_face_name
-    from eval.suite import FACE_FAMILIES, THREEDMM_METRICS
+    from eval.faces import ARCFACE_MODELS
+    from eval.suite import factory_for
 
     if merged.arcface_model not in ARCFACE_MODELS:
         problems.append(f"{key}.arcface_model={merged.arcface_model!r} is not one of {', '.join(ARCFACE_MODELS)}")
     for name in merged.metrics:
-        ok = (name in EXACT_METRICS or name in THREEDMM_METRICS or name.split("_")[0] == "lpips"
-              or split_face_name(name)[0] in FACE_FAMILIES)
-        if not ok:
+        if factory_for(name) is None:
             problems.append(f"{key}.metrics: unknown metric {name!r}")
         if merged.mode == "cross" and (name in FULL_REFERENCE):
             problems.append(f"{key}.metrics: {name!r} needs ground truth, which mode=cross does not have")
@@ -140,10 +138,10 @@ def check_weights(protocol, key: str = "eval_protocol") -> list[str]:
 def check_decodable(datamodule, protocol, key: str = "eval_protocol", limit: int = 20) -> tuple[list[str], int]:
     """Decode the first and last frame every item of the protocol's set reads, with the dataset's readers (the
     configured decoder). Returns (problems, items checked)."""
-    from eval.runner import _eval_dataset
+    from eval.samples import eval_dataset
 
     try:
-        ds = _eval_dataset(datamodule, protocol)
+        ds = eval_dataset(datamodule, protocol)
     except Exception as err:  # noqa: BLE001 - e.g. no pairs file, empty split
         return [f"{key}: the evaluation set cannot be built: {type(err).__name__}: {err}"], 0
     items = getattr(ds, "items", None)

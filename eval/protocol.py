@@ -49,8 +49,8 @@ class EvalProtocolConfig:
 # fields that cannot change a score: how many videos go through `animate` at once, how many videos the logged grid
 # shows, whether the FID reference statistics come from the cache (the same statistics, only not recomputed)
 HASH_EXCLUDED = ("batch_size", "num_grid_videos", "use_fid_reference_cache")
-# fields left out of the hash while they hold the value that reproduces what protocols computed before the field
-# existed (so the hashes of earlier results stay valid)
+# fields left out of the hash while they hold their neutral value (the computation a protocol does without the
+# field), so spelling out a neutral field never changes a protocol's hash
 HASH_NEUTRAL_DEFAULTS = {"model_resolution": None, "pred_uint8": "round", "arcface_model": "w600k_r50"}
 
 

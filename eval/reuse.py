@@ -35,12 +35,13 @@ def evaluation_key(model, datamodule, protocol, dataset_key: Optional[str] = Non
     """The three values an evaluation of ``model`` on ``datamodule`` under ``protocol`` records (``KEYS``)."""
     from omegaconf import OmegaConf
 
+    from eval.identity import data_fingerprint, model_identity
     from eval.protocol import protocol_hash
-    from eval.runner import _eval_dataset, data_fingerprint, model_identity
+    from eval.samples import eval_dataset
 
     protocol = protocol if OmegaConf.is_config(protocol) else OmegaConf.create(protocol)
     return {"model_id": model_identity(model), "protocol_hash": protocol_hash(protocol),
-            "data_fingerprint": data_fingerprint(_eval_dataset(datamodule, protocol), dataset_key)}
+            "data_fingerprint": data_fingerprint(eval_dataset(datamodule, protocol), dataset_key)}
 
 
 def finished(d: Path) -> Optional[dict]:

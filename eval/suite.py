@@ -19,7 +19,7 @@ reports ``standin=True``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -70,90 +70,177 @@ def _face_backend(kind: str, requested: str, arcface_model: str = DEFAULT_ARCFAC
     return ("arcface" if kind == "id" else "insightface") if all(REGISTRY[n].present() for n in need) else "dlib"
 
 
+class _Builder:
+    """What the metric factories share while a suite is built: the protocol, the suite being filled, one LPIPS
+    network per net, and the requests resolved after every name was read (contact metrics, face metrics)."""
+
+    def __init__(self, protocol, device, keypoint_locator=None):
+        self.protocol, self.device, self.keypoint_locator = protocol, device, keypoint_locator
+        self.standins = set(protocol.get("standin_metrics", []) or [])
+        self.pins = dict(protocol.get("weights", {}) or {})
+        self.suite = Suite()
+        self.face_requests: dict[str, str] = {}   # face metric name -> backend, built together (shared analyzers)
+        self.contact: list[tuple[str, str]] = []  # (kind, net) built after the whole-frame metrics
+        self._lpips: dict[str, LPIPS] = {}        # shared by lpips_<net>, lpips_<net>_official, lpips_<net>_contact
+
+    def lpips_net(self, net: str) -> LPIPS:
+        if net not in self._lpips:
+            self._lpips[net] = LPIPS(net=net, standin="lpips" in self.standins, device=self.device)
+        return self._lpips[net]
+
+    def frame(self, metric: Metric) -> None:
+        self.suite.frame_metrics.append(metric)
+
+
+Factory = Callable[[_Builder, str], None]
+METRIC_FACTORIES: dict[str, Factory] = {}   # metric name -> factory adding it to the suite
+FAMILY_FACTORIES: dict[str, Factory] = {}   # family (``lpips``, ``id``, ``akd`` …) -> factory for its names
+
+
+def metric(*names: str, family: bool = False) -> Callable[[Factory], Factory]:
+    """Register a factory for exact metric ``names`` (or, ``family=True``, for every name of these families)."""
+    def register(fn: Factory) -> Factory:
+        for n in names:
+            (FAMILY_FACTORIES if family else METRIC_FACTORIES)[n] = fn
+        return fn
+    return register
+
+
+@metric("l1")
+def _l1(b: _Builder, name: str) -> None:
+    b.frame(L1())
+
+
+@metric("psnr")
+def _psnr(b: _Builder, name: str) -> None:
+    b.frame(PSNR(float(b.protocol.get("psnr_mse_floor", 1e-10))))
+
+
+@metric("tdiff_l1")
+def _tdiff_l1(b: _Builder, name: str) -> None:
+    b.frame(TemporalDiffL1())
+
+
+@metric("ssim")
+def _ssim(b: _Builder, name: str) -> None:
+    b.frame(SSIM())
+
+
+@metric("l1_contact", "ssim_contact", "contact_rate")
+def _contact(b: _Builder, name: str) -> None:
+    b.contact.append(("rate" if name == "contact_rate" else name.split("_")[0], ""))
+
+
+@metric("akd_gt")
+def _akd_gt(b: _Builder, name: str) -> None:
+    b.frame(AKDGroundTruth())
+
+
+@metric("akd_synthlm")
+def _akd_synthlm(b: _Builder, name: str) -> None:
+    from eval.synth_landmarks import AKDSynthLandmarks
+
+    m = AKDSynthLandmarks(int(b.protocol.resolution), locator=b.keypoint_locator, device=b.device)
+    b.frame(m)
+    b.suite.facts["synth_landmarks"] = m.facts
+
+
+@metric("fid")
+def _fid(b: _Builder, name: str) -> None:
+    from eval.fid import FID
+
+    p = b.protocol
+    b.suite.dataset_metrics.append(FID(p.fid_backend, p.fid_num_samples, standin="fid" in b.standins,
+                                       device=b.device, weights_sha256=b.pins.get(p.fid_backend)))
+
+
+@metric("fvd")
+def _fvd(b: _Builder, name: str) -> None:
+    from eval.fvd import FVD
+
+    p = b.protocol
+    b.suite.dataset_metrics.append(FVD(p.get("fvd_backend", "i3d_torchscript"), int(p.get("fvd_clip_len", 16)),
+                                       standin="fvd" in b.standins, device=b.device,
+                                       weights_sha256=b.pins.get(p.get("fvd_backend"))))
+
+
+@metric(*THREEDMM_METRICS)
+def _threedmm(b: _Builder, name: str) -> None:
+    from eval.threedmm import build_threedmm_metric
+
+    b.frame(build_threedmm_metric(name, b.protocol, b.pins, device=b.device))
+
+
+@metric("lpips", family=True)
+def _lpips(b: _Builder, name: str) -> None:
+    """``lpips`` / ``lpips_<net>`` (net from the name, else ``lpips_net``); ``lpips[_<net>]_official``: the same
+    network on [0, 1] inputs (MRFA's ``reconstruction.py``); ``lpips[_<net>]_contact``: the contact-region LPIPS."""
+    default = b.protocol.get("lpips_net", "alex")
+    parts = name.split("_")
+    if name.endswith("_official"):
+        net = parts[1] if len(parts) == 3 else default
+        base = b.lpips_net(net)
+        b.frame(LPIPS(net=net, standin=base.standin, device=b.device, official_range=True, model=base.model))
+    elif name.endswith("_contact"):
+        b.contact.append(("lpips", parts[1] if len(parts) == 3 else default))
+    else:
+        b.frame(b.lpips_net(name.split("_", 1)[1] if "_" in name else default))
+
+
+@metric(*FACE_FAMILIES, family=True)
+def _face(b: _Builder, name: str) -> None:
+    """``<family>[_<backend>]``: no backend → the protocol's ``id_backend`` / ``landmark_backend`` (``auto``:
+    insightface when its weights are present, else dlib); ``arcface`` → the protocol's ``arcface_model``."""
+    p = b.protocol
+    arcface_model = str(p.get("arcface_model", DEFAULT_ARCFACE_MODEL))
+    fam, backend = split_face_name(name)
+    if backend is None:
+        kind = "landmarks" if fam in ("akd", "mkr") else "id"
+        backend = _face_backend(kind, p.get("id_backend" if kind == "id" else "landmark_backend", "auto"),
+                                arcface_model)
+    if backend == "arcface":    # the protocol's ArcFace model names the backend (id_arcface_glintr100)
+        backend = arcface_backend_name(arcface_model)
+    b.face_requests[f"{fam}_{backend}"] = backend
+
+
+def factory_for(name: str) -> Optional[Factory]:
+    """The factory of metric ``name``: its own, else its family's; None for an unknown name."""
+    if name in METRIC_FACTORIES:
+        return METRIC_FACTORIES[name]
+    family = name.split("_")[0]
+    if family in FAMILY_FACTORIES:
+        return FAMILY_FACTORIES[family]
+    return FAMILY_FACTORIES.get(split_face_name(name)[0])
+
+
+def metric_choices() -> str:
+    """The names a protocol may list, for error messages."""
+    return ", ".join([*METRIC_FACTORIES, *(f"{f}[_...]" for f in FAMILY_FACTORIES)])
+
+
 def build_suite(protocol, device="cpu", keypoint_locator=None, identity_embedder=None) -> Suite:
-    """``keypoint_locator`` (frames → N×K×2) replaces the SynthFaces landmark locator of ``akd_synthlm``;
-    ``identity_embedder`` (frames → N×d) the SynthFaces identity embedding of the ``synthid`` backend (tests)."""
+    """Each name of ``protocol.metrics`` through its factory (``METRIC_FACTORIES``, else ``FAMILY_FACTORIES``),
+    then the contact-region and face metrics they requested. ``keypoint_locator`` (frames → N×K×2) replaces the
+    SynthFaces landmark locator of ``akd_synthlm``; ``identity_embedder`` (frames → N×d) the SynthFaces identity
+    embedding of the ``synthid`` backend (tests)."""
     from eval.regions import ContactMetric
 
-    names = list(protocol.metrics)
-    standins = set(protocol.get("standin_metrics", []) or [])
-    pins = dict(protocol.get("weights", {}) or {})
-    suite = Suite()
-    face_requests: dict[str, str] = {}
-    lpips_nets: dict[str, LPIPS] = {}      # one network per net, shared by lpips_<net> and lpips_<net>_contact
-    contact: list[tuple[str, str]] = []    # (kind, net) built after the whole-frame metrics
+    b = _Builder(protocol, device, keypoint_locator)
+    for name in list(protocol.metrics):
+        factory = factory_for(name)
+        if factory is None:
+            raise ValueError(f"protocol {protocol.get('name')}: unknown metric {name!r} in eval_protocol.metrics "
+                             f"(one of: {metric_choices()})")
+        factory(b, name)
+    suite = b.suite
     radius, crop = int(protocol.get("contact_radius", 3)), int(protocol.get("contact_crop", 64))
-
-    def lpips_net(net: str) -> LPIPS:
-        if net not in lpips_nets:
-            lpips_nets[net] = LPIPS(net=net, standin="lpips" in standins, device=device)
-        return lpips_nets[net]
-
-    for name in names:
-        family = name.split("_")[0]
-        if name == "l1":
-            suite.frame_metrics.append(L1())
-        elif name == "psnr":
-            suite.frame_metrics.append(PSNR(float(protocol.get("psnr_mse_floor", 1e-10))))
-        elif name == "tdiff_l1":
-            suite.frame_metrics.append(TemporalDiffL1())
-        elif name == "ssim":
-            suite.frame_metrics.append(SSIM())
-        elif name in ("l1_contact", "ssim_contact", "contact_rate"):
-            contact.append(("rate" if name == "contact_rate" else family, ""))
-        elif family == "lpips" and name.endswith("_official"):
-            net = name.split("_")[1] if name.count("_") == 2 else protocol.get("lpips_net", "alex")
-            base = lpips_net(net)
-            suite.frame_metrics.append(LPIPS(net=net, standin=base.standin, device=device, official_range=True,
-                                             model=base.model))
-        elif family == "lpips" and name.endswith("_contact"):
-            parts = name.split("_")
-            contact.append(("lpips", parts[1] if len(parts) == 3 else protocol.get("lpips_net", "alex")))
-        elif family == "lpips":
-            net = name.split("_", 1)[1] if "_" in name else protocol.get("lpips_net", "alex")
-            suite.frame_metrics.append(lpips_net(net))
-        elif name == "fid":
-            from eval.fid import FID
-
-            suite.dataset_metrics.append(FID(protocol.fid_backend, protocol.fid_num_samples, standin="fid" in standins,
-                                             device=device, weights_sha256=pins.get(protocol.fid_backend)))
-        elif name == "fvd":
-            from eval.fvd import FVD
-
-            suite.dataset_metrics.append(FVD(protocol.get("fvd_backend", "i3d_torchscript"),
-                                             int(protocol.get("fvd_clip_len", 16)), standin="fvd" in standins,
-                                             device=device, weights_sha256=pins.get(protocol.get("fvd_backend"))))
-        elif name == "akd_gt":
-            suite.frame_metrics.append(AKDGroundTruth())
-        elif name == "akd_synthlm":
-            from eval.synth_landmarks import AKDSynthLandmarks
-
-            m = AKDSynthLandmarks(int(protocol.resolution), locator=keypoint_locator, device=device)
-            suite.frame_metrics.append(m)
-            suite.facts["synth_landmarks"] = m.facts
-        elif name in THREEDMM_METRICS:
-            from eval.threedmm import build_threedmm_metric
-
-            suite.frame_metrics.append(build_threedmm_metric(name, protocol, pins, device=device))
-        elif family in FACE_FAMILIES or split_face_name(name)[0] in FACE_FAMILIES:
-            fam, backend = split_face_name(name)
-            if backend is None:
-                kind = "landmarks" if fam in ("akd", "mkr") else "id"
-                backend = _face_backend(kind, protocol.get("id_backend" if kind == "id" else "landmark_backend",
-                                                           "auto"),
-                                        str(protocol.get("arcface_model", DEFAULT_ARCFACE_MODEL)))
-            if backend == "arcface":    # the protocol's ArcFace model names the backend (id_arcface_glintr100)
-                backend = arcface_backend_name(str(protocol.get("arcface_model", DEFAULT_ARCFACE_MODEL)))
-            face_requests[f"{fam}_{backend}"] = backend
-        else:
-            raise ValueError(f"protocol {protocol.get('name')}: unknown metric {name!r}")
-    for kind, net in contact:
-        suite.frame_metrics.append(ContactMetric(kind, radius, lpips_net(net) if kind == "lpips" else None, crop))
-    if face_requests:
+    for kind, net in b.contact:
+        suite.frame_metrics.append(ContactMetric(kind, radius, b.lpips_net(net) if kind == "lpips" else None, crop))
+    if b.face_requests:
         from eval.faces import build_face_metrics
 
-        face_metrics = build_face_metrics(list(face_requests), protocol, pins, identity_embedder=identity_embedder,
-                                          device=device, standins=standins)
+        face_metrics = build_face_metrics(list(b.face_requests), protocol, b.pins, identity_embedder=identity_embedder,
+                                          device=device, standins=b.standins)
         suite.frame_metrics.extend(face_metrics)
         for m in face_metrics:
             if m.backend_name == "synthid" and getattr(m.analyzer, "facts", None):
