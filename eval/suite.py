@@ -168,7 +168,10 @@ def _fvd(b: _Builder, name: str) -> None:
 def _threedmm(b: _Builder, name: str) -> None:
     from eval.threedmm import build_threedmm_metric
 
-    b.frame(build_threedmm_metric(name, b.protocol, b.pins, device=b.device))
+    m = build_threedmm_metric(name, b.protocol, b.pins, device=b.device)
+    b.frame(m)
+    if hasattr(m, "facts"):   # regressor, detector, frames without a face
+        b.suite.facts.setdefault("threedmm", {})[m.name] = m.facts
 
 
 @metric("lpips", family=True)

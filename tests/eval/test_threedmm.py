@@ -138,6 +138,7 @@ def test_metrics_through_the_suite(frames, golden):
     facts = suite.frame_metrics[0].facts
     assert facts["frames"] == 2 * 6 and facts["no_face_reference"] == 2 * len(meta["no_face"])
     assert facts["no_face_pred"] == 2 * len(meta["no_face"]) and facts["landmarks5"] == "mtcnn_facenet_pytorch"
+    assert suite.facts["threedmm"][names[0]] is facts        # metrics.json carries the counts
 
 
 def test_released_weights_are_required_before_work(monkeypatch, tmp_path):
