@@ -66,7 +66,7 @@ def bench_steps(model, batch_fn, steps: int, warmup: int = 2) -> dict:
 
 
 def tiny_rows(root: Path, steps: int) -> dict:
-    from datamodules import VideoClipDataModule
+    from datamodules import build_datamodule
     from datamodules.dataset import batch_to_float
     from experiments.compose import compose
     from lit_models.registry import build_model
@@ -75,7 +75,7 @@ def tiny_rows(root: Path, steps: int) -> dict:
     for method, exp in TINY.items():
         cfg = compose("train", [f"experiment={exp}", *EXTRA.get(method, []), f"data.root={root}", "data.synth=null", "data.decoder=pyav", "data.num_workers=0",
                                 "run_dir=/nonexistent"])
-        dm = VideoClipDataModule(cfg.data)
+        dm = build_datamodule(cfg.data)
         it = iter(dm.train_dataloader())
         cache = [next(it) for _ in range(2)]
         dev = torch.device("cuda")
@@ -125,7 +125,7 @@ def full_rows(steps: int) -> dict:
 def eval_row(root: Path) -> dict:
     from omegaconf import OmegaConf
 
-    from datamodules import VideoClipDataModule
+    from datamodules import build_datamodule
     from eval.runner import run_evaluation
     from experiments.compose import compose
     from lit_models.registry import build_model
@@ -150,7 +150,7 @@ def eval_row(root: Path) -> dict:
                                                 "standin_metrics": ["fid"], "metrics": ["l1", "psnr", "ssim", "fid"],
                                                 "use_fid_reference_cache": False})
     model = build_model(cfg.model).cuda()
-    dm = VideoClipDataModule(cfg.data)
+    dm = build_datamodule(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = run_evaluation(model, dm, proto, Path(tmp), device=torch.device("cuda"), progress=False)

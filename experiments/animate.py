@@ -185,7 +185,7 @@ def model_class(cfg: DictConfig):
     """The LightningModule class ``animate`` will run, without building it: the checkpoint's ``model._target_``
     (its hyper-parameters read memory-mapped, tensors and plain types only) or the model config's; None when it
     cannot be told cheaply (then the checks run after loading)."""
-    import importlib
+    from experiments.validation import locate
 
     try:
         if cfg.ckpt:
@@ -196,8 +196,7 @@ def model_class(cfg: DictConfig):
             target = ckpt.get("hyper_parameters", {}).get("model", {}).get("_target_")
         else:
             target = OmegaConf.select(cfg, "model._target_")
-        module, _, attr = str(target).rpartition(".")
-        return getattr(importlib.import_module(module), attr)
+        return locate(target, "model._target_", want_class=True) if target else None
     except Exception:       # not a zip checkpoint, no target, …: load_model reports it
         return None
 

@@ -237,9 +237,9 @@ def plan(cfg) -> Plan:
     optim_b = n_train * 4 * states / shard_go
     gathered = 0.0
     if strategy == "fsdp" and shard_p > 1:
-        from experiments.runtime import _import_class
+        from experiments.trainer import fsdp_class
 
-        classes = tuple(_import_class(c) for c in tc.get("fsdp_wrap_modules") or [])
+        classes = tuple(fsdp_class(c) for c in tc.get("fsdp_wrap_modules") or [])
         units = [m for m in model.modules() if classes and isinstance(m, classes)]
         top = [m for m in units if not any(m is not u and any(m is s for s in u.modules()) for u in units)]
         wrapped = sum(p.numel() for m in top for p in m.parameters())

@@ -1,6 +1,6 @@
 """Preemption of a training run: a checkpoint at the next optimizer-step boundary, then requeue (submitit / SLURM)
 or exit; the restarted job resumes by itself (``requeued``). ``experiments.train`` installs ``Preemption`` and
-``experiments.runtime.build_trainer`` adds ``PreemptionCheckpoint`` to the callbacks."""
+``experiments.trainer.build_trainer`` adds ``PreemptionCheckpoint`` to the callbacks."""
 from __future__ import annotations
 
 import logging

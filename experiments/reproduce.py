@@ -151,13 +151,13 @@ def resolve_checkpoints(spec: DictConfig, given: dict[str, str], work: Path) -> 
         importer = rows[name].get("importer")
         if not importer:
             raise runtime.ConfigError(f"ckpts.{name}={p} is not a portraitlab .ckpt and rows.{name} names no importer")
-        import importlib
+        from experiments.validation import locate
 
         dest = work / f"{name}.ckpt"
         if not dest.exists():
             work.mkdir(parents=True, exist_ok=True)
             log.info("importing %s with %s", p, importer)
-            rc = importlib.import_module(str(importer)).main([str(p), "--out", str(dest)])
+            rc = locate(f"{importer}.main", f"rows.{name}.importer")([str(p), "--out", str(dest)])
             if rc not in (0, None) or not dest.exists():
                 raise runtime.ConfigError(f"ckpts.{name}={p}: {importer} failed (exit {rc})")
         out[name] = str(dest)

@@ -26,9 +26,15 @@ register_configs()
 
 
 def build_datamodule(data_cfg: DictConfig):
-    from datamodules import VideoClipDataModule
+    """The datamodule ``data._target_`` names, built with the data node; a ConfigError naming ``data._target_``
+    when that is not an importable LightningDataModule class."""
+    from datamodules.build import DataTargetError, datamodule_class
 
-    return VideoClipDataModule(data_cfg)
+    try:
+        cls = datamodule_class(data_cfg)
+    except DataTargetError as err:
+        raise runtime.ConfigError(str(err)) from None
+    return cls(data_cfg)
 
 
 def save_untrained_checkpoint(model, path: Path) -> Path:

@@ -109,7 +109,7 @@ def run_dirs(paths: list[str]) -> list[Path]:
 def diagnose_run(run: Path, max_videos: int = 0, num_frames: int = 16) -> dict:
     from omegaconf import OmegaConf
 
-    from datamodules import VideoClipDataModule
+    from datamodules import build_datamodule
     from lit_models.registry import load_model
     from toolbox.io import atomic_write_json
 
@@ -117,7 +117,7 @@ def diagnose_run(run: Path, max_videos: int = 0, num_frames: int = 16) -> dict:
     model = load_model(str(run / "checkpoints" / "last.ckpt")).eval()
     if not hasattr(model, "refiner"):
         raise ValueError(f"{run}: {type(model).__name__} is not an MRFA model")
-    dm = VideoClipDataModule(cfg.data)
+    dm = build_datamodule(cfg.data)
     ds = dm.eval_dataset(split="test", mode="self", num_frames=num_frames, stride=1, max_videos=max_videos)
     samples = (ds[i] for i in range(len(ds)))
     res = diagnose(model, (s for s in samples if s.get("keypoints") is not None), int(cfg.data.resolution))
