@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.utils import atomic_write_text
 from eval.dashboard import axis_tags, is_wandb_logger, read_run_info, sweep_group, wandb_mode, wandb_settings, \
     write_run_info
+from experiments import rundir
 from experiments.validation import ConfigError, _logger_params, _logger_target
 
 log = logging.getLogger("portraitlab")
@@ -24,11 +25,9 @@ def wandb_identity(cfg: DictConfig, run_dir: Path, job_type: str = "train", link
     A sweep job's group is ``<sweep name>-<sweep timestamp>``; ``link`` (the ``wandb_run.json`` of a checkpoint's
     training run) puts an evaluation into that run's group. Project and entity are always the W&B logger entry's
     (``logger.wandb.project`` / ``logger.wandb.entity``); its ``group`` overrides the lab's, its ``tags`` are added."""
-    from experiments import runtime   # runtime.sweep_dir: the one name callers (and tests) replace
-
     ws = wandb_settings(cfg.get("logger")) or {"entry": "wandb", "project": "portraitlab", "entity": None,
                                                "group": None, "tags": []}
-    sdir = runtime.sweep_dir()
+    sdir = rundir.sweep_dir()
     group = ws["group"] or (link or {}).get("group") or \
         (sweep_group(sdir, cfg.get("sweep_name")) if sdir is not None else None) or cfg.get("sweep_name") or cfg.name
     values = {k: OmegaConf.select(cfg, k) for k in cfg.get("axes") or []}

@@ -23,14 +23,14 @@ WANDB = ["logger=wandb", "logger.wandb.mode=offline", "logger.wandb.project=dash
 def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(compose_cfg, synth_root, tmp_path,
                                                                            monkeypatch):
     from eval.table import SweepTableCallback, make_table
-    from experiments import runtime
+    from experiments import rundir
     from experiments.evaluate import evaluate
     from experiments.train import train
     from experiments.wandb_offline import (read_artifacts, read_config, read_history, read_run, read_summary,
                                            run_files)
 
     sweep = tmp_path / "sweeps" / "dash" / "2026-01-01_00-00-00"
-    monkeypatch.setattr(runtime, "sweep_dir", lambda: sweep)      # as inside a Hydra multirun job
+    monkeypatch.setattr(rundir, "sweep_dir", lambda: sweep)      # as inside a Hydra multirun job
     steps = 3
     for j, lr in enumerate((1e-3, 2e-3)):
         extra = ["logger.wandb.log_model=true"] if j == 0 else []
@@ -82,7 +82,7 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
     assert read_run(runs["table:wandb"])["tags"] == ["dash"]
 
     # a later evaluation of job 0's checkpoint: a run linked to it (same group, its id in the config), at its step
-    monkeypatch.setattr(runtime, "sweep_dir", lambda: None)
+    monkeypatch.setattr(rundir, "sweep_dir", lambda: None)
     ckpt = sweep / "0_lr" / "checkpoints" / "last.ckpt"
     ev_dir = tmp_path / "eval_later"
     evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", *tiny_run(synth_root, ev_dir, *WANDB, shrink_model=False)]))
