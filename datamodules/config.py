@@ -2,7 +2,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Optional
+
+
+class Layout(StrEnum):
+    """``data.layout``: how clips are stored under ``data.root`` (``datamodules.layouts``); auto detects it."""
+
+    auto = "auto"
+    fomm = "fomm"
+    nested = "nested"
+    frames = "frames"
+    shards = "shards"
+
+
+class Crop(StrEnum):
+    """``data.crop``: none (plain resize) | center (central square) | meta (per-clip box from ``prepare crop``)."""
+
+    none = "none"
+    center = "center"
+    meta = "meta"
+
+
+class Decoder(StrEnum):
+    """``data.decoder``: the video decoder of the readers."""
+
+    pyav = "pyav"
+    decord = "decord"
 
 
 @dataclass
@@ -38,14 +64,14 @@ class DataConfig:
     _target_: str = "datamodules.VideoClipDataModule"
     name: str = "video"
     root: str = "???"
-    layout: str = "auto"            # auto | fomm | nested | frames | shards
+    layout: Layout = Layout.auto    # a StrEnum: compares equal to (and formats as) its string value
     resolution: int = 64            # frames are resized to resolution×resolution
-    crop: str = "center"            # none (plain resize) | center (central square) | meta (per-clip box from prepare crop)
+    crop: Crop = Crop.center
     num_frames: int = 1             # driving frames per training sample (T); source is another frame of the clip
     frame_stride: int = 1           # training: the T driving frames are a window `frame_stride` frames apart
     batch_size: int = 8
     num_workers: int = 2
-    decoder: str = "decord"         # decord | pyav (benchmarks/decode.py: decord ~2x PyAV on sequential eval, equal on training)
+    decoder: Decoder = Decoder.decord  # decord | pyav (benchmarks/decode.py: decord ~2x PyAV on sequential eval, equal on training)
     decoder_threads: int = 0        # decoder threads per reader (0 = the decoder's default)
     use_meta: bool = True           # add keypoints / masks from ROOT/meta/<stem>.npz to the batch when present
     transfer_uint8: bool = True     # under a Trainer, workers ship uint8 frames; float32 [0,1] made after device transfer

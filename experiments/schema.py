@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -15,6 +16,14 @@ from omegaconf import MISSING, OmegaConf
 
 from datamodules.config import DataConfig, SynthConfig
 from eval.protocol import EvalProtocolConfig
+
+
+class CkptWeights(StrEnum):
+    """``ckpt_weights``: which weights of a checkpoint are served (``lit_models.registry.load_model``)."""
+
+    auto = "auto"   # the checkpoint's state_dict: the EMA weights when trained with EMA
+    ema = "ema"
+    raw = "raw"
 
 
 @dataclass
@@ -91,7 +100,7 @@ class RunConfig:
     run_dir: str = "???"            # set by Hydra: one unique directory per run
     resume: bool = False            # continue run_dir/checkpoints/last.ckpt exactly
     ckpt: Optional[str] = None      # a checkpoint (evaluate / animate), or an untrained baseline's `model=` instead
-    ckpt_weights: str = "auto"      # auto (the checkpoint's state_dict: EMA when trained with it) | ema | raw
+    ckpt_weights: CkptWeights = CkptWeights.auto
     ckpts: list[str] = field(default_factory=list)  # compare: the checkpoints, the first is the baseline
     evaluate_after_train: bool = True
     sweep_name: Optional[str] = None

@@ -48,7 +48,7 @@ class AnimationModule(L.LightningModule):
         if not isinstance(cfg, DictConfig):
             cfg = OmegaConf.structured(cfg) if not isinstance(cfg, dict) else OmegaConf.create(cfg)
         self.cfg = cfg
-        self.save_hyperparameters({"model": OmegaConf.to_container(cfg, resolve=True)})
+        self.save_hyperparameters({"model": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)})  # plain types
         self._logged_grids = 0
 
     # ---- contract -------------------------------------------------------------------------------------------

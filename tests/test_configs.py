@@ -79,7 +79,6 @@ def test_wrong_type_fails_naming_the_key(compose_cfg):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("data.layout=fom", "data.layout"),
     ("trainer.precision=fp8", "trainer.precision"),
     ("model.lambda_l1=-1", "model.lambda_l1"),
     ("data.resolution=128", "model.resolution"),

@@ -11,16 +11,27 @@ motion modules' key/value width), ``motion_dim`` varies the **number of motion t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Optional
 
 from lit_models.diffusion.config import DiffusionConfig, TemporalArch
 from lit_models.registry import model_schema
 
-MOTION_INJECTIONS = ("motion_xattn", "text_xattn")
-MOTION_ENCODERS = ("fan", "conv")
-IMAGE_ENCODERS = ("clip", "clip_standin", "learned_cnn")
-NEGATIVE_MOTIONS = ("reference", "null")
-INIT_LATENTS = ("noise", "blurred_reference")
+
+
+# choice fields as StrEnums: a bad value fails at compose time naming the key and the choices; a member compares
+# equal to (and formats as) its string
+MotionInjection = StrEnum("MotionInjection", ["motion_xattn", "text_xattn"])
+MotionEncoder = StrEnum("MotionEncoder", ["fan", "conv"])
+ImageEncoder = StrEnum("ImageEncoder", ["clip", "clip_standin", "learned_cnn"])
+NegativeMotion = StrEnum("NegativeMotion", ["reference", "null"])
+InitLatents = StrEnum("InitLatents", ["noise", "blurred_reference"])
+# the allowed values as strings (checked again when a model is built from a plain dict, e.g. a checkpoint's hparams)
+MOTION_INJECTIONS = tuple(m.value for m in MotionInjection)
+MOTION_ENCODERS = tuple(m.value for m in MotionEncoder)
+IMAGE_ENCODERS = tuple(m.value for m in ImageEncoder)
+NEGATIVE_MOTIONS = tuple(m.value for m in NegativeMotion)
+INIT_LATENTS = tuple(m.value for m in InitLatents)
 
 
 @model_schema("xnemo")
@@ -36,9 +47,9 @@ class XNeMoConfig(DiffusionConfig):
     #   own cross-attention reads the reference's image embedding (image_encoder).
     # text_xattn (portraitlab before issue 12): the motion tokens, projected to cross_attention_dim, replace the
     #   U-Net's text context; no motion modules, no image embedding, learned null tokens for guidance.
-    motion_injection: str = "motion_xattn"
+    motion_injection: MotionInjection = MotionInjection.motion_xattn
     # ---- motion encoder E_m: driving face → m_t ∈ R^{L×d}, L·d = motion_dim ---------------------------------------
-    motion_encoder: str = "fan"          # fan: official FAN_SA (224² input, 61.7 M) | conv: small CNN (tiny configs)
+    motion_encoder: MotionEncoder = MotionEncoder.fan  # fan: official FAN_SA (224² input, 61.7 M) | conv: small CNN (tiny configs)
     motion_dim: int = 512                # L·d (official 32 × 16)
     motion_token_dim: int = 16           # d: numbers per token = key/value width of the motion modules
     motion_heads: int = 8                # heads of the motion cross-attention modules
@@ -50,16 +61,16 @@ class XNeMoConfig(DiffusionConfig):
     # clip: transformers CLIPVisionModelWithProjection from image_encoder_path (frozen; sd-image-variations'
     #   ViT-L/14, projection 768), one token; clip_standin: the same network randomly initialised (numbers
     #   labelled STANDIN); learned_cnn: a small CNN trained with the model (tiny CPU configs — not CLIP).
-    image_encoder: str = "clip"
+    image_encoder: ImageEncoder = ImageEncoder.clip
     image_encoder_path: Optional[str] = None
     # ---- classifier-free guidance negative for the motion condition -------------------------------------------
     # reference (official): the reference image's own motion tokens E_m(S); null: learned null tokens (text_xattn)
-    guidance_negative_motion: str = "reference"
+    guidance_negative_motion: NegativeMotion = NegativeMotion.reference
     # DDIM's final step: True (official X-NeMo DDIM) uses ᾱ_prev = 1; False: ᾱ_0 (portraitlab default)
     set_alpha_to_one: bool = False
     # sampling start: noise (pure noise) | blurred_reference (official: the reference latent on every frame,
     # Gaussian-blurred (kernel init_blur_kernel, σ init_blur_sigma, in latent pixels), noised to the first timestep)
-    init_latents: str = "noise"
+    init_latents: InitLatents = InitLatents.noise
     init_blur_kernel: int = 9
     init_blur_sigma: float = 18.0
     # ---- identity-leakage guards (each a switch) -------------------------------------------------------------
