@@ -16,13 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from toolbox.locate import locate as toolbox_locate
 
+# Choices the structured schema cannot type as enums: trainer.precision=32 arrives as an int, and the protocol
+# schema (eval.protocol) keeps `mode` a string. data.layout / crop / decoder and ckpt_weights are StrEnums in
+# their schemas and fail at compose time.
 CHOICES = {
-    "data.layout": ("auto", "fomm", "nested", "frames", "shards"),
-    "data.crop": ("none", "center", "meta"),
-    "data.decoder": ("pyav", "decord"),
     "trainer.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
     "eval_protocol.mode": ("self", "cross", "synth_cross"),
-    "ckpt_weights": ("auto", "ema", "raw"),          # lit_models.registry.CKPT_WEIGHTS
 }
 WANDB_MODES = ("offline", "online", "disabled", "dryrun")   # a W&B logger entry's `mode` (dryrun = offline)
 

@@ -1,4 +1,4 @@
-"""Config schema shared by every reference-conditioned video diffusion method (X-Portrait, X-NeMo, InterAnimate, ImPoster).
+"""Config schema shared by every reference-conditioned video diffusion method (X-Portrait, X-NeMo, InterAnimate; ImPoster has its own schema).
 
 Not registered as a schema itself: each method subclasses :class:`DiffusionConfig` and registers its own
 ``@model_schema``. Tiny vs full models are YAML variants of the same schema (``model=xnemo_tiny`` / ``model=xnemo``).

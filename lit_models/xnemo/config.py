@@ -45,7 +45,7 @@ class XNeMoConfig(DiffusionConfig):
     # motion_xattn (official): dedicated motion cross-attention modules (kv width motion_token_dim) before the
     #   AnimateDiff temporal module in every down / mid / up layer (incl. the attention-free 8² level); the U-Net's
     #   own cross-attention reads the reference's image embedding (image_encoder).
-    # text_xattn (portraitlab before issue 12): the motion tokens, projected to cross_attention_dim, replace the
+    # text_xattn (kept for checkpoints of that layout, lit_models/xnemo/legacy.py): the motion tokens, projected to cross_attention_dim, replace the
     #   U-Net's text context; no motion modules, no image embedding, learned null tokens for guidance.
     motion_injection: MotionInjection = MotionInjection.motion_xattn
     # ---- motion encoder E_m: driving face → m_t ∈ R^{L×d}, L·d = motion_dim ---------------------------------------
