@@ -30,10 +30,10 @@ class CkptWeights(StrEnum):
 class TrainerConfig:
     """The ``lightning.Trainer`` arguments the lab sets, plus its own (checkpointing, FSDP, checks); multi-GPU /
     multi-node through Lightning's own strategies. Any other ``lightning.Trainer.__init__`` keyword is accepted as
-    ``+trainer.<kw>=value`` (``+trainer.profiler=simple``) and passed through (``runtime.build_trainer``); a
+    ``+trainer.<kw>=value`` (``+trainer.profiler=simple``) and passed through (``experiments.trainer.build_trainer``); a
     key that is neither is rejected with a "did you mean" hint."""
 
-    # built with hydra.utils.instantiate (runtime.build_trainer): the lab's own keys below (checkpointing, checks,
+    # built with hydra.utils.instantiate (experiments.trainer.build_trainer): the lab's own keys below (checkpointing, checks,
     # FSDP details) are taken out, every other key is a keyword of this class
     _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "auto"
@@ -85,7 +85,7 @@ class RunConfig:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     # Lightning loggers (config group `logger/`, lightning-hydra-template style): name -> {_target_: <Logger class>,
-    # ...}, built with hydra.utils.instantiate (runtime.build_loggers); `logger.<name>=null` switches one off
+    # ...}, built with hydra.utils.instantiate (experiments.loggers.build_loggers); `logger.<name>=null` switches one off
     logger: dict[str, Any] = field(default_factory=dict)
     eval_protocol: EvalProtocolConfig = MISSING
     # further protocols evaluated after the main one (each into run_dir/eval/<name>/); their metrics join the main
