@@ -25,13 +25,14 @@ import json
 import os
 import re
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from datamodules.prepare.pool import worker_pool
 from datamodules.utils import atomic_write_json
 
 REPORT_NAME = "crop_report.json"
@@ -335,7 +336,7 @@ def crop_dataset(src: str | os.PathLike, dst: str | os.PathLike, cfg: CropConfig
     entries: list[dict] = [None] * len(jobs)  # type: ignore[list-item]
     with _progress(progress, len(jobs), "crop") as advance:
         if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with worker_pool(workers) as pool:
                 futures = {pool.submit(_crop_job, j): i for i, j in enumerate(jobs)}
                 for fut in as_completed(futures):
                     entries[futures[fut]] = fut.result()

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from datamodules.prepare.pool import worker_pool
 from datamodules.utils import atomic_write_json
 
 log = logging.getLogger("portraitlab.prepare")
@@ -350,7 +351,7 @@ def prepare_tubes(dataset: str, annotations: str | os.PathLike, video_folder: st
                      time.monotonic() - t0)
 
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:
             for fut in as_completed([pool.submit(_job, j) for j in jobs]):
                 done(fut.result())
     else:

@@ -30,13 +30,14 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from datamodules.prepare.pool import worker_pool
 from datamodules.utils import atomic_write_json
 
 log = logging.getLogger("portraitlab.prepare")
@@ -382,7 +383,7 @@ def prepare_vox(metadata: str | os.PathLike, video_folder: str | os.PathLike, ou
                      e["status"], n_w, time.monotonic() - t0)
 
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:
             futures = [pool.submit(_job, (j, opt)) for j in jobs]
             for fut in as_completed(futures):
                 done(fut.result())
