@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 
@@ -65,7 +66,7 @@ def protocol_hash(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
 def load_protocol(name: str, overrides: list[str] | None = None):
@@ -90,7 +91,7 @@ def verify_protocol(cfg) -> dict:
     """Check what the protocol pins (the pairs file's sha256); returns facts to record beside the results."""
     facts: dict = {}
     pairs = cfg.get("pairs_csv")
-    if pairs and __import__("pathlib").Path(pairs).is_file():
+    if pairs and Path(pairs).is_file():
         from eval.weights import sha256_file
 
         digest = sha256_file(pairs)

@@ -3,6 +3,7 @@ conftest; the fixtures built on them live in tests/conftest.py). Only builders a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -200,3 +201,11 @@ def assert_clean_screenshot(errors: list[str], shot: Path, min_bytes: int, env_v
     copy_to = os.environ.get(env_var)
     if copy_to:
         shutil.copy(shot, copy_to)
+
+
+def assert_same_frames(clips: dict, frames_sha256: dict) -> dict:
+    """The uint8 frames of each clip are the ones a reference run read (sha256 recorded with its goldens)."""
+    for name, fr in clips.items():
+        assert hashlib.sha256(fr.tobytes()).hexdigest() == frames_sha256[name], name
+    return clips
+

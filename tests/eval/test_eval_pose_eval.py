@@ -5,7 +5,6 @@ The goldens (tests/golden/pose_eval/, see NOTES.md) are the outputs of pose-eval
 the same seeded stand-in weights injected where they load their real ones (no real weights on this machine)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "pose_eval"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import assert_same_frames  # noqa: E402
 from pose_eval_frames import all_clip_frames, generated  # noqa: E402
 
 
@@ -26,10 +26,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def frames(real_fixtures, golden):
-    clips = all_clip_frames(real_fixtures / "clips")
-    for name, fr in clips.items():   # the same uint8 frames the reference read from its PNGs
-        assert hashlib.sha256(fr.tobytes()).hexdigest() == golden[1]["frames_sha256"][name], name
-    return clips
+    return assert_same_frames(all_clip_frames(real_fixtures / "clips"), golden[1]["frames_sha256"])   # as its PNGs
 
 
 def test_standin_weights_are_the_goldens():

@@ -7,7 +7,7 @@ with the 5 points our MTCNN finds and the same seeded stand-in regressor weights
 not on this machine; MTCNN's weights are the real ones, inside the facenet-pytorch wheel)."""
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "deep3d"
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "datamodules")]
+from helpers import assert_same_frames  # noqa: E402
 from threedmm_frames import golden_frames  # noqa: E402
 
 needs_facenet = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("facenet_pytorch") is None,
+    importlib.util.find_spec("facenet_pytorch") is None,
     reason="needs facenet-pytorch (MTCNN): pip install --no-deps facenet-pytorch==2.6.0")
 
 
@@ -33,10 +34,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def frames(real_fixtures, golden):
-    clips = golden_frames(real_fixtures / "clips")
-    for name, fr in clips.items():   # the same uint8 frames the reference read from its PNGs
-        assert hashlib.sha256(fr.tobytes()).hexdigest() == golden[1]["frames_sha256"][name], name
-    return clips
+    return assert_same_frames(golden_frames(real_fixtures / "clips"), golden[1]["frames_sha256"])   # as its PNGs
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 evaluation protocol."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ def test_demo_sweep_runs_the_official_k_values(compose_cfg):
     from omegaconf import OmegaConf
 
     cfg = compose_cfg("train", ["sweep=mrfa_refine_iters"])
-    hcfg = OmegaConf.load(__import__("pathlib").Path(__file__).resolve().parents[2]
+    hcfg = OmegaConf.load(Path(__file__).resolve().parents[2]
                           / "experiments/configs/sweep/mrfa_refine_iters.yaml")
     assert str(hcfg.hydra.sweeper.params["model.refine_iters"]) == "0,2,4,6"
     assert cfg.model.name == "mrfa_tiny" and cfg.model.refine_schedule == "official"
