@@ -170,8 +170,7 @@ def _threedmm(b: _Builder, name: str) -> None:
 
     m = build_threedmm_metric(name, b.protocol, b.pins, device=b.device)
     b.frame(m)
-    if hasattr(m, "facts"):   # regressor, detector, frames without a face
-        b.suite.facts.setdefault("threedmm", {})[m.name] = m.facts
+    b.suite.facts.setdefault("threedmm", {})[m.name] = m.facts   # regressor, detector, frames without a face
 
 
 @metric("lpips", family=True)

@@ -33,7 +33,7 @@ def test_threedmm_names_are_built_by_eval_threedmm(monkeypatch):
 
     class Fake(Metric):
         def __init__(self, name):
-            self.name = name
+            self.name, self.facts = name, {}
 
     def build(name, protocol, pins, device="cpu"):
         calls.append((name, protocol.name, pins, str(device)))
