@@ -27,6 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.protocol import PredUint8
+from toolbox.choices import as_choice
+
 STANDIN_SUFFIX = "_STANDIN"
 
 # direction of each metric family (prefix before the first "_"): True = higher is better. Only eval's own metrics:
@@ -115,9 +118,8 @@ class FrameBatch:
         return self._u8(self.driving)
 
     def u8(self, which: str, rounding: str = "round"):
-        if rounding not in ("round", "floor"):
-            raise ValueError(f"eval_protocol.pred_uint8={rounding!r}: round | floor")
-        if rounding == "floor" and which == "pred":   # only generated frames (real frames are uint8 already)
+        # floor: only generated frames (real frames are uint8 already)
+        if as_choice(PredUint8, rounding, "eval_protocol.pred_uint8") == "floor" and which == "pred":
             key = ("pred_u8_floor",)
             if key not in self.cache:
                 self.cache[key] = self._u8(self.pred, "floor")

@@ -4,14 +4,24 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
+
+from datamodules.config import Crop
+
+# choice fields as StrEnums: a bad value fails at compose time naming the key and the choices; a member compares
+# equal to (and formats as) its string. Backend names (fid / fvd / id / landmark backends) stay open strings.
+Mode = StrEnum("Mode", ["self", "cross", "synth_cross"])
+Resize = StrEnum("Resize", ["bilinear_antialias", "bilinear", "bicubic_antialias", "bicubic", "area", "nearest"])
+LpipsNet = StrEnum("LpipsNet", ["alex", "vgg"])
+PredUint8 = StrEnum("PredUint8", ["round", "floor"])
 
 
 @dataclass
 class EvalProtocolConfig:
     name: str = "???"
-    mode: str = "self"                  # self (frame 0 is the source) | cross (pairs file) | synth_cross (with GT)
+    mode: Mode = Mode.self              # self (frame 0 is the source) | cross (pairs file) | synth_cross (with GT)
     split: str = "test"
     pairs_csv: Optional[str] = None     # cross: the pairs list; its sha256 is recorded (and checked when pinned)
     pairs_sha256: Optional[str] = None
@@ -19,8 +29,9 @@ class EvalProtocolConfig:
     stride: int = 1
     max_videos: int = 0                 # 0 = all
     resolution: int = 64                # every metric is computed at resolution² (frames read at native size)
-    resize: str = "bilinear_antialias"  # how native frames reach resolution² (and the model's resolution, and back)
-    crop: Optional[str] = None          # none | center | meta applied to native frames; null = the data config's crop
+    # how native frames reach resolution² (and the model's resolution, and back)
+    resize: Resize = Resize.bilinear_antialias
+    crop: Optional[Crop] = None         # none | center | meta applied to native frames; null = the data config's crop
     psnr_mse_floor: float = 1e-10       # PSNR = 10 log10(1 / max(MSE, floor)): capped at 100 dB (identical frames)
     metrics: list[str] = field(default_factory=lambda: ["l1", "psnr", "ssim"])
     fid_num_samples: int = 0            # 0 = every generated frame
@@ -33,7 +44,7 @@ class EvalProtocolConfig:
     landmark_backend: str = "auto"
     batch_size: int = 4
     weights: dict[str, str] = field(default_factory=dict)  # weight name -> sha256 pinned by the protocol
-    lpips_net: str = "alex"             # alex | vgg (the metric is named lpips_<net>)
+    lpips_net: LpipsNet = LpipsNet.alex  # alex | vgg (the metric is named lpips_<net>)
     face_upsample: int = 1              # dlib HOG detector upsampling (faces under ~80 px need 1-2)
     standin_metrics: list[str] = field(default_factory=list)  # e.g. [fid, lpips]: random stand-in nets, *_STANDIN
     use_fid_reference_cache: bool = True  # cache the real statistics per dataset + protocol
@@ -43,7 +54,7 @@ class EvalProtocolConfig:
     contact_crop: int = 64              # lpips_<net>_contact: the region's bounding box resized to this size²
     model_resolution: Optional[int] = None  # the model runs at this size² (null: its own cfg.resolution); frames go
     #                                         native → model_resolution directly, metrics at `resolution`
-    pred_uint8: str = "round"           # how generated frames become uint8 for the pose-evaluation backends (fan,
+    pred_uint8: PredUint8 = PredUint8.round  # how generated frames become uint8 for the pose-evaluation backends (fan,
     #                                     openface): round | floor (FOMM's reconstruction.py writes (255 * x).astype)
 
 
@@ -60,7 +71,7 @@ def protocol_hash(cfg: Any) -> str:
     cannot change a number); every result records it and tables group by it."""
     from omegaconf import OmegaConf
 
-    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else dict(cfg)
     data = {k: v for k, v in data.items() if k not in HASH_EXCLUDED
             and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

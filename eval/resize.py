@@ -16,19 +16,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.protocol import Resize
+from toolbox.choices import as_choice
 
-RESIZE_METHODS = {"bilinear_antialias": ("bilinear", True), "bilinear": ("bilinear", False),
-                  "bicubic_antialias": ("bicubic", True), "bicubic": ("bicubic", False),
-                  "area": ("area", False), "nearest": ("nearest", False)}
+
+RESIZE_METHODS = {Resize.bilinear_antialias: ("bilinear", True), Resize.bilinear: ("bilinear", False),
+                  Resize.bicubic_antialias: ("bicubic", True), Resize.bicubic: ("bicubic", False),
+                  Resize.area: ("area", False), Resize.nearest: ("nearest", False)}
 
 
 def resize_frames(x: torch.Tensor, size: int, method: str) -> torch.Tensor:
     """N×3×h×w → N×3×size×size with the protocol's resize method (no-op when already that size)."""
     if x.shape[-2:] == (size, size):
         return x
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"eval_protocol.resize={method!r} is not one of {', '.join(RESIZE_METHODS)}")
-    mode, antialias = RESIZE_METHODS[method]
+    mode, antialias = RESIZE_METHODS[as_choice(Resize, method, "eval_protocol.resize")]
     kw = {"align_corners": False, "antialias": antialias} if mode in ("bilinear", "bicubic") else {}
     return F.interpolate(x.float(), size=(size, size), mode=mode, **kw).clamp(0, 1)
 

@@ -53,6 +53,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from eval.protocol import PredUint8
+from toolbox.choices import as_choice
+
 REGRESSOR = "deep3dfacerecon_epoch20"
 DETECTOR = "mtcnn_facenet_pytorch"
 THREEDMM_WEIGHTS = (REGRESSOR, DETECTOR)
@@ -310,9 +313,8 @@ class ThreeDMMMetric:
 
         if name not in METRICS:
             raise ValueError(f"unknown 3DMM metric {name!r} (one of {', '.join(METRICS)})")
-        if pred_uint8 not in ("round", "floor"):
-            raise ValueError(f"eval_protocol.pred_uint8={pred_uint8!r} is not one of round, floor")
-        self.base_name, self.analyzer, self.pred_uint8 = name, analyzer, pred_uint8
+        self.base_name, self.analyzer = name, analyzer
+        self.pred_uint8 = as_choice(PredUint8, pred_uint8, "eval_protocol.pred_uint8")
         self.standin = analyzer.standin
         self.name = name + (STANDIN_SUFFIX if self.standin else "")
         self.facts = {"regressor": REGRESSOR + (STANDIN_SUFFIX if self.standin else ""), "landmarks5": DETECTOR,

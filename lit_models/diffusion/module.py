@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_models.base import AnimationModule
+from lit_models.diffusion.config import InitialLatent, PredictionType, ReferenceLatent, ReferenceTimestep
 from lit_models.diffusion.networks import (LatentCodec, build_reference_net, build_unet2d, build_video_unet,
                                            count_parameters)
 from lit_models.diffusion.reference_attention import attach_reference_attention
 from lit_models.diffusion.sampling import (condition_keep_masks, guide, make_sampler, make_train_scheduler,
                                            sample_clip)
+from toolbox.choices import as_choice
 
 MotionState = dict[str, torch.Tensor]
 
@@ -140,12 +142,8 @@ class ReferenceVideoDiffusion(AnimationModule):
     def reference_t(self, t: torch.Tensor) -> Optional[torch.Tensor]:
         """The ReferenceNet's timestep for denoiser timesteps ``t`` (per reference row): None (t = 0) for
         ``reference_timestep=zero``, ``t`` itself for ``current``."""
-        mode = self.cfg.reference_timestep
-        if mode == "zero":
-            return None
-        if mode == "current":
-            return t
-        raise ValueError(f"reference_timestep must be zero | current, got {mode!r}")
+        mode = as_choice(ReferenceTimestep, self.cfg.reference_timestep, "model.reference_timestep")
+        return None if mode == "zero" else t
 
     def write_reference(self, z_ref: torch.Tensor, mask_ratio: float = 0.0,
                         generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
@@ -212,26 +210,22 @@ class ReferenceVideoDiffusion(AnimationModule):
         sample of the source ``src`` (model range) per frame from ``generator``, ``chunk`` rows per codec call
         (None: one call)."""
         B, T, shape = src.shape[0], num_frames, z_src.shape[1:]
-        mode = self.cfg.reference_latent
+        mode = as_choice(ReferenceLatent, self.cfg.reference_latent, "model.reference_latent")
         if mode == "sample_per_frame":
             rows = src.repeat_interleave(T, 0) * 2 - 1
             n = len(rows) if chunk is None else chunk
             z = torch.cat([self.codec.sample(rows[i:i + n], generator) for i in range(0, len(rows), n)])
             return z.view(B, T, *shape)
-        if mode == "mean":
-            return z_src[:, None].expand(B, T, *shape)
-        raise ValueError(f"reference_latent must be mean | sample_per_frame, got {mode!r}")
+        return z_src[:, None].expand(B, T, *shape)
 
     def noised_reference_start(self, z_rep: torch.Tensor, noise: torch.Tensor) -> Optional[torch.Tensor]:
         """The sampling start ``x_T`` for ``initial_latent=noised_reference`` (official X-Portrait: ``q_sample`` of
         each frame's reference latent ``z_rep`` at t = T − 1 with ``noise``, both B×T×C×h×w); None for ``noise``
         (the sampler starts from scaled noise)."""
-        if self.cfg.initial_latent == "noised_reference":
+        if as_choice(InitialLatent, self.cfg.initial_latent, "model.initial_latent") == "noised_reference":
             t_last = torch.full((noise.shape[0] * noise.shape[1],), self.noise_scheduler.config.num_train_timesteps - 1,
                                 dtype=torch.long, device=noise.device)
             return self.noise_scheduler.add_noise(z_rep.flatten(0, 1), noise.flatten(0, 1), t_last).view_as(noise)
-        if self.cfg.initial_latent != "noise":
-            raise ValueError(f"initial_latent must be noise | noised_reference, got {self.cfg.initial_latent!r}")
         return None
 
     # ---- training -------------------------------------------------------------------------------------------
@@ -255,15 +249,13 @@ class ReferenceVideoDiffusion(AnimationModule):
         self.write_reference(self.encode(source), self.reference_mask_ratio(), gen, t=self.reference_t(t),
                              source=source)
         pred = self.denoise(z_t, t, state, torch.arange(B, device=dev), keep["reference"])
-        kind = self.cfg.prediction_type
+        kind = as_choice(PredictionType, self.cfg.prediction_type, "model.prediction_type")
         if kind == "epsilon":
             goal = noise
         elif kind == "v_prediction":
             goal = self.noise_scheduler.get_velocity(z0.flatten(0, 1), noise.flatten(0, 1), t_rows).view_as(z0)
-        elif kind == "sample":
-            goal = z0
         else:
-            raise ValueError(f"prediction_type must be epsilon | v_prediction | sample, got {kind!r}")
+            goal = z0
         terms = {}
         if self.use_loss("diffusion"):
             terms["loss_diffusion"] = F.mse_loss(pred.float(), goal.float())

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_models.diffusion.config import DiffusionConfig
+from lit_models.diffusion.config import DiffusionConfig, Latent, NormStats, UpPlacement, VAEType
+from toolbox.choices import as_choice
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -123,10 +124,8 @@ def _motion_module_forward_per_frame(self, hidden_states, encoder_hidden_states=
 def set_motion_norm_stats(video_unet: nn.Module, norm_stats: str) -> None:
     """``temporal.norm_stats``: per_clip keeps diffusers' motion modules; per_frame swaps in the original
     normalisation (no weights change)."""
-    if norm_stats == "per_clip":
+    if as_choice(NormStats, norm_stats, "temporal.norm_stats") == NormStats.per_clip:
         return
-    if norm_stats != "per_frame":
-        raise ValueError(f"temporal.norm_stats must be per_clip | per_frame, got {norm_stats!r}")
     for name, module in video_unet.named_modules():
         if name.split(".")[-2:-1] == ["motion_modules"]:
             module.__class__ = _swapped_class(type(module), "PerFrameNorm", _motion_module_forward_per_frame)
@@ -175,10 +174,8 @@ def _swapped_class(cls: type, suffix: str, forward) -> type:
 def place_up_motion_modules(video_unet: nn.Module, placement: str) -> None:
     """``temporal.up_placement``: before_upsample keeps diffusers' up blocks; after_upsample swaps in the original
     placement (no weights change)."""
-    if placement == "before_upsample":
+    if as_choice(UpPlacement, placement, "temporal.up_placement") == UpPlacement.before_upsample:
         return
-    if placement != "after_upsample":
-        raise ValueError(f"temporal.up_placement must be before_upsample | after_upsample, got {placement!r}")
     for block in video_unet.up_blocks:
         if not hasattr(block, "motion_modules"):
             raise ValueError(f"{type(block).__name__} has no motion modules")
@@ -204,7 +201,6 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-VAE_TYPES = ("kl", "temporal_decoder")
 # stabilityai/stable-video-diffusion-img2vid-xt vae/config.json (diffusers AutoencoderKLTemporalDecoder defaults)
 SVD_XT_VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "block_out_channels": [128, 256, 512, 512],
                      "down_block_types": ["DownEncoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4,
@@ -241,13 +237,11 @@ class LatentCodec(nn.Module):
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
-        self.kind = cfg.latent
+        self.kind = as_choice(Latent, cfg.latent, "model.latent")
         self.scaling = cfg.vae_scaling_factor
         self.unshuffle = int(cfg.pixel_unshuffle)
-        self.vae_type = str(getattr(cfg, "vae_type", "kl"))
+        self.vae_type = as_choice(VAEType, getattr(cfg, "vae_type", "kl"), "model.vae_type")
         self.decode_chunk = int(getattr(cfg, "vae_decode_chunk", 25))
-        if self.vae_type not in VAE_TYPES:
-            raise ValueError(f"model.vae_type must be one of {list(VAE_TYPES)}, got {self.vae_type!r}")
         if self.decode_chunk < 1:
             raise ValueError(f"model.vae_decode_chunk must be ≥ 1, got {self.decode_chunk}")
         self.vae = None
@@ -274,8 +268,6 @@ class LatentCodec(nn.Module):
                 sub = "" if cfg.vae_path else "vae"
                 self.vae = _from_pretrained(AutoencoderKL, path, sub, cfg.local_files_only, "VAE")
             self.vae.requires_grad_(False).eval()
-        elif self.kind != "pixel":
-            raise ValueError(f"latent must be pixel | vae, got {self.kind!r}")
 
     @property
     def factor(self) -> int:

@@ -18,12 +18,13 @@ from typing import Callable, Optional
 
 import torch
 
-from lit_models.diffusion.config import DiffusionConfig
+from lit_models.diffusion.config import DiffusionConfig, Sampler, TimestepSpacing, WindowSchedule
+from toolbox.choices import as_choice
 
 
 def _schedule_kwargs(cfg: DiffusionConfig) -> dict:
-    return dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
-                beta_end=cfg.beta_end, prediction_type=cfg.prediction_type)
+    return dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=str(cfg.beta_schedule),
+                beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=str(cfg.prediction_type))
 
 
 def make_train_scheduler(cfg: DiffusionConfig):
@@ -36,10 +37,8 @@ def make_sampler(cfg: DiffusionConfig, kind: Optional[str] = None):
     """A fresh sampling scheduler (it holds per-run state): ``ddim`` or ``dpmpp`` (DPM-Solver++ 2M)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    kind = kind or cfg.sampler
-    spacing = getattr(cfg, "timestep_spacing", "leading")
-    if spacing not in ("leading", "trailing", "linspace", "ldm_uniform"):
-        raise ValueError(f"timestep_spacing must be leading | trailing | linspace | ldm_uniform, got {spacing!r}")
+    kind = as_choice(Sampler, kind or cfg.sampler, "sampler")
+    spacing = as_choice(TimestepSpacing, getattr(cfg, "timestep_spacing", "leading"), "timestep_spacing")
     if spacing == "ldm_uniform":
         if kind != "ddim":
             raise ValueError(f"timestep_spacing=ldm_uniform (the LDM DDIM sampler's) needs sampler=ddim, got {kind!r}")
@@ -50,11 +49,9 @@ def make_sampler(cfg: DiffusionConfig, kind: Optional[str] = None):
     if kind == "ddim":
         return DDIMScheduler(**_schedule_kwargs(cfg), clip_sample=False,
                              set_alpha_to_one=bool(getattr(cfg, "set_alpha_to_one", False)),
-                             steps_offset=1 if spacing == "leading" else 0, timestep_spacing=spacing)
-    if kind == "dpmpp":
-        return DPMSolverMultistepScheduler(**_schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2,
-                                           timestep_spacing=spacing)
-    raise ValueError(f"sampler must be ddim | dpmpp, got {kind!r}")
+                             steps_offset=1 if spacing == "leading" else 0, timestep_spacing=str(spacing))
+    return DPMSolverMultistepScheduler(**_schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2,
+                                       timestep_spacing=str(spacing))
 
 
 def condition_keep_masks(batch_size: int, drop_probs: dict[str, float], generator: torch.Generator,
@@ -160,22 +157,18 @@ def uniform_windows(num_frames: int, size: int, overlap: int, offset: int, close
     return [(torch.arange(j, j + size) + offset) % num_frames for j in range(0, stop, size - overlap)]
 
 
-WINDOW_SCHEDULES = ("blend", "circular", "uniform")
-
-
 def step_windows(schedule: str, num_frames: int, size: int, overlap: int,
                  offset: int = 0) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
     """One step's windows: (frame indices per window, blend weights per window or None = plain mean per frame).
     ``blend``: fixed windows with linear ramps (``offset`` unused); ``circular``: official X-Portrait;
     ``uniform``: official X-NeMo."""
+    schedule = as_choice(WindowSchedule, schedule, "window_schedule")
     if schedule == "blend":
         spans = window_spans(num_frames, size, overlap)
         return [torch.arange(s, e) for s, e in spans], window_weights(spans, num_frames)
     if schedule == "circular":
         return circular_windows(num_frames, size, overlap, offset), None
-    if schedule == "uniform":
-        return uniform_windows(num_frames, size, overlap, offset), None
-    raise ValueError(f"window_schedule must be one of {list(WINDOW_SCHEDULES)}, got {schedule!r}")
+    return uniform_windows(num_frames, size, overlap, offset), None
 
 
 def average_windows(predict: Callable[[torch.Tensor], torch.Tensor], windows: list[torch.Tensor], num_frames: int,
@@ -210,8 +203,7 @@ def sample_clip(denoise: Callable[..., torch.Tensor], noise: torch.Tensor,
     ``noise`` instead (e.g. the blurred reference latent, X-NeMo). At most one of the two."""
     from tqdm.auto import tqdm
 
-    if window_schedule not in WINDOW_SCHEDULES:
-        raise ValueError(f"window_schedule must be one of {list(WINDOW_SCHEDULES)}, got {window_schedule!r}")
+    window_schedule = as_choice(WindowSchedule, window_schedule, "window_schedule")
     if init_latents is not None and init_clean is not None:
         raise ValueError("sample_clip: pass init_latents or init_clean, not both")
     set_inference_timesteps(scheduler, num_inference_steps, device=noise.device)

@@ -13,6 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_models.imposter.config import BackboneKind
+from toolbox.choices import as_choice
+
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -64,8 +67,8 @@ def _random_init(cfg) -> Backbone:
         norm_num_groups=u.norm_num_groups, use_linear_projection=u.use_linear_projection,
         down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
         cross_attention_dim=cfg.text.hidden_size)
-    sched = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                 beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=cfg.prediction_type)
+    sched = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=str(cfg.beta_schedule),
+                 beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=str(cfg.prediction_type))
     return Backbone(unet, text_encoder, tokenizer, None, sched, 3, 1, 1.0)
 
 
@@ -108,11 +111,9 @@ def _pretrained(cfg) -> Backbone:
 
 
 def build_backbone(cfg) -> Backbone:
-    if cfg.backbone == "pretrained":
+    if as_choice(BackboneKind, cfg.backbone, "model.backbone") == "pretrained":
         return _pretrained(cfg)
-    if cfg.backbone == "random_init":
-        return _random_init(cfg)
-    raise ValueError(f"model.backbone must be `pretrained` or `random_init`, got {cfg.backbone!r}")
+    return _random_init(cfg)
 
 
 def count_params(module: nn.Module) -> int:

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Optional
 
 from lit_models.base import ModelConfig
 from lit_models.registry import model_schema
+
+# choice fields as StrEnums: a bad value fails at compose time naming the key and the choices
+BackboneKind = StrEnum("BackboneKind", ["pretrained", "random_init"])
+Finetune = StrEnum("Finetune", ["full", "lora", "full_lora"])
+BetaSchedule = StrEnum("BetaSchedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])  # diffusers' DDPM and DDIM
+PredictionType = StrEnum("PredictionType", ["epsilon", "v_prediction"])   # what ImPoster's DDIM loop reads
 
 # Stable Diffusion 2.1-base U-Net (stabilityai/stable-diffusion-2-1-base, unet/config.json): 865,910,724 parameters.
 SD21_BASE_UNET = dict(
@@ -56,7 +63,7 @@ class ImPosterConfig(ModelConfig):
     # ---- backbone -------------------------------------------------------------------------------------------
     # pretrained: diffusers folder layout (unet/ vae/ text_encoder/ tokenizer/ scheduler/) from a local path or hub id
     # random_init: U-Net and text encoder built from `unet` / `text` with random weights (tiny tests; labelled so)
-    backbone: str = "pretrained"
+    backbone: BackboneKind = BackboneKind.pretrained
     pretrained_model_name_or_path: Optional[str] = "stabilityai/stable-diffusion-2-1-base"
     revision: Optional[str] = None
     local_files_only: bool = False
@@ -68,17 +75,17 @@ class ImPosterConfig(ModelConfig):
     # lora: only peft LoRA adapters on `lora_target_modules` (U-Net frozen); saved with peft's save_pretrained
     # full_lora: the released code's exact parameter set — rank-`lora_rank` LoRA on every attention projection AND
     #            the whole U-Net unfrozen (its LoRA up-weights start at zero there; ours start gaussian)
-    finetune: str = "full"
+    finetune: Finetune = Finetune.full
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # the released code denoises the source and the driving latent with the SAME noise and timestep in each step
     shared_noise: bool = True
     num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"
+    beta_schedule: BetaSchedule = BetaSchedule.scaled_linear
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    prediction_type: PredictionType = PredictionType.epsilon  # epsilon | v_prediction
     lambda_source: float = 1.0        # denoising loss on the source image with its caption
     lambda_driving: float = 1.0       # denoising loss on the driving image with its caption
     # ---- prompts (a batch's `caption_source` / `caption_driving` / `target_prompt` take precedence) -------------

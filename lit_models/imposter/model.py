@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from lit_models.base import AnimationModule
 from lit_models.imposter.backbone import build_backbone
+from lit_models.imposter.config import Finetune
 from lit_models.imposter.frequency import frequency_guidance_loss
-
-FINETUNE_MODES = ("full", "lora", "full_lora")
+from toolbox.choices import as_choice
 
 
 class ImPoster(AnimationModule):
@@ -43,9 +43,7 @@ class ImPoster(AnimationModule):
         self.text_encoder.requires_grad_(False).eval()
         if self.vae is not None:
             self.vae.requires_grad_(False).eval()
-        mode = self.cfg.finetune
-        if mode not in FINETUNE_MODES:
-            raise ValueError(f"model.finetune must be one of {', '.join(FINETUNE_MODES)}, got {mode!r}")
+        mode = as_choice(Finetune, self.cfg.finetune, "model.finetune")
         self.unet.requires_grad_(mode != "lora")
         if mode in ("lora", "full_lora"):
             from peft import LoraConfig, get_peft_model

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from lit_models.diffusion.config import DiffusionConfig
 from lit_models.registry import model_schema
+
+# choice fields as StrEnums (see lit_models.diffusion.config)
+OrthoTarget = StrEnum("OrthoTarget", ["quantized", "raw"])
+IdBackend = StrEnum("IdBackend", ["arcface", "dlib"])   # the keys of lit_models.interanimate.identity.ID_DIMS
 
 
 @model_schema("interanimate")
@@ -31,7 +36,7 @@ class InterAnimateConfig(DiffusionConfig):
     # X: `quantized` = the quantized latents L̃ every block's attention reads its keys/values from (per row, mean over
     # blocks; the backbone features detached); `raw` = L_s / L_t themselves (near-orthogonal at random init and
     # behind a zero-initialised W_o: no effect on the samples at the full-size init; benchmarks/interanimate_ortho.py)
-    ortho_target: str = "quantized"
+    ortho_target: OrthoTarget = OrthoTarget.quantized
     # ---- regions: masks from the batch (`masks` hand/face) at training; predicted at animate ----------------
     mask_regions: list[str] = field(default_factory=lambda: ["hand", "face"])
     use_mask_predictor: bool = True     # a small conv head predicting the regions from the driving frame
@@ -41,7 +46,8 @@ class InterAnimateConfig(DiffusionConfig):
     motion_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     # ---- ID preserver ----------------------------------------------------------------------------------------
     use_id_preserver: bool = True
-    id_backend: str = "arcface"         # arcface (insightface buffalo_l, 512-d) | dlib (offline 128-d face ResNet)
+    # arcface (insightface buffalo_l, 512-d) | dlib (offline 128-d face ResNet)
+    id_backend: IdBackend = IdBackend.arcface
     num_id_tokens: int = 4
     # Sources smaller than this are upsampled (bicubic) before the face detector; 0 = as given. At the tiny config's
     # 32² dlib finds no SynthFaces face (so training only ever sees the no-identity tokens); upsampled to 128² it

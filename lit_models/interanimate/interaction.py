@@ -37,9 +37,6 @@ def soft_quantization_weights(features: torch.Tensor, latents: torch.Tensor, tem
     return torch.softmax(sim / temperature, dim=-1)
 
 
-ORTHO_TARGETS = ("raw", "quantized")
-
-
 def orthogonality_loss(latents: torch.Tensor) -> torch.Tensor:
     """``‖L̂L̂ᵀ − I‖²_F / n²`` with ``L̂`` the row-normalised latents: n×d, or …×n×d (mean over the leading rows)."""
     n = latents.shape[-2]

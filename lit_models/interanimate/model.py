@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_models.diffusion.module import ReferenceVideoDiffusion, resize
+from lit_models.interanimate.config import IdBackend, OrthoTarget
 from lit_models.interanimate.identity import ID_DIMS, IdentityProjector
-from lit_models.interanimate.interaction import (ORTHO_TARGETS, InteractionBlock, InteractionContext, _spatial_hook,
-                                                 _temporal_hook, channels_of, is_motion_module,
-                                                 is_spatial_transformer, mean_abs_cosine, orthogonality_loss)
+from lit_models.interanimate.interaction import (InteractionBlock, InteractionContext, _spatial_hook, _temporal_hook,
+                                                 channels_of, is_motion_module, is_spatial_transformer,
+                                                 mean_abs_cosine, orthogonality_loss)
+from toolbox.choices import as_choice
 
 
 class MotionGuider(nn.Module):
@@ -72,8 +74,6 @@ class InterAnimate(ReferenceVideoDiffusion):
         init_std = float(cfg.get("latent_init_std", 1.0))  # checkpoints from before the knob: loaded weights anyway
         self.spatial_latents = nn.Parameter(torch.randn(cfg.num_spatial_latents, d) * init_std)
         self.temporal_latents = nn.Parameter(torch.randn(cfg.num_temporal_latents, d) * init_std)
-        if cfg.get("ortho_target", "quantized") not in ORTHO_TARGETS:
-            raise ValueError(f"model.ortho_target must be one of {', '.join(ORTHO_TARGETS)}, got {cfg.ortho_target!r}")
         self.spatial_blocks, self.temporal_blocks = nn.ModuleDict(), nn.ModuleDict()
         self._spatial_names, self._temporal_names = [], []
         self._hooks = []
@@ -108,9 +108,8 @@ class InterAnimate(ReferenceVideoDiffusion):
         self.id_encoder: Optional[Callable] = None
         self.id_projector: Optional[IdentityProjector] = None
         if cfg.use_id_preserver:
-            if cfg.id_backend not in ID_DIMS:
-                raise ValueError(f"id_backend must be one of {sorted(ID_DIMS)}, got {cfg.id_backend!r}")
-            self.id_projector = IdentityProjector(ID_DIMS[cfg.id_backend], cfg.num_id_tokens, D)
+            backend = as_choice(IdBackend, cfg.id_backend, "model.id_backend")
+            self.id_projector = IdentityProjector(ID_DIMS[backend], cfg.num_id_tokens, D)
 
     def region_masks(self, driving: torch.Tensor) -> torch.Tensor:
         """B×T×R×r×r region masks: the batch's (training) or the predictor's probabilities (else all ones)."""
@@ -184,8 +183,9 @@ class InterAnimate(ReferenceVideoDiffusion):
         return resize(m.flatten(0, 1), self.cfg.resolution).view(B, T, -1, self.cfg.resolution, self.cfg.resolution)
 
     @property
-    def ortho_target(self) -> str:
-        return str(self.cfg.get("ortho_target", "quantized"))   # checkpoints from before the knob: quantized
+    def ortho_target(self) -> OrthoTarget:
+        # checkpoints from before the knob: quantized
+        return as_choice(OrthoTarget, self.cfg.get("ortho_target", "quantized"), "model.ortho_target")
 
     def latent_terms(self) -> dict[str, torch.Tensor]:
         """``loss_ortho`` = O_s + O_t (module docstring); quantized: from the terms the blocks recorded in the forward."""

@@ -12,10 +12,18 @@ Ablation axis: ``refine_iters`` (K; 6 = official, K < 6 the official fewer-steps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Optional
 
 from lit_models.base import ModelConfig
 from lit_models.registry import model_schema
+
+# choice fields as StrEnums: a bad value fails at compose time naming the key and the choices
+Prior = StrEnum("Prior", ["mtia", "fomm", "tps"])
+Norm = StrEnum("Norm", ["batch", "group", "instance", "none"])          # lit_models.common.hourglass.make_norm
+RefineSchedule = StrEnum("RefineSchedule", ["official", "spread"])
+Perceptual = StrEnum("Perceptual", ["vgg19", "pyramid_l1_ssim"])     # lit_models.common.perceptual.BACKENDS
+TPSBackbone = StrEnum("TPSBackbone", ["resnet18", "conv"])
 
 
 @dataclass
@@ -81,7 +89,7 @@ class FOMMKPConfig:
     num_blocks: int = 5
     scale_factor: float = 0.25
     temperature: float = 0.1
-    tps_backbone: str = "resnet18"      # tps: resnet18 (TPSMM) | conv
+    tps_backbone: TPSBackbone = TPSBackbone.resnet18  # tps: resnet18 (TPSMM) | conv
 
 
 @model_schema("mrfa")
@@ -95,11 +103,11 @@ class MRFAConfig(ModelConfig):
     gradient_clip_val: float = 10.0       # official clip_grad: true, clip: 10 (grad-norm clipping)
 
     # ---- prior motion ----
-    prior: str = "mtia"                  # mtia (official default) | fomm | tps
+    prior: Prior = Prior.mtia                # mtia (official default) | fomm | tps
     num_kp: int = 10
     use_jacobian: bool = True
     points_per_tps: int = 5
-    norm: str = "batch"                  # official: batch; group | instance | none replace every BatchNorm2d
+    norm: Norm = Norm.batch                  # official: batch; group | instance | none replace every BatchNorm2d
     use_bg_motion: bool = False          # background affine (official celebvhq / TPSMM)
     mtia: MTIAConfig = field(default_factory=MTIAConfig)
     kp: FOMMKPConfig = field(default_factory=FOMMKPConfig)
@@ -107,14 +115,16 @@ class MRFAConfig(ModelConfig):
 
     # ---- refinement + generator ----
     refine_iters: int = 6                # K; 0 = official prior_only
-    refine_schedule: str = "official"    # official (K coarsest scales) | spread (see lit_models/mrfa/raft.py)
+    # official (K coarsest scales) | spread (see lit_models/mrfa/raft.py)
+    refine_schedule: RefineSchedule = RefineSchedule.official
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     driving_encoder: StructureEncoderConfig = field(default_factory=StructureEncoderConfig)
     source_encoder: StructureEncoderConfig = field(default_factory=StructureEncoderConfig)
 
     # ---- losses (official vox1: perceptual [10]*5 over scales [1, .5, .25, .125], equivariance 10 / 10) ----
-    perceptual: str = "vgg19"            # vgg19 (needs ImageNet weights) | pyramid_l1_ssim (named offline stand-in)
+    # vgg19 (needs ImageNet weights) | pyramid_l1_ssim (named offline stand-in)
+    perceptual: Perceptual = Perceptual.vgg19
     vgg_weights: Optional[str] = None
     perceptual_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
     perceptual_layer_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 10.0, 10.0, 10.0])

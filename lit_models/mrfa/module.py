@@ -26,9 +26,11 @@ from lit_models.common.keypoints import KPDetector, TPSKPDetector
 from lit_models.common.perceptual import MultiScalePerceptualLoss
 from lit_models.common.warp import AntiAliasInterpolation2d
 from lit_models.mrfa.blocks import checkpointed
+from lit_models.mrfa.config import Prior
 from lit_models.mrfa.losses import bg_loss, equivariance_losses
 from lit_models.mrfa.mtia import MTIAKeypointDetector
 from lit_models.mrfa.raft import RaftFlow
+from toolbox.choices import as_choice
 
 
 def relative_keypoints(kp_source: dict, kp_driving: dict, kp_driving_initial: dict,
@@ -79,11 +81,10 @@ class MRFA(AnimationModule):
     def __init__(self, cfg):
         super().__init__(cfg)
         c = self.cfg
-        if c.prior not in ("mtia", "fomm", "tps"):
-            raise ValueError(f"model.prior must be mtia, fomm or tps, got {c.prior!r}")
+        prior = as_choice(Prior, c.prior, "model.prior")
         if c.lambda_bg > 0 and not c.use_bg_motion:
             raise ValueError("model.lambda_bg > 0 needs model.use_bg_motion=true (the background-motion predictor)")
-        if c.prior == "mtia":
+        if prior == "mtia":
             m = c.mtia
             self.encoder = MTIAKeypointDetector(
                 c.resolution, num_kp=c.num_kp, dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
@@ -92,7 +93,7 @@ class MRFA(AnimationModule):
                 stage2_modules=m.stage2_modules, stage3_channels=list(m.stage3_channels),
                 stage3_blocks=list(m.stage3_blocks), stage3_modules=m.stage3_modules,
                 estimate_jacobian=c.use_jacobian)
-        elif c.prior == "fomm":
+        elif prior == "fomm":
             k = c.kp
             self.encoder = KPDetector(num_kp=c.num_kp, num_channels=c.num_channels, block_expansion=k.block_expansion,
                                       max_features=k.max_features, num_blocks=k.num_blocks,

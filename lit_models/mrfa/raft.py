@@ -38,6 +38,8 @@ from torch import nn
 from lit_models.common.hourglass import Hourglass
 from lit_models.common.keypoints import kp2gaussian
 from lit_models.mrfa.blocks import OcclusionAwareGenerator, bilinear_sampler, checkpointed, coords_grid
+from lit_models.mrfa.config import RefineSchedule
+from toolbox.choices import as_choice
 
 
 def refine_scales(num_iters: int, num_scales: int, schedule: str = "official") -> list[int]:
@@ -45,13 +47,9 @@ def refine_scales(num_iters: int, num_scales: int, schedule: str = "official") -
     if not 0 <= num_iters <= num_scales:
         raise ValueError(f"model.refine_iters must be in 0..{num_scales} (one step per generator scale), "
                          f"got {num_iters}")
-    if schedule == "official":
+    if as_choice(RefineSchedule, schedule, "model.refine_schedule") == "official" or num_iters <= 1:
         return list(range(num_iters))
-    if schedule == "spread":
-        if num_iters <= 1:
-            return list(range(num_iters))
-        return sorted({int(i) for i in np.round(np.linspace(0, num_scales - 1, num_iters))})
-    raise ValueError(f"model.refine_schedule must be official | spread, got {schedule!r}")
+    return sorted({int(i) for i in np.round(np.linspace(0, num_scales - 1, num_iters))})
 
 
 def _up(x, size=None):

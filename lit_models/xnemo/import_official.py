@@ -278,7 +278,8 @@ def import_official(root: str, out: str, dtype: str = "fp32", model_overrides: O
     report["dtype_out"] = str(torch_dtype)
     report["num_keys"] = {"ours": len(target), "filled_from_official": len(state),
                           "from_model_build": len(target) - len(state)}
-    ckpt = {"state_dict": full, "hyper_parameters": {"model": OmegaConf.to_container(cfg, resolve=True)},
+    ckpt = {"state_dict": full, "hyper_parameters": {"model": OmegaConf.to_container(cfg, resolve=True,
+                                                                                      enum_to_str=True)},
             "xnemo_import": {k: report[k] for k in ("sha256", "dtype_in", "dtype_out", "consumed", "missing",
                                                     "num_keys")}}
     torch.save(ckpt, out)

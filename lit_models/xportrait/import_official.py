@@ -368,7 +368,8 @@ def import_checkpoint(src: str | Path, out: str | Path, model: str = "xportrait_
             state[k] = init[k]
     report["source"] = {"path": str(src), "sha256": sha256_file(src), "bytes": Path(src).stat().st_size}
     report["model"] = model
-    ckpt = {"state_dict": state, "hyper_parameters": {"model": OmegaConf.to_container(cfg, resolve=True)},
+    ckpt = {"state_dict": state,
+            "hyper_parameters": {"model": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)},
             "official_import": report}
     atomic_write_bytes_with(out, lambda f: torch.save(ckpt, f))
     return report

@@ -20,8 +20,10 @@ from torch import nn
 from lit_models.diffusion.augment import appearance_augment
 from lit_models.diffusion.module import MotionState, ReferenceVideoDiffusion
 from lit_models.diffusion.networks import build_controlnet
+from lit_models.xportrait.config import DrivingAppearance, LocalPatchMode
 from lit_models.xportrait.local_control import local_patch_masks, official_patch_masks
 from lit_models.xportrait.pipeline import XPortraitPipeline
+from toolbox.choices import as_choice
 
 
 def centred_patch_masks(centres: torch.Tensor, size: int, patch_size: float) -> torch.Tensor:
@@ -71,10 +73,6 @@ class XPortrait(ReferenceVideoDiffusion):
         if 2 ** (len(channels) - 1) != self.codec.factor:
             raise ValueError(f"controlnet_embedding_channels {list(channels)} downsample by {2 ** (len(channels) - 1)}, "
                              f"the latent by {self.codec.factor}: give it log2(factor)+1 entries")
-        if cfg.local_patch_mode not in ("official", "box"):
-            raise ValueError(f"local_patch_mode must be official | box, got {cfg.local_patch_mode!r}")
-        if cfg.driving_appearance not in ("augment", "cross_identity", "none"):
-            raise ValueError(f"driving_appearance must be augment | cross_identity | none, got {cfg.driving_appearance!r}")
         self.global_control = build_controlnet(unet2d, embedding_channels=channels)
         self.local_control = build_controlnet(unet2d, embedding_channels=channels) if cfg.use_local_control else None
 
@@ -87,10 +85,11 @@ class XPortrait(ReferenceVideoDiffusion):
         state = {"control": driving * 2 - 1, "keep_motion": keep_motion[:, None].expand(B, T)}
         if self.local_control is not None:
             kp = None if keypoints is None else keypoints.flatten(0, 1)
+            mode = as_choice(LocalPatchMode, self.cfg.local_patch_mode, "model.local_patch_mode")
             if patch_centres is not None:
                 masks = centred_patch_masks(patch_centres.flatten(0, 1).to(driving.device).float(),
                                             driving.shape[-1], self.cfg.local_patch_size)
-            elif self.cfg.local_patch_mode == "official":
+            elif mode == "official":
                 masks = official_patch_masks(B * T, driving.shape[-1], kp, self.cfg.fixed_boxes,
                                              self.cfg.local_patch_size, device=driving.device)
             else:
@@ -98,7 +97,7 @@ class XPortrait(ReferenceVideoDiffusion):
                                           self.cfg.min_region_size, device=driving.device)
             masks = masks.view(B, T, *masks.shape[1:])
             # official: the driving frame inside the patches, −1 (black) outside; box: 0 outside
-            outside = -1.0 if self.cfg.local_patch_mode == "official" or patch_centres is not None else 0.0
+            outside = -1.0 if mode == "official" or patch_centres is not None else 0.0
             state["local"] = torch.where(masks > 0, driving * 2 - 1, torch.full_like(driving[:, :, :1], outside))
             state["local_mask"] = masks
         return state
@@ -127,7 +126,7 @@ class XPortrait(ReferenceVideoDiffusion):
         return super().compute_losses(batch)
 
     def prepare_driving(self, batch, driving, generator):
-        mode = self.cfg.driving_appearance
+        mode = as_choice(DrivingAppearance, self.cfg.driving_appearance, "model.driving_appearance")
         if mode == "cross_identity":
             if "driving_cross" not in batch:
                 raise KeyError("driving_appearance=cross_identity needs batch['driving_cross'] (B×T×3×H×W: another "

@@ -26,8 +26,10 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from lit_models.diffusion.config import WindowSchedule
 from lit_models.diffusion.module import normalise_keypoints
 from lit_models.diffusion.sampling import blend_windows, guide, make_sampler, set_inference_timesteps
+from toolbox.choices import as_choice
 
 VAE_CHUNK = 16          # official vae_bs
 
@@ -136,9 +138,10 @@ class XPortraitPipeline:
             raise ValueError(f"offsets: {len(offsets)} given for {len(scheduler.timesteps)} steps")
         if not per_frame_ref and not per_step:
             m.write_reference(z_src, source=src)
-        schedule = str(cfg.window_schedule)
-        if schedule not in ("circular", "blend"):
-            raise ValueError(f"window_schedule must be circular | blend, got {schedule!r}")
+        schedule = as_choice(WindowSchedule, cfg.window_schedule, "model.window_schedule")
+        if schedule == WindowSchedule.uniform:
+            raise ValueError("model.window_schedule=uniform (X-NeMo's windows): the X-Portrait pipeline samples "
+                             "circular | blend")
         written = {"t": None}
 
         def denoise(z, t, idx):

@@ -296,9 +296,19 @@ def test_timestep_spacing_knob_reaches_both_samplers():
             s.set_timesteps(4)
             firsts[spacing] = int(s.timesteps[0])
         assert firsts["trailing"] == 999 and firsts["leading"] <= 900, (kind, firsts)
-    cfg.timestep_spacing = "sideways"
-    with pytest.raises(ValueError, match="timestep_spacing"):
-        make_sampler(cfg)
+    from omegaconf.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="timestep_spacing"):    # the schema: at assignment / compose time
+        cfg.timestep_spacing = "sideways"
+    # a config without the schema (a checkpoint's plain hyper-parameters) and the `kind` argument: one ValueError
+    # naming the key and the choices
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
+    plain.timestep_spacing = "sideways"
+    with pytest.raises(ValueError, match=r"timestep_spacing='sideways' is not one of leading, trailing, linspace, "
+                                         r"ldm_uniform$"):
+        make_sampler(plain)
+    with pytest.raises(ValueError, match=r"sampler='euler' is not one of ddim, dpmpp$"):
+        make_sampler(cfg, "euler")
 
 
 def test_prediction_type_sets_the_regression_target(xnemo, monkeypatch):
@@ -322,8 +332,16 @@ def test_prediction_type_sets_the_regression_target(xnemo, monkeypatch):
         with torch.no_grad():
             loss = xnemo.compute_losses(d)["loss_diffusion"]
         torch.testing.assert_close(loss, value, rtol=1e-5, atol=1e-6, msg=kind)
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="prediction_type"):     # the schema-typed config refuses it
+        xnemo.cfg.prediction_type = "x1"
+    # a model rebuilt from a checkpoint's plain hyper-parameters names it when it reads it
+    monkeypatch.setattr(xnemo, "cfg", OmegaConf.create(OmegaConf.to_container(xnemo.cfg, resolve=True,
+                                                                                       enum_to_str=True)))
     monkeypatch.setitem(xnemo.cfg, "prediction_type", "x1")
-    with pytest.raises(ValueError, match="prediction_type"):
+    with pytest.raises(ValueError, match=r"model\.prediction_type='x1' is not one of epsilon, v_prediction, sample"):
         xnemo.compute_losses(d)
 
 
