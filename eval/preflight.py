@@ -73,48 +73,56 @@ def check_protocol(proto, key: str = "eval_protocol") -> tuple[list[str], Any]:
 
 
 def required_weights(protocol) -> list[str]:
-    """Registry names of the weights the protocol's metrics load (stand-ins need none)."""
-    from eval.faces import split_face_name
-    from eval.suite import FACE_FAMILIES, _face_backend
+    """Registry names of the weights the protocol's metrics load (stand-ins need none): each metric's factory in
+    ``eval.suite``'s registry declares its own (``eval.suite.weights_for``)."""
+    from eval.suite import weights_for
 
     standins = set(protocol.get("standin_metrics") or [])
     need: list[str] = []
+    for name in protocol.metrics:
+        need.extend(n for n in weights_for(name, protocol, standins) if n not in need)
+    return need
 
-    def add(*names):
-        need.extend(n for n in names if n not in need)
 
-    from eval.faces import ARCFACE_MODELS, DEFAULT_ARCFACE_MODEL, arcface_model_of
-    from eval.suite import THREEDMM_METRICS
-    from eval.threedmm import required_weights as threedmm_weights
+def fid_weights(name, protocol, standins) -> list[str]:
+    return [] if "fid" in standins else [str(protocol.fid_backend)]
+
+
+def fvd_weights(name, protocol, standins) -> list[str]:
+    return [] if "fvd" in standins else [str(protocol.get("fvd_backend", "i3d_torchscript"))]
+
+
+def threedmm_weights(name, protocol, standins) -> list[str]:
+    from eval.threedmm import required_weights as threedmm_required
+    return list(threedmm_required(name, standins))
+
+
+def lpips_weights(name, protocol, standins) -> list[str]:
+    if "lpips" in standins:
+        return []
+    parts = name.split("_")
+    net = parts[1] if len(parts) > 1 and parts[1] in _LPIPS_TRUNK else protocol.get("lpips_net", "alex")
+    return [_LPIPS_TRUNK[net]]
+
+
+def face_weights(name, protocol, standins) -> list[str]:
+    """Identity / landmark backends: ArcFace (SCRFD + the protocol's recognition model), dlib, FAN, OpenFace."""
+    from eval.faces import ARCFACE_MODELS, DEFAULT_ARCFACE_MODEL, arcface_model_of, split_face_name
+    from eval.suite import _face_backend
 
     arcface_model = str(protocol.get("arcface_model", DEFAULT_ARCFACE_MODEL))
-    for name in protocol.metrics:
-        family = name.split("_")[0]
-        if name in THREEDMM_METRICS:
-            add(*threedmm_weights(name, standins))
-        elif name == "fid" and "fid" not in standins:
-            add(str(protocol.fid_backend))
-        elif name == "fvd" and "fvd" not in standins:
-            add(str(protocol.get("fvd_backend", "i3d_torchscript")))
-        elif family == "lpips" and "lpips" not in standins:
-            parts = name.split("_")
-            net = parts[1] if len(parts) > 1 and parts[1] in _LPIPS_TRUNK else protocol.get("lpips_net", "alex")
-            add(_LPIPS_TRUNK[net])
-        elif name not in EXACT_METRICS and split_face_name(name)[0] in FACE_FAMILIES:
-            fam, backend = split_face_name(name)
-            kind = "landmarks" if fam in ("akd", "mkr") else "id"
-            if backend is None:
-                backend = _face_backend(kind, protocol.get("id_backend" if kind == "id" else "landmark_backend",
-                                                           "auto"), arcface_model)
-            if kind == "id" and (backend == "arcface" or backend.startswith("arcface_")):
-                model = arcface_model if backend == "arcface" else arcface_model_of(backend)
-                add("scrfd_det_10g", ARCFACE_MODELS[model])
-                continue
-            if backend in ("fan", "openface") and (backend in standins or any(
-                    m.endswith("_" + backend) and m in standins for m in protocol.metrics)):
-                continue    # pose-evaluation stand-ins (eval.pose_eval): seeded networks, no file
-            add(*_FACE_WEIGHTS.get((kind, backend), []))
-    return need
+    fam, backend = split_face_name(name)
+    kind = "landmarks" if fam in ("akd", "mkr") else "id"
+    if backend is None:
+        backend = _face_backend(kind, protocol.get("id_backend" if kind == "id" else "landmark_backend", "auto"),
+                                arcface_model)
+    if kind == "id" and (backend == "arcface" or backend.startswith("arcface_")):
+        model = arcface_model if backend == "arcface" else arcface_model_of(backend)
+        return ["scrfd_det_10g", ARCFACE_MODELS[model]]
+    if backend in ("fan", "openface") and (backend in standins or any(
+            m.endswith("_" + backend) and m in standins for m in protocol.metrics)):
+        return []   # pose-evaluation stand-ins (eval.pose_eval): seeded networks, no file
+    return list(_FACE_WEIGHTS.get((kind, backend), []))
 
 
 def check_weights(protocol, key: str = "eval_protocol") -> list[str]:

@@ -95,15 +95,31 @@ class _Builder:
 Factory = Callable[[_Builder, str], None]
 METRIC_FACTORIES: dict[str, Factory] = {}   # metric name -> factory adding it to the suite
 FAMILY_FACTORIES: dict[str, Factory] = {}   # family (``lpips``, ``id``, ``akd`` …) -> factory for its names
+# weights(name, protocol, standins) -> registry names (eval.weights) the factory's metric loads; read by eval.preflight
+Weights = Callable[[str, Any, set], list]
+FACTORY_WEIGHTS: dict[Factory, Weights] = {}
 
 
-def metric(*names: str, family: bool = False) -> Callable[[Factory], Factory]:
-    """Register a factory for exact metric ``names`` (or, ``family=True``, for every name of these families)."""
+def no_weights(name: str, protocol: Any, standins: set) -> list:
+    """Weights of a metric computed from the frames alone: none."""
+    return []
+
+
+def metric(*names: str, family: bool = False, weights: Weights = no_weights) -> Callable[[Factory], Factory]:
+    """Register a factory for exact metric ``names`` (or, ``family=True``, for every name of these families), with
+    ``weights`` saying which weight files that factory loads for a protocol."""
     def register(fn: Factory) -> Factory:
         for n in names:
             (FAMILY_FACTORIES if family else METRIC_FACTORIES)[n] = fn
+        FACTORY_WEIGHTS[fn] = weights
         return fn
     return register
+
+
+def weights_for(name: str, protocol: Any, standins: set) -> list:
+    """The weights metric ``name`` loads under ``protocol`` (its factory's declaration; none for an unknown name)."""
+    fn = factory_for(name)
+    return [] if fn is None else FACTORY_WEIGHTS[fn](name, protocol, standins)
 
 
 @metric("l1")
@@ -145,7 +161,7 @@ def _akd_synthlm(b: _Builder, name: str) -> None:
     b.suite.facts["synth_landmarks"] = m.facts
 
 
-@metric("fid")
+@metric("fid", weights=lambda name, protocol, standins: _preflight().fid_weights(name, protocol, standins))
 def _fid(b: _Builder, name: str) -> None:
     from eval.fid import FID
 
@@ -154,7 +170,7 @@ def _fid(b: _Builder, name: str) -> None:
                                        device=b.device, weights_sha256=b.pins.get(p.fid_backend)))
 
 
-@metric("fvd")
+@metric("fvd", weights=lambda name, protocol, standins: _preflight().fvd_weights(name, protocol, standins))
 def _fvd(b: _Builder, name: str) -> None:
     from eval.fvd import FVD
 
@@ -164,7 +180,7 @@ def _fvd(b: _Builder, name: str) -> None:
                                        weights_sha256=b.pins.get(p.get("fvd_backend"))))
 
 
-@metric(*THREEDMM_METRICS)
+@metric(*THREEDMM_METRICS, weights=lambda name, protocol, standins: _preflight().threedmm_weights(name, protocol, standins))
 def _threedmm(b: _Builder, name: str) -> None:
     from eval.threedmm import build_threedmm_metric
 
@@ -173,7 +189,7 @@ def _threedmm(b: _Builder, name: str) -> None:
     b.suite.facts.setdefault("threedmm", {})[m.name] = m.facts   # regressor, detector, frames without a face
 
 
-@metric("lpips", family=True)
+@metric("lpips", family=True, weights=lambda name, protocol, standins: _preflight().lpips_weights(name, protocol, standins))
 def _lpips(b: _Builder, name: str) -> None:
     """``lpips`` / ``lpips_<net>`` (net from the name, else ``lpips_net``); ``lpips[_<net>]_official``: the same
     network on [0, 1] inputs (MRFA's ``reconstruction.py``); ``lpips[_<net>]_contact``: the contact-region LPIPS."""
@@ -189,7 +205,7 @@ def _lpips(b: _Builder, name: str) -> None:
         b.frame(b.lpips_net(name.split("_", 1)[1] if "_" in name else default))
 
 
-@metric(*FACE_FAMILIES, family=True)
+@metric(*FACE_FAMILIES, family=True, weights=lambda name, protocol, standins: _preflight().face_weights(name, protocol, standins))
 def _face(b: _Builder, name: str) -> None:
     """``<family>[_<backend>]``: no backend → the protocol's ``id_backend`` / ``landmark_backend`` (``auto``:
     insightface when its weights are present, else dlib); ``arcface`` → the protocol's ``arcface_model``."""
@@ -203,6 +219,12 @@ def _face(b: _Builder, name: str) -> None:
     if backend == "arcface":    # the protocol's ArcFace model names the backend (id_arcface_glintr100)
         backend = arcface_backend_name(arcface_model)
     b.face_requests[f"{fam}_{backend}"] = backend
+
+
+def _preflight():
+    """eval.preflight, imported when a weights declaration is read (it imports this module for the registry)."""
+    import eval.preflight
+    return eval.preflight
 
 
 def factory_for(name: str) -> Optional[Factory]:
