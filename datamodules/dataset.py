@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from toolbox.choices import as_choice
+
+from datamodules.config import Crop
 from datamodules.layouts import ClipRecord
 from datamodules.video import ClipSource, ReaderCache
 
 log = logging.getLogger("portraitlab.data")
-CROPS = ("none", "center", "meta")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,8 +77,7 @@ class FrameTransform:
     """Crop box then resize to ``resolution``², applied alike to frames, masks and keypoints (pixels)."""
 
     def __init__(self, resolution: Optional[int], crop: str = "center", as_uint8: bool = False):
-        if crop not in CROPS:
-            raise ValueError(f"crop={crop!r} is not one of {', '.join(CROPS)}")
+        crop = str(as_choice(Crop, crop, "crop"))
         # None: frames stay at their native (cropped) size; the evaluation resizes them with its protocol's method
         self.resolution = None if resolution is None else int(resolution)
         self.crop = crop

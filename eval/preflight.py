@@ -2,9 +2,9 @@
 
 ``preflight(protocols, datamodule)`` checks, for the main protocol and every ``extra_eval`` one:
 
-* the protocol composes against its schema (``EvalProtocolConfig``: no unknown key, right types) and is coherent:
-  ``mode``, ``resize``, ``crop`` are known values, every metric name resolves, mode=cross lists no full-reference
-  metric;
+* the protocol composes against its schema (``EvalProtocolConfig``: no unknown key, right types, ``mode`` /
+  ``resize`` / ``crop`` among their enums' values) and is coherent: the ArcFace model is known, every metric name
+  resolves, mode=cross lists no full-reference metric;
 * every configured metric's weights are present (and match the protocol's ``weights:`` pins): FID's Inception,
   FVD's I3D, LPIPS' trunk, the face backends' models — stand-ins (``standin_metrics``) need none;
 * the evaluation set decodes with the CONFIGURED decoder (``data.decoder``; the dataset's own readers): the first and
@@ -23,8 +23,6 @@ from eval.protocol import EvalProtocolConfig
 EXACT_METRICS = {"l1", "psnr", "ssim", "tdiff_l1", "fid", "fvd", "akd_gt", "akd_synthlm", "l1_contact",
                  "ssim_contact", "contact_rate"}
 FULL_REFERENCE = {"l1", "psnr", "ssim", "tdiff_l1", "l1_contact", "ssim_contact"}
-MODES = ("self", "cross", "synth_cross")
-CROPS = ("none", "center", "meta")
 _LPIPS_TRUNK = {"alex": "alexnet_imagenet", "vgg": "vgg16_imagenet"}
 _FACE_WEIGHTS = {("id", "arcface"): ["scrfd_det_10g", "arcface_w600k_r50"],
                  ("landmarks", "insightface"): ["scrfd_det_10g", "insightface_1k3d68"],
@@ -45,20 +43,12 @@ def check_protocol(proto, key: str = "eval_protocol") -> tuple[list[str], Any]:
     """(problems, the protocol merged against its schema)."""
     from omegaconf import OmegaConf
 
-    from eval.resize import RESIZE_METHODS
-
     problems: list[str] = []
     try:
         raw = OmegaConf.to_container(proto, resolve=True) if OmegaConf.is_config(proto) else dict(proto)
         merged = OmegaConf.merge(OmegaConf.structured(EvalProtocolConfig), raw)
     except Exception as err:  # noqa: BLE001 - the message names the key
         return [f"{key}: does not compose against the protocol schema: {err}".splitlines()[0]], None
-    if merged.mode not in MODES:
-        problems.append(f"{key}.mode={merged.mode!r} is not one of {', '.join(MODES)}")
-    if merged.resize not in RESIZE_METHODS:
-        problems.append(f"{key}.resize={merged.resize!r} is not one of {', '.join(RESIZE_METHODS)}")
-    if merged.crop is not None and merged.crop not in CROPS:
-        problems.append(f"{key}.crop={merged.crop!r} is not one of {', '.join(CROPS)} (or null: the data's crop)")
     from eval.faces import ARCFACE_MODELS
     from eval.suite import factory_for
 
