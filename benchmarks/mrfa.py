@@ -17,7 +17,7 @@ official model's weights (``lit_models.mrfa.import_official``), and the script
    ``tests/lit_models/test_mrfa.py::test_equivariance_transform_and_loss_pyramid_are_the_official_ones``.)
 
 ``--set KEY=VALUE …`` overrides our model config (e.g. the memory knobs ``checkpoint_refiner=true
-checkpoint_kp_detector=true checkpoint_generator=true``, or ``fused_adam=false``).
+checkpoint_kp_detector=true checkpoint_generator=true``, or ``optimizer.fused=null``).
 
 The VGG-19 of both losses has random weights unless torchvision's ImageNet file is cached (timing is the same;
 the label says which). Needs ``einops`` to import the official code (``pip install einops``); timm's
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="overrides of our model config (e.g. checkpoint_refiner=true fused_adam=false)")
+                    help="overrides of our model config (e.g. checkpoint_refiner=true optimizer.fused=null)")
     ap.add_argument("--autocast", choices=["bf16", "fp16"],
                     help="run OUR step under torch.autocast at this dtype (the official step stays fp32): outputs are "
                          "then NOT identical, the table says so and prints the prediction difference under autocast")

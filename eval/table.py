@@ -89,7 +89,10 @@ def load_run(run_dir: Path, axes: Optional[list[str]] = None) -> dict:
     if (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
 
+        from lit_models.optim import upgrade_run_config
+
         cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)  # type: ignore[assignment]
+        cfg = upgrade_run_config(cfg)   # runs saved with the flat model.lr / betas / … keys
     run_axes = list(axes if axes is not None else cfg.get("axes") or [])
     if not run_axes:
         run_axes = ["model"]

@@ -72,7 +72,7 @@ class FiniteCheck(L.Callback):
             ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
             raise NonFiniteTrainingError(
                 f"training stopped: non-finite {', '.join(bad)} at step {trainer.global_step} "
-                f"(lower model.lr, set trainer.gradient_clip_val, or find the op with trainer.detect_anomaly=true; "
+                f"(lower model.optimizer.lr, set trainer.gradient_clip_val, or find the op with trainer.detect_anomaly=true; "
                 f"trainer.finite_check=false disables this check). Last good checkpoint: {ckpt}")
 
 

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--overwrite", action="store_true", help="redo pairs that already have a metrics.json "
                                                              "(default: keep them, so an interrupted batch resumes)")
     ap.add_argument("--no-wandb", action="store_true", help="do not mirror the table to W&B")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=imposter_tiny model.lr=1e-4")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=imposter_tiny model.optimizer.lr=1e-4")
     args = ap.parse_args(argv)
 
     cfg = compose_config(list(args.overrides))

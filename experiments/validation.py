@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from lit_models.optim import FLAT_KEY_MOVES, is_partial_node
 from toolbox.locate import locate as toolbox_locate
 
 # Choices the structured schema cannot type as enums: OmegaConf reads an enum value by member name, and Lightning's
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
     if unknown:
         raise ConfigError(f"{unknown[0]} is not a config key{_close_key(unknown[0], cfg)}: `+key=` adds keys that no "
                           f"schema declares and nothing reads" + (f" (also: {', '.join(unknown[1:4])})" if unknown[1:] else ""))
+    check_partial_nodes(cfg.get("model"), "model")
     check_trainer_keys(cfg)
     check_callbacks(cfg)
     check_loggers(cfg)
@@ -96,13 +98,42 @@ def _unknown_keys(node: Any, path: str = "") -> list[str]:
         fields = fields | set(trainer_kwargs())
     for key in node.keys():
         name = f"{path}.{key}" if path else str(key)
-        if fields is not None and key not in fields:
+        if fields is not None and key not in fields and not is_partial_node(node):   # check_partial_nodes
             found.append(name)
             continue
         if OmegaConf.is_missing(node, key) or node._get_node(key)._is_interpolation():
             continue
         found += _unknown_keys(node[key], name)
     return found
+
+
+def check_partial_nodes(node: Any, path: str) -> None:
+    """Every ``_partial_`` node under ``path`` (``model.optimizer``, ``model.scheduler``): its ``_target_`` imports
+    and each of its keywords (null ones are not passed) is a parameter of the target, so ``+model.optimizer.amsgrd``
+    or an Adam keyword left on ``torch.optim.SGD`` fails here, naming the key and the closest parameter."""
+    if not isinstance(node, DictConfig):
+        return
+    if is_partial_node(node):
+        target = locate(str(node._target_), f"{path}._target_")
+        try:
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            params = None
+        if params is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+            for key in node.keys():
+                key = str(key)
+                if key.startswith("_") or key in params:
+                    continue
+                if not node._get_node(key)._is_interpolation() and node[key] is None:
+                    continue   # not passed
+                near = difflib.get_close_matches(key, names, n=1)
+                raise ConfigError(f"{path}.{key} is not an argument of {node._target_}"
+                                  + (f" (did you mean {path}.{near[0]}?)" if near else
+                                     f" (it takes {', '.join(names)}; {path}.{key}=null leaves it out)"))
+    for key in node.keys():
+        if not OmegaConf.is_missing(node, key) and not node._get_node(key)._is_interpolation():
+            check_partial_nodes(node[key], f"{path}.{key}")
 
 
 def _close_key(name: str, node: Any) -> str:
@@ -112,6 +143,8 @@ def _close_key(name: str, node: Any) -> str:
     if parent == "trainer":
         keys += [k for k in trainer_kwargs() if k not in keys]
     near = difflib.get_close_matches(leaf, keys, n=1)
+    if parent == "model" and leaf in FLAT_KEY_MOVES:   # the optimizer / scheduler keys live in their nodes
+        return f" (did you mean model.{FLAT_KEY_MOVES[leaf]}?)"
     return f" (did you mean {parent + '.' if parent else ''}{near[0]}?)" if near else ""
 
 

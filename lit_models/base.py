@@ -23,6 +23,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lit_models.common.visual import log_video_grid
+from lit_models.optim import AdamConfig, instantiate_partial, upgrade_flat_optim_keys
 
 
 @dataclass
@@ -32,9 +33,9 @@ class ModelConfig:
     _target_: str = MISSING
     name: str = MISSING
     resolution: int = 64
-    lr: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
+    # `_partial_` nodes (lit_models.optim): the optimizer class and its keywords; the lr schedule or null
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    scheduler: Optional[Any] = None
     # validation grids: how many videos and frames are logged per validation run
     num_log_videos: int = 2
     num_log_frames: int = 8
@@ -45,6 +46,7 @@ class AnimationModule(L.LightningModule):
 
     def __init__(self, cfg: Any):
         super().__init__()
+        cfg = upgrade_flat_optim_keys(cfg)   # configs saved with the flat lr / betas / … keys
         if not isinstance(cfg, DictConfig):
             cfg = OmegaConf.structured(cfg) if not isinstance(cfg, dict) else OmegaConf.create(cfg)
         self.cfg = cfg
@@ -123,14 +125,25 @@ class AnimationModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self):
+        """``model.optimizer`` instantiated over the trainable parameters; with ``model.scheduler`` (unless
+        :meth:`scheduler_is_constant`), that schedule over the optimizer, stepped per optimizer step."""
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             return None
-        # `fused_adam` (a method's config may declare it, e.g. MRFA): torch's fused kernel, the same update up to
-        # float rounding without ~10 full-size foreach temporaries; None = torch's default implementation
-        fused = bool(getattr(self.cfg, "fused_adam", False)) or None
-        return torch.optim.Adam(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay,
-                                fused=fused)
+        opt = instantiate_partial(self.cfg.optimizer)(params)
+        node = self.cfg.get("scheduler")
+        if node is None or self.scheduler_is_constant(node):
+            return opt
+        sched = instantiate_partial(node)(optimizer=opt, **self.scheduler_kwargs(node))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def scheduler_is_constant(self, node: Any) -> bool:
+        """True when ``model.scheduler`` keeps the lr constant (then no scheduler is built)."""
+        return False
+
+    def scheduler_kwargs(self, node: Any) -> dict:
+        """Arguments of the scheduler factory that only the module knows (beyond ``optimizer``)."""
+        return {}
 
 
 # ---- calling ``animate``: keywords, device, precision -------------------------------------------------------------

@@ -34,14 +34,14 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
     steps = 3
     for j, lr in enumerate((1e-3, 2e-3)):
         extra = ["logger.wandb.log_model=true"] if j == 0 else []
-        cfg = compose_cfg("train", ["experiment=baseline_direct", "sweep_name=dash", "axes=[model.lr]",
-                                    f"model.lr={lr}", "seed=1", f"trainer.max_steps={steps}",
+        cfg = compose_cfg("train", ["experiment=baseline_direct", "sweep_name=dash", "axes=[model.optimizer.lr]",
+                                    f"model.optimizer.lr={lr}", "seed=1", f"trainer.max_steps={steps}",
                                     "trainer.checkpoint_every_n_steps=100", "trainer.val_check_interval=100",
                                     *tiny_run(synth_root, sweep / f"{j}_lr", *WANDB, *extra)])
         train(cfg)
-    hydra_like = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "sweeper": {"params": {"model.lr": "1e-3,2e-3"}},
+    hydra_like = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "sweeper": {"params": {"model.optimizer.lr": "1e-3,2e-3"}},
                                              "overrides": {"task": ["sweep=dash"]}},
-                                   "sweep_name": "dash", "name": "dash", "axes": ["model.lr"],
+                                   "sweep_name": "dash", "name": "dash", "axes": ["model.optimizer.lr"],
                                    "logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger"},
                                               "wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger",
                                                         "project": "dash_proj", "entity": None, "mode": "offline"}}})
@@ -54,8 +54,8 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
         info = read_run(f)
         assert info["group"] == group and info["project"] == "dash_proj", (key, info)
     job = runs["train:0_lr"]
-    assert set(read_run(job)["tags"]) >= {"model.lr=0.001", "seed=1", "dash"}
-    assert "model.lr=0.002" in read_run(runs["train:1_lr"])["tags"]
+    assert set(read_run(job)["tags"]) >= {"model.optimizer.lr=0.001", "seed=1", "dash"}
+    assert "model.optimizer.lr=0.002" in read_run(runs["train:1_lr"])["tags"]
 
     # the end-of-training evaluation: at the final training step, not 0; summary under metrics.json's names
     metrics = json.loads((sweep / "0_lr" / "metrics.json").read_text())["metrics"]
@@ -78,7 +78,7 @@ def test_sweep_story_eval_at_final_step_table_in_group_and_linked_evaluation(com
 
     # the table run carries the sweep's config
     tcfg = read_config(runs["table:wandb"])
-    assert tcfg["sweep_name"] == "dash" and tcfg["axes"] == ["model.lr"] and tcfg["grid"] == {"model.lr": "1e-3,2e-3"}
+    assert tcfg["sweep_name"] == "dash" and tcfg["axes"] == ["model.optimizer.lr"] and tcfg["grid"] == {"model.optimizer.lr": "1e-3,2e-3"}
     assert read_run(runs["table:wandb"])["tags"] == ["dash"]
 
     # a later evaluation of job 0's checkpoint: a run linked to it (same group, its id in the config), at its step
@@ -133,7 +133,7 @@ def test_cli_multirun_puts_jobs_and_table_in_one_group(synth_root, tmp_path):
            "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "experiments.train", "-m", "experiment=baseline_direct", "debug=fast",
                           f"data.root={synth_root}", "data.synth=null", "model.base_channels=4", "model.num_down=2",
-                          "logger=wandb", "axes=[model.lr]", "sweep_name=tiny", "model.lr=1e-3,2e-3",
+                          "logger=wandb", "axes=[model.optimizer.lr]", "sweep_name=tiny", "model.optimizer.lr=1e-3,2e-3",
                           "+hydra.callbacks.table._target_=eval.table.SweepTableCallback", "trainer.max_steps=3",
                           f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,6 +1,6 @@
 """Checkpoints to compare over time: the newest N + every-k-steps ones (trainer.keep_last_n / keep_every_n_steps),
 EMA weights for the diffusion methods (model.ema_decay, Lightning's EMAWeightAveraging) and LR warmup / cosine
-schedules (model.lr_scheduler, diffusers' get_scheduler)."""
+schedules (model.scheduler, diffusers' get_scheduler)."""
 from __future__ import annotations
 
 import math
@@ -42,14 +42,14 @@ def test_keep_last_n_must_be_positive(compose_cfg, tmp_path):
 
 
 def test_warmup_cosine_schedule_follows_the_formula(compose_cfg):
-    """model.lr_scheduler=cosine with warmup W over max_steps S: lr_s = lr·s/W for s < W, then
+    """model.scheduler.name=cosine with warmup W over max_steps S: lr_s = lr·s/W for s < W, then
     lr·½(1 + cos(π (s − W)/(S − W)))."""
     import lightning as L
 
     from lit_models.registry import build_model
 
-    cfg = compose_cfg("train", ["model=xnemo_tiny", *SHRINK, "model.lr=1e-3", "model.lr_scheduler=cosine",
-                                "model.lr_warmup_steps=2"])
+    cfg = compose_cfg("train", ["model=xnemo_tiny", *SHRINK, "model.optimizer.lr=1e-3", "model.scheduler.name=cosine",
+                                "model.scheduler.num_warmup_steps=2"])
     model = build_model(cfg.model)
     model.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     conf = model.configure_optimizers()

@@ -125,7 +125,7 @@ def test_wandb_entry_gets_group_job_type_tags_and_resume_keeps_id_and_group(comp
     from experiments.wandb_offline import read_run, run_files
 
     run = tmp_path / "run"
-    common = ["experiment=baseline_direct", "evaluate_after_train=false", "axes=[model.lr]", "model.lr=0.002",
+    common = ["experiment=baseline_direct", "evaluate_after_train=false", "axes=[model.optimizer.lr]", "model.optimizer.lr=0.002",
               "trainer.val_check_interval=100", "trainer.checkpoint_every_n_steps=2",
               *tiny_run(synth_root, run, "logger=wandb", "logger.wandb.mode=offline",
                         "logger.wandb.project=lg_proj", "logger.wandb.tags=[mine]")]
@@ -138,7 +138,7 @@ def test_wandb_entry_gets_group_job_type_tags_and_resume_keeps_id_and_group(comp
     run_id = (run / "wandb_id.txt").read_text().strip()
     assert info["id"] == run_id and info["project"] == "lg_proj" and info["job_type"] == "train"
     assert info["group"] == "baseline_direct"    # no sweep: the experiment name
-    assert set(info["tags"]) == {"model.lr=0.002", "seed=0", "mine"}
+    assert set(info["tags"]) == {"model.optimizer.lr=0.002", "seed=0", "mine"}
     train(compose_cfg("train", [*common, "trainer.max_steps=4", "resume=true", "logger.wandb.group=elsewhere"]))
     runs = [read_run(f) for f in run_files(run)]
     assert len(runs) == 2 and {r["id"] for r in runs} == {run_id}

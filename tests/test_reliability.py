@@ -24,14 +24,14 @@ def quiet_run(root: Path, run_dir: Path, *extra: str) -> list[str]:
 
 # ---- non-finite training ---------------------------------------------------------------------------------------------
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(compose_cfg, synth_root, tmp_path):
-    """`model.lr=1e6` on mrfa_tiny: the loss is NaN from step 2 on. Training stops with a message naming the step
+    """`model.optimizer.lr=1e6` on mrfa_tiny: the loss is NaN from step 2 on. Training stops with a message naming the step
     and the last good checkpoint; no checkpoint on disk holds a non-finite value (training does not run on to the
     end with rc=0 and NaN checkpoints)."""
     from experiments.runtime import NonFiniteTrainingError
     from experiments.train import train
 
     run = tmp_path / "run"
-    cfg = compose_cfg("train", ["model=mrfa_tiny", "model.lr=1e6", "data.num_frames=1",
+    cfg = compose_cfg("train", ["model=mrfa_tiny", "model.optimizer.lr=1e6", "data.num_frames=1",
                                 *quiet_run(synth_root, run, "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=1",
                                            "trainer.limit_val_batches=0")])
     with pytest.raises(NonFiniteTrainingError, match=r"non-finite loss=nan at step \d.*Last good checkpoint: .*last\.ckpt"):
@@ -50,7 +50,7 @@ def test_finite_check_can_be_turned_off(compose_cfg, synth_root, tmp_path):
     from experiments.train import train
 
     run = tmp_path / "run"
-    train(compose_cfg("train", ["model=mrfa_tiny", "model.lr=1e6", "data.num_frames=1", "trainer.finite_check=false",
+    train(compose_cfg("train", ["model=mrfa_tiny", "model.optimizer.lr=1e6", "data.num_frames=1", "trainer.finite_check=false",
                                 *quiet_run(synth_root, run, "trainer.max_steps=3", "trainer.limit_val_batches=0")]))
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -25,7 +25,7 @@ def run_cli(synth_root: Path, run_dir: Path, *extra: str, timeout: int = 600) ->
     cmd = [sys.executable, "-m", "experiments.train", "experiment=mrfa_synthfaces", "debug=fast",
            f"data.root={synth_root}", "data.synth=null", f"run_dir={run_dir}", "logger=csv",
            "model.norm=group",                  # per-sample normalisation: a split batch computes the same thing
-           "trainer.limit_val_batches=0", "trainer.record_sample_indices=true", "model.lr=1e-3", *extra]
+           "trainer.limit_val_batches=0", "trainer.record_sample_indices=true", "model.optimizer.lr=1e-3", *extra]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-4000:])
     return out

@@ -40,8 +40,8 @@ def test_slurm_launcher_config_composes_with_the_documented_keys(compose_cfg):
 
 
 def test_hparams_search_configs_compose_with_their_search_space(compose_cfg):
-    for name, params in {"mrfa_lr_equivariance": {"model.lr", "model.lambda_equivariance_value"},
-                         "xnemo_motion_dim_lr": {"model.motion_dim", "model.lr"}}.items():
+    for name, params in {"mrfa_lr_equivariance": {"model.optimizer.lr", "model.lambda_equivariance_value"},
+                         "xnemo_motion_dim_lr": {"model.motion_dim", "model.optimizer.lr"}}.items():
         cfg = compose_cfg("train", [f"hparams_search={name}"], return_hydra_config=True)
         sweeper = cfg.hydra.sweeper
         assert sweeper._target_.endswith("OptunaSweeper") and set(sweeper.params) == params

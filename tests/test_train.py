@@ -95,7 +95,7 @@ def test_resume_continues_exactly(compose_cfg, synth_root, tmp_path):
 
     n = 3
     common = ["experiment=baseline_direct", "evaluate_after_train=false", "logger=csv",
-              f"trainer.checkpoint_every_n_steps={n}", "trainer.val_check_interval=1000", "model.lr=1e-3"]
+              f"trainer.checkpoint_every_n_steps={n}", "trainer.val_check_interval=1000", "model.optimizer.lr=1e-3"]
     full, split = tmp_path / "full", tmp_path / "split"
     train(compose_cfg("train", [*common, *tiny_run(synth_root, full, f"trainer.max_steps={2 * n}")]))
     train(compose_cfg("train", [*common, *tiny_run(synth_root, split, f"trainer.max_steps={n}")]))

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Optional
 
 from lit_models.base import ModelConfig
+from lit_models.optim import DiffusersSchedulerConfig
 
 # choice fields as StrEnums: a bad value fails at compose time naming the key and the choices; a member compares
 # equal to (and formats as) its string. Code reached without the schema converts with toolbox.choices.as_choice.
@@ -115,10 +116,9 @@ class DiffusionConfig(ModelConfig):
     # checkpoints' state_dict and the end-of-training evaluation hold the EMA weights (the raw ones stay in
     # `current_model_state` for resume).
     ema_decay: float = 0.0
-    # diffusers.optimization.get_scheduler name: constant | constant_with_warmup | linear | cosine |
-    # cosine_with_restarts | polynomial — stepped per optimizer step, decaying over trainer.max_steps
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
+    # diffusers.optimization.get_scheduler (name, num_warmup_steps): stepped per optimizer step, decaying over
+    # trainer.max_steps; constant without warmup (the default) builds no scheduler
+    scheduler: Optional[DiffusersSchedulerConfig] = field(default_factory=lambda: DiffusersSchedulerConfig())
     # ---- classifier-free guidance: per-condition dropout at training, guidance at sampling -------------------
     drop_reference_prob: float = 0.1
     drop_motion_prob: float = 0.1

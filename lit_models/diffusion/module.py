@@ -28,6 +28,7 @@ from lit_models.diffusion.config import InitialLatent, PredictionType, Reference
 from lit_models.diffusion.networks import (LatentCodec, build_reference_net, build_unet2d, build_video_unet,
                                            count_parameters)
 from lit_models.diffusion.reference_attention import attach_reference_attention
+from lit_models.optim import DIFFUSERS_TARGET
 from lit_models.diffusion.sampling import (condition_keep_masks, guide, make_sampler, make_train_scheduler,
                                            sample_clip)
 from toolbox.choices import as_choice
@@ -97,22 +98,25 @@ class ReferenceVideoDiffusion(AnimationModule):
         return self.null_context.expand(z_t.shape[0], -1, -1), None, None
 
     # ---- pieces ---------------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        """The base Adam, plus ``model.lr_scheduler`` / ``model.lr_warmup_steps`` through diffusers' ``get_scheduler``
-        (per optimizer step; the decay spans ``trainer.max_steps``)."""
-        opt = super().configure_optimizers()
-        name, warmup = str(self.cfg.get("lr_scheduler", "constant")), int(self.cfg.get("lr_warmup_steps", 0))
-        if opt is None or (name == "constant" and warmup == 0):
-            return opt
-        from diffusers.optimization import SchedulerType, get_scheduler
+    def scheduler_is_constant(self, node) -> bool:
+        """diffusers' ``constant`` schedule without warmup keeps the lr constant: no scheduler."""
+        return (str(node.get("_target_")) == DIFFUSERS_TARGET and str(node.get("name", "constant")) == "constant"
+                and int(node.get("num_warmup_steps", 0) or 0) == 0)
 
+    def scheduler_kwargs(self, node) -> dict:
+        """diffusers' ``get_scheduler``: ``num_training_steps`` = ``trainer.max_steps`` (a decaying schedule
+        without it is an error); ``name`` is checked against diffusers' SchedulerType."""
+        if str(node.get("_target_")) != DIFFUSERS_TARGET:
+            return {}
+        from diffusers.optimization import SchedulerType
+
+        name = str(node.get("name", "constant"))
         if name not in {t.value for t in SchedulerType}:
-            raise ValueError(f"model.lr_scheduler={name!r} is not one of {', '.join(t.value for t in SchedulerType)}")
+            raise ValueError(f"model.scheduler.name={name!r} is not one of {', '.join(t.value for t in SchedulerType)}")
         total = int(self.trainer.max_steps) if self._trainer is not None and self.trainer.max_steps > 0 else None
         if total is None and name not in ("constant", "constant_with_warmup"):
-            raise ValueError(f"model.lr_scheduler={name} decays over trainer.max_steps, which is not set")
-        sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+            raise ValueError(f"model.scheduler.name={name} decays over trainer.max_steps, which is not set")
+        return {"num_training_steps": total}
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {"denoiser": count_parameters(self.denoiser)}

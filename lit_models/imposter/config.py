@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Optional
 
 from lit_models.base import ModelConfig
+from lit_models.optim import AdamConfig
 from lit_models.registry import model_schema
 
 # choice fields as StrEnums: a bad value fails at compose time naming the key and the choices
@@ -59,7 +60,8 @@ class ImPosterConfig(ModelConfig):
     _target_: str = "lit_models.imposter.ImPoster"
     name: str = "imposter"
     resolution: int = 512
-    lr: float = 2e-6                  # the released train1.py: Adam over unet.parameters(), lr 2e-6
+    # the released train1.py: Adam over unet.parameters(), lr 2e-6
+    optimizer: AdamConfig = field(default_factory=lambda: AdamConfig(lr=2e-6))
     # ---- backbone -------------------------------------------------------------------------------------------
     # pretrained: diffusers folder layout (unet/ vae/ text_encoder/ tokenizer/ scheduler/) from a local path or hub id
     # random_init: U-Net and text encoder built from `unet` / `text` with random weights (tiny tests; labelled so)

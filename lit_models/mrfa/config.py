@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Optional
 
 from lit_models.base import ModelConfig
+from lit_models.optim import AdamConfig, MultiStepLRConfig
 from lit_models.registry import model_schema
 
 # choice fields as StrEnums: a bad value fails at compose time naming the key and the choices
@@ -92,6 +93,16 @@ class FOMMKPConfig:
     tps_backbone: TPSBackbone = TPSBackbone.resnet18  # tps: resnet18 (TPSMM) | conv
 
 
+@dataclass
+class MRFAAdamConfig(AdamConfig):
+    """The official optimizer: Adam, lr 2e-4, betas (0.5, 0.999). ``fused``: torch's fused Adam kernel (the same
+    update as the official foreach Adam up to float rounding, ~1e-7; measured in docs/RESULTS.md,
+    benchmarks/mrfa.py); null = torch's default implementation."""
+
+    betas: Optional[list[float]] = field(default_factory=lambda: [0.5, 0.999])
+    fused: Optional[bool] = True
+
+
 @model_schema("mrfa")
 @dataclass
 class MRFAConfig(ModelConfig):
@@ -99,7 +110,9 @@ class MRFAConfig(ModelConfig):
     name: str = "mrfa"
     resolution: int = 256
     num_channels: int = 3
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])   # official Adam betas
+    optimizer: MRFAAdamConfig = field(default_factory=lambda: MRFAAdamConfig())
+    # MultiStepLR (official: ×0.1 at epochs 60 and 90, given here in optimizer steps); no milestones: constant lr
+    scheduler: Optional[MultiStepLRConfig] = field(default_factory=lambda: MultiStepLRConfig())
     gradient_clip_val: float = 10.0       # official clip_grad: true, clip: 10 (grad-norm clipping)
 
     # ---- prior motion ----
@@ -137,8 +150,6 @@ class MRFAConfig(ModelConfig):
     points_tps: int = 5
 
     # ---- speed / memory (identical outputs; measured in docs/RESULTS.md, benchmarks/mrfa.py) ----
-    fused_adam: bool = True              # torch's fused Adam kernel (same update as the official foreach Adam up
-                                         # to float rounding, ~1e-7); false = torch's default implementation
     # activation checkpointing: recompute in backward instead of storing activations (less memory, more time;
     # exact: BatchNorm uses batch statistics in training and its running statistics are not updated twice)
     checkpoint_refiner: bool = False     # each refinement step (correlation lookup, corr_enc, to_context, refine)
@@ -146,8 +157,6 @@ class MRFAConfig(ModelConfig):
     checkpoint_generator: bool = False   # the generator's encoder and decoder
 
     # ---- schedule / inference ----
-    lr_milestones: list[int] = field(default_factory=list)   # MultiStepLR milestones in optimizer steps
-    lr_gamma: float = 0.1
     animate_chunk: int = 16
     # cross-identity evaluation (official animate_ddp.py with config/vox1.yaml animate_params): relative keypoints and
     # jacobians w.r.t. the driving clip's first frame, no movement-scale adaptation (demo.py's --adapt_scale is off

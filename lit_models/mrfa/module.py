@@ -30,6 +30,7 @@ from lit_models.mrfa.config import Prior
 from lit_models.mrfa.losses import bg_loss, equivariance_losses
 from lit_models.mrfa.mtia import MTIAKeypointDetector
 from lit_models.mrfa.raft import RaftFlow
+from lit_models.optim import MULTISTEP_TARGET
 from toolbox.choices import as_choice
 
 
@@ -254,9 +255,6 @@ class MRFA(AnimationModule):
         if gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def configure_optimizers(self):
-        opt = super().configure_optimizers()   # Adam, fused when model.fused_adam
-        if not self.cfg.lr_milestones:
-            return opt
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(self.cfg.lr_milestones), self.cfg.lr_gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def scheduler_is_constant(self, node) -> bool:
+        """A MultiStepLR node without milestones keeps the lr constant: no scheduler."""
+        return str(node.get("_target_")) == MULTISTEP_TARGET and not node.get("milestones")

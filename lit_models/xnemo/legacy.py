@@ -29,6 +29,9 @@ def upgrade_legacy_config(cfg):
     checkpoints load; any other config is returned as is."""
     from omegaconf import DictConfig, OmegaConf
 
+    from lit_models.optim import upgrade_flat_optim_keys
+
+    cfg = upgrade_flat_optim_keys(cfg)
     if not isinstance(cfg, (dict, DictConfig)) or "motion_injection" in cfg:
         return cfg
     from lit_models.xnemo.config import XNeMoConfig

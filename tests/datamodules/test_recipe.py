@@ -182,7 +182,7 @@ def test_vox_sweep_derives_steps_and_milestones_from_the_data(compose_cfg, tmp_p
     assert cfg.data.batch_size == 10                          # the official global batch 80 over 8 processes
     S = cfg.data.steps_per_epoch
     assert S == 424 * 150 // (10 * 8) == 795
-    assert list(cfg.model.lr_milestones) == [60 * S, 90 * S] and cfg.trainer.max_steps == 100 * S
+    assert list(cfg.model.scheduler.milestones) == [60 * S, 90 * S] and cfg.trainer.max_steps == 100 * S
     assert cfg.trainer.val_check_interval == S and cfg.data.val_fraction == 0.0
     assert cfg.data.id_sampling and cfg.data.num_repeats == 150 and cfg.data.pair_sampling == "sorted_pair"
     assert dict(cfg.data.augmentation) == dict(horizontal_flip=True, time_flip=True, brightness=0.1, contrast=0.1,

@@ -106,7 +106,7 @@ def test_per_pair_finetuning_lowers_denoising_loss(compose_cfg):
 
     from lit_models.imposter.data import PairDataset
 
-    cfg = compose_cfg("train", TINY + ["model.lr=2e-3"])
+    cfg = compose_cfg("train", TINY + ["model.optimizer.lr=2e-3"])
     torch.manual_seed(0)
     m = build_model(cfg.model)
     src, drv = _pair(5)

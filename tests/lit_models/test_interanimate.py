@@ -197,7 +197,7 @@ def test_trains_with_falling_loss(compose_cfg):
     # λ_ortho 0.1 (the sweep's "on"): at 0.01 the diffusion steps' change of the features dominates L̃ in 3 steps
     from eval.faces import attach_identity_encoder
 
-    cfg = compose_cfg("train", SMALL + ["model.lr=2e-3", "model.lambda_ortho=0.1"])
+    cfg = compose_cfg("train", SMALL + ["model.optimizer.lr=2e-3", "model.lambda_ortho=0.1"])
     m = attach_identity_encoder(build_model(cfg.model))
     m.train()
     opt = m.configure_optimizers()

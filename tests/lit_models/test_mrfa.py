@@ -207,7 +207,7 @@ def blob_batch(B=4, res=32, seed=0):
 
 
 def test_training_steps_reduce_the_loss(tiny_model_cfg):
-    m = make(tiny_model_cfg, refine_iters=2, lr=2e-3)
+    m = make(tiny_model_cfg, refine_iters=2, optimizer={"lr": 2e-3})
     b = blob_batch()
     opt = m.configure_optimizers()
 

@@ -30,12 +30,12 @@ def test_vox_sweep_composes_and_builds(compose_cfg, K, tmp_path):
         d.mkdir(parents=True)
         (d / "0000000.png").touch()
     cfg = compose_cfg("train", ["sweep=mrfa_refine_iters_vox", f"data.root={tmp_path}", f"model.refine_iters={K}"])
-    assert (cfg.model.name, cfg.model.resolution, cfg.model.lr, tuple(cfg.model.betas)) == ("mrfa", 256, 2e-4,
+    assert (cfg.model.name, cfg.model.resolution, cfg.model.optimizer.lr, tuple(cfg.model.optimizer.betas)) == ("mrfa", 256, 2e-4,
                                                                                            (0.5, 0.999))
     # the official global batch 80 split over the 8 DDP processes (run.py); 8 ids × 150 / 80 = 15 steps per epoch
     assert cfg.data.layout == "fomm" and cfg.data.resolution == 256 and cfg.data.batch_size == 10
     assert cfg.data.steps_per_epoch == 15 and cfg.trainer.max_steps == 1500
-    assert list(cfg.model.lr_milestones) == [int(0.6 * cfg.trainer.max_steps), int(0.9 * cfg.trainer.max_steps)]
+    assert list(cfg.model.scheduler.milestones) == [int(0.6 * cfg.trainer.max_steps), int(0.9 * cfg.trainer.max_steps)]
     assert cfg.eval_protocol.name == "mrfa_reconstruction"
     with torch.device("meta"):
         m = MRFA(cfg.model)

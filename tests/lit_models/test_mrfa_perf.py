@@ -86,7 +86,7 @@ def test_fused_adam_knob(tiny_cfg):
     m = MRFA(tiny_cfg)
     assert m.configure_optimizers().defaults["fused"] is True
     torch.manual_seed(0)
-    m2 = MRFA(OmegaConf.merge(tiny_cfg, {"fused_adam": False}))
+    m2 = MRFA(OmegaConf.merge(tiny_cfg, {"optimizer": {"fused": None}}))
     opt1, opt2 = m.configure_optimizers(), m2.configure_optimizers()
     assert not opt2.defaults["fused"]
     for _ in range(3):                       # same update up to float rounding
