@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.utils import atomic_write_text
+from lit_models.optim import flat_optim_keys
 from toolbox.io import atomic_write_json
 from experiments.preemption import PREEMPT_FILE
 from experiments.validation import ConfigError
@@ -71,15 +72,20 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
         record = json.loads(done.read_text())
     except ValueError:
         return None
-    if record.get("config_sha256") != _run_fingerprint(cfg) or not Path(record.get("ckpt") or "").exists():
+    known = {_run_fingerprint(cfg), _run_fingerprint(cfg, flat_optim=True)}
+    if record.get("config_sha256") not in known or not Path(record.get("ckpt") or "").exists():
         return None   # another max_steps / protocol / anything: there is work to do (resume from last.ckpt)
     log.info("%s finished before (%s): not redone", run_dir, done.name)
     return record.get("results", {})
 
 
-def _run_fingerprint(cfg: DictConfig) -> str:
-    """sha256 of the resolved config without `resume` / `run_dir` (how a run was continued, not what it is)."""
+def _run_fingerprint(cfg: DictConfig, flat_optim: bool = False) -> str:
+    """sha256 of the resolved config without `resume` / `run_dir` (how a run was continued, not what it is).
+    ``flat_optim``: of the same config with the model's optimizer / scheduler written as flat keys
+    (``lit_models.optim.flat_optim_keys``), the layout of run directories written before those nodes."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    if flat_optim and isinstance(container.get("model"), dict):
+        container["model"] = flat_optim_keys(container["model"])
     for key in ("resume", "run_dir"):
         container.pop(key, None)
     if not container.get("callbacks", True):   # an empty `callbacks` dict does not change the fingerprint

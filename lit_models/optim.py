@@ -140,3 +140,21 @@ def rename_flat_key(key: str) -> str:
     """``model.lr`` → ``model.optimizer.lr`` (any :data:`FLAT_KEY_MOVES` key); other keys unchanged."""
     head, _, leaf = str(key).rpartition(".")
     return f"model.{FLAT_KEY_MOVES[leaf]}" if head == "model" and leaf in FLAT_KEY_MOVES else key
+
+
+def flat_optim_keys(model: dict) -> dict:
+    """The inverse of :func:`upgrade_flat_optim_keys` on a plain model config: the same settings written with the
+    flat keys (what a run directory written before the nodes holds), so that a finished run's recorded config
+    fingerprint can still be recognised. The MultiStepLR node's keys are written even without milestones, as the
+    flat MRFA schema had them; ``fused: null`` → ``fused_adam: false``."""
+    out = dict(model)
+    optimizer, scheduler = dict(out.pop("optimizer", None) or {}), out.pop("scheduler", None)
+    out.update({k: optimizer[k] for k in OPTIMIZER_KEYS if k in optimizer})
+    if "fused" in optimizer:
+        out["fused_adam"] = bool(optimizer["fused"])
+    if scheduler and scheduler.get("_target_") == MULTISTEP_TARGET:
+        out.update(lr_milestones=list(scheduler.get("milestones") or []), lr_gamma=scheduler.get("gamma", 0.1))
+    elif scheduler and scheduler.get("_target_") == DIFFUSERS_TARGET:
+        out.update(lr_scheduler=scheduler.get("name", "constant"),
+                   lr_warmup_steps=scheduler.get("num_warmup_steps", 0))
+    return out

@@ -1,5 +1,7 @@
 """model.optimizer / model.scheduler (_partial_ nodes, lit_models.optim): per-method defaults, swapping the
 optimizer from the command line, validation of the nodes' keys, and configs saved with the flat keys."""
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -124,7 +126,7 @@ def test_checkpoint_with_flat_keys_loads_with_the_same_optimizer(compose_cfg, tm
     cfg = compose_cfg("train", [*MRFA, "model.optimizer.lr=3e-4", "model.optimizer.weight_decay=0.01",
                                 "model.scheduler.milestones=[5]", "model.scheduler.gamma=0.3"]).model
     new = build_model(cfg)
-    flat = OmegaConf.to_container(cfg, resolve=True)
+    flat = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     opt_node, sched_node = flat.pop("optimizer"), flat.pop("scheduler")
     flat.update(lr=opt_node["lr"], betas=opt_node["betas"], weight_decay=opt_node["weight_decay"], fused_adam=True,
                 lr_milestones=sched_node["milestones"], lr_gamma=sched_node["gamma"])
@@ -150,3 +152,29 @@ def test_flat_diffusion_keys_and_run_config():
     assert run["axes"] == ["model.optimizer.lr", "seed"] and run["model"]["optimizer"]["lr"] == 2e-3
     same = {"model": {"optimizer": {"lr": 1}}}
     assert upgrade_run_config(same) is same
+
+
+def test_a_run_finished_with_the_flat_keys_is_recognised(compose_cfg, tmp_path):
+    """A train_done.json whose fingerprint is of the config written with the flat lr / betas / fused_adam /
+    lr_milestones / lr_gamma keys (the layout before the nodes, spelled out here) counts as the same finished run."""
+    import hashlib
+
+    from experiments.rundir import DONE_FILE, finished_run
+
+    cfg = compose_cfg("train", [*MRFA, "resume=true", "model.scheduler.milestones=[3]"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("resume", "run_dir"):
+        plain.pop(key, None)
+    if not plain.get("callbacks", True):
+        plain.pop("callbacks")
+    model = plain["model"]
+    opt, sched = model.pop("optimizer"), model.pop("scheduler")
+    model.update(lr=opt["lr"], betas=opt["betas"], weight_decay=opt["weight_decay"], fused_adam=True,
+                 lr_milestones=[3], lr_gamma=sched["gamma"])
+    old_sha = hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(plain), sort_keys=True).encode()).hexdigest()
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    (tmp_path / DONE_FILE).write_text(json.dumps({"config_sha256": old_sha, "ckpt": str(ckpt), "results": {"l1": 0.5}}))
+    assert finished_run(cfg, tmp_path) == {"l1": 0.5}
+    cfg.model.scheduler.gamma = 0.5                      # another schedule: work to do
+    assert finished_run(cfg, tmp_path) is None
