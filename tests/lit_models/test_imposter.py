@@ -142,7 +142,7 @@ def _one_step(m, lr=1e-2, seed=0):
 
 def test_default_finetunes_every_unet_weight_as_released(compose_cfg):
     full = compose_cfg("train", ["model=imposter"]).model
-    assert full.finetune == "full" and full.lr == pytest.approx(2e-6) and full.driving_prompt_steps == 6
+    assert full.finetune == "full" and full.optimizer.lr == pytest.approx(2e-6) and full.driving_prompt_steps == 6
     assert full.shared_noise and full.num_inference_steps == 50 and full.cfg_scale == 7.5
     torch.manual_seed(0)
     m = build_model(compose_cfg("train", TINY).model)

@@ -249,8 +249,8 @@ def test_checkpoint_load_model_animate(tiny_model_cfg, tmp_path):
 # ---- configs ----------------------------------------------------------------------------------------------------
 def test_configs_compose(compose_cfg):
     full = compose_cfg("train", ["model=mrfa"]).model
-    assert (full.resolution, full.num_kp, full.lr, full.refine_iters, full.perceptual) == (256, 10, 2e-4, 6, "vgg19")
-    assert (full.prior, full.refine_schedule, full.gradient_clip_val, tuple(full.betas)) == ("mtia", "official", 10.0,
+    assert (full.resolution, full.num_kp, full.optimizer.lr, full.refine_iters, full.perceptual) == (256, 10, 2e-4, 6, "vgg19")
+    assert (full.prior, full.refine_schedule, full.gradient_clip_val, tuple(full.optimizer.betas)) == ("mtia", "official", 10.0,
                                                                                            (0.5, 0.999))
     exp = compose_cfg("train", ["experiment=mrfa_synthfaces"])
     assert exp.model.name == "mrfa_tiny" and exp.model.perceptual == "pyramid_l1_ssim"
